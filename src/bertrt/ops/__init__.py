@@ -1,0 +1,1 @@
+"""One public op per module, each with its plain-PyTorch ``*_ref`` beside it."""

@@ -1,0 +1,45 @@
+"""Variable-length self-attention on packed tokens.
+
+``varlen_attention(q, k, v, cu_seqlens, max_seqlen)`` with q/k/v: (total_tokens, heads, head_dim);
+returns (total_tokens, heads, head_dim). On CUDA it uses PyTorch's fused varlen flash kernel when
+present; ``varlen_attention_ref`` is the plain-PyTorch oracle and the CPU path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from bertrt.packed import pad_packed
+
+
+def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                         max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """Pad each sequence, run masked softmax(QK^T)V, unpad. Differentiable; any device and dtype."""
+    total, heads, dim = q.shape
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    keep = torch.arange(max_seqlen, device=q.device)[None, :] < lengths[:, None]  # (B, S)
+    qp, kp, vp = (pad_packed(t, cu_seqlens, max_seqlen).transpose(1, 2) for t in (q, k, v))  # (B, h, S, d)
+    bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
+    out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=bias[:, None, None, :], scale=scale)
+    return out.transpose(1, 2)[keep]
+
+
+def _fused_varlen():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """Fused flash attention over cu_seqlens on CUDA (fp16/bf16), the reference elsewhere."""
+    fused = _fused_varlen()
+    if fused is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return fused(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
+    return varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, scale)

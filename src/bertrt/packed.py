@@ -1,0 +1,114 @@
+"""Packed tokens: the one internal layout.
+
+A batch of B sequences of different lengths is stored as ``(total_tokens, ...)`` tensors with
+``cu_seqlens`` (B+1,) int32 marking where each sequence starts, and ``max_seqlen``. Padding exists
+only at the API edge, through ``pack_padded`` / ``pad_packed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+
+@dataclasses.dataclass
+class PackedBatch:
+    """Token inputs of B sequences laid end to end.
+
+    Args:
+        input_ids: (total_tokens,) int64 WordPiece ids.
+        token_type_ids: (total_tokens,) int64 segment ids (0 question/first, 1 passage/second).
+        position_ids: (total_tokens,) int64 position of each token inside its sequence.
+        cu_seqlens: (B+1,) int32 cumulative sequence lengths, starting at 0.
+        max_seqlen: length of the longest sequence.
+    """
+
+    input_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+    @property
+    def num_sequences(self) -> int:
+        return self.cu_seqlens.numel() - 1
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_ids.numel()
+
+    @property
+    def seqlens(self) -> torch.Tensor:
+        return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).long()
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                     if isinstance(getattr(self, f.name), torch.Tensor)})
+
+    def split(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Cut a (total_tokens, ...) tensor back into one tensor per sequence."""
+        return list(values.split(self.seqlens.tolist()))
+
+
+def cu_seqlens_from_lengths(lengths: Sequence[int] | torch.Tensor, device=None) -> torch.Tensor:
+    lengths = torch.as_tensor(lengths, dtype=torch.int32, device=device)
+    return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+
+
+def position_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long(),
+                                     output_size=total)
+    return torch.arange(total, device=cu_seqlens.device) - starts
+
+
+def pack_sequences(input_ids: Sequence[Sequence[int]],
+                   token_type_ids: Sequence[Sequence[int]] | None = None) -> PackedBatch:
+    """Pack a list of token-id lists (no padding) into a PackedBatch."""
+    if not input_ids or any(len(s) == 0 for s in input_ids):
+        raise ValueError("pack_sequences needs at least one sequence, and no empty sequence")
+    lengths = [len(s) for s in input_ids]
+    flat = torch.tensor([t for s in input_ids for t in s], dtype=torch.long)
+    if token_type_ids is None:
+        types = torch.zeros_like(flat)
+    else:
+        if [len(s) for s in token_type_ids] != lengths:
+            raise ValueError("token_type_ids must have the same lengths as input_ids")
+        types = torch.tensor([t for s in token_type_ids for t in s], dtype=torch.long)
+    cu = cu_seqlens_from_lengths(lengths)
+    return PackedBatch(flat, types, position_ids_from_cu_seqlens(cu, flat.numel()), cu, max(lengths))
+
+
+def unpad_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """From a (B, S) attention mask (1 = real token, left-aligned), the flat indices of real tokens,
+    cu_seqlens and max_seqlen."""
+    lengths = mask.sum(dim=1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    return indices, cu_seqlens_from_lengths(lengths, device=mask.device), int(lengths.max())
+
+
+def pack_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> PackedBatch:
+    """Pack a padded (B, S) batch with its mask; the mask's real tokens must come first in each row."""
+    mask = attention_mask.bool()
+    if (mask[:, 1:] & ~mask[:, :-1]).any():
+        raise ValueError("attention_mask must be left-aligned (real tokens first, then padding)")
+    if (mask.sum(dim=1) == 0).any():
+        raise ValueError("every sequence needs at least one real token")
+    indices, cu, max_len = unpad_indices(mask)
+    ids = input_ids.flatten()[indices].long()
+    types = torch.zeros_like(ids) if token_type_ids is None else token_type_ids.flatten()[indices].long()
+    return PackedBatch(ids, types, position_ids_from_cu_seqlens(cu, ids.numel()), cu, max_len)
+
+
+def pad_packed(values: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+               fill: float = 0.0) -> torch.Tensor:
+    """(total, ...) -> (B, max_seqlen, ...), padding with ``fill``."""
+    batch = cu_seqlens.numel() - 1
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    mask = torch.arange(max_seqlen, device=values.device)[None, :] < lengths[:, None]
+    out = values.new_full((batch, max_seqlen, *values.shape[1:]), fill)
+    out[mask] = values
+    return out

@@ -1,0 +1,245 @@
+"""The one canonical weight schema every loader maps into.
+
+Names (H = hidden, I = intermediate, V = vocab, P = max positions, T = token types, L = labels)::
+
+    embeddings.word            (V, H)      embeddings.position  (P, H)
+    embeddings.token_type      (T, H)      embeddings.ln.weight / .bias (H,)
+    layers.{i}.attn.qkv.weight (3H, H)     layers.{i}.attn.qkv.bias (3H,)   rows: q, k, v
+    layers.{i}.attn.out.weight (H, H)      layers.{i}.attn.out.bias (H,)
+    layers.{i}.attn.ln.weight / .bias (H,)
+    layers.{i}.ffn.in.weight   (I, H)      layers.{i}.ffn.in.bias  (I,)
+    layers.{i}.ffn.out.weight  (H, I)      layers.{i}.ffn.out.bias (H,)
+    layers.{i}.ffn.ln.weight / .bias (H,)
+    pooler.weight (H, H)  pooler.bias (H,)                       optional
+    heads.qa.weight (2, H)  heads.qa.bias (2,)                   optional
+    heads.classifier.weight (L, H)  heads.classifier.bias (L,)   optional
+
+Linear weights are stored (out_features, in_features), as torch.nn.Linear keeps them.
+Q/K/V are fused once, on the way in, so no later stage has to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from bertrt.config import BertConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names what is wrong."""
+
+
+HEADS = ("qa", "classifier")
+
+
+def encoder_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors every encoder must have."""
+    h, i = config.hidden_size, config.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {
+        "embeddings.word": (config.vocab_size, h),
+        "embeddings.position": (config.max_position_embeddings, h),
+        "embeddings.token_type": (config.type_vocab_size, h),
+        "embeddings.ln.weight": (h,),
+        "embeddings.ln.bias": (h,),
+    }
+    for n in range(config.num_hidden_layers):
+        p = f"layers.{n}."
+        shapes.update({
+            p + "attn.qkv.weight": (3 * h, h), p + "attn.qkv.bias": (3 * h,),
+            p + "attn.out.weight": (h, h), p + "attn.out.bias": (h,),
+            p + "attn.ln.weight": (h,), p + "attn.ln.bias": (h,),
+            p + "ffn.in.weight": (i, h), p + "ffn.in.bias": (i,),
+            p + "ffn.out.weight": (h, i), p + "ffn.out.bias": (h,),
+            p + "ffn.ln.weight": (h,), p + "ffn.ln.bias": (h,),
+        })
+    return shapes
+
+
+def optional_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the pooler and the heads; each group is all there or all absent."""
+    h = config.hidden_size
+    return {
+        "pooler.weight": (h, h), "pooler.bias": (h,),
+        "heads.qa.weight": (2, h), "heads.qa.bias": (2,),
+        "heads.classifier.weight": (config.num_labels, h), "heads.classifier.bias": (config.num_labels,),
+    }
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A BERT encoder in canonical names, with what is needed to tokenise for it.
+
+    Args:
+        config: the encoder's shape.
+        tensors: canonical name -> tensor (any float dtype, CPU).
+        vocab_file: path of the WordPiece vocab.txt, if the checkpoint has one.
+        source: where it was loaded from (for messages).
+    """
+
+    config: BertConfig
+    tensors: dict[str, torch.Tensor]
+    vocab_file: Path | None = None
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        validate(self.config, self.tensors, source=self.source)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return tuple(h for h in HEADS if f"heads.{h}.weight" in self.tensors)
+
+    @property
+    def has_pooler(self) -> bool:
+        return "pooler.weight" in self.tensors
+
+    def to(self, dtype: torch.dtype) -> "Checkpoint":
+        return dataclasses.replace(self, tensors={k: v.to(dtype) for k, v in self.tensors.items()})
+
+
+def validate(config: BertConfig, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    """Raise CheckpointError naming every missing, unexpected or mis-shaped tensor."""
+    problems: list[str] = []
+    required = encoder_shapes(config)
+    optional = optional_shapes(config)
+    missing = [k for k in required if k not in tensors]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
+        problems.append(f"missing tensors: {shown}")
+    unknown = [k for k in tensors if k not in required and k not in optional]
+    if unknown:
+        problems.append(f"unexpected tensors: {', '.join(sorted(unknown)[:6])}")
+    for name, tensor in tensors.items():
+        want = required.get(name) or optional.get(name)
+        if want is not None and tuple(tensor.shape) != want:
+            problems.append(f"{name} has shape {tuple(tensor.shape)}, expected {want}")
+        if not tensor.is_floating_point():
+            problems.append(f"{name} has dtype {tensor.dtype}, expected a float tensor")
+    for group in ("pooler", "heads.qa", "heads.classifier"):
+        present = [f"{group}.weight" in tensors, f"{group}.bias" in tensors]
+        if any(present) and not all(present):
+            problems.append(f"{group} has a weight or a bias but not both")
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def random_checkpoint(config: BertConfig, *, heads: tuple[str, ...] = ("qa",), seed: int = 0,
+                      std: float = 0.02) -> Checkpoint:
+    """A checkpoint with BERT's initialisation (normal(0, std), LayerNorm 1/0): for speed runs and tests."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = dict(encoder_shapes(config))
+    opt = optional_shapes(config)
+    for group in ("pooler",) + tuple(f"heads.{h}" for h in heads):
+        shapes[f"{group}.weight"] = opt[f"{group}.weight"]
+        shapes[f"{group}.bias"] = opt[f"{group}.bias"]
+    tensors = {}
+    for name, shape in shapes.items():
+        if name.endswith("ln.weight"):
+            tensors[name] = torch.ones(shape)
+        elif name.endswith(".bias"):
+            tensors[name] = torch.randn(shape, generator=gen) * std
+        else:
+            tensors[name] = torch.randn(shape, generator=gen) * std
+    return Checkpoint(config, tensors, source=f"random(seed={seed})")
+
+
+# --- Hugging Face names <-> canonical names -----------------------------------------
+
+_HF_LAYER = {
+    "attention.output.dense": "attn.out",
+    "attention.output.LayerNorm": "attn.ln",
+    "intermediate.dense": "ffn.in",
+    "output.dense": "ffn.out",
+    "output.LayerNorm": "ffn.ln",
+}
+_HF_TOP = {
+    "embeddings.word_embeddings.weight": "embeddings.word",
+    "embeddings.position_embeddings.weight": "embeddings.position",
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type",
+    "embeddings.LayerNorm.weight": "embeddings.ln.weight",
+    "embeddings.LayerNorm.bias": "embeddings.ln.bias",
+    "pooler.dense.weight": "pooler.weight",
+    "pooler.dense.bias": "pooler.bias",
+}
+_HF_HEADS = {
+    "qa_outputs.weight": "heads.qa.weight",
+    "qa_outputs.bias": "heads.qa.bias",
+    "classifier.weight": "heads.classifier.weight",
+    "classifier.bias": "heads.classifier.bias",
+}
+# Tensors in Hugging Face files that inference does not use.
+_HF_IGNORED_PREFIXES = ("cls.", "embeddings.position_ids", "lm_head.")
+
+
+def _strip_prefix(name: str) -> str:
+    for prefix in ("bert.", "model."):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def from_hf_names(state: dict[str, torch.Tensor], config: BertConfig, *, source: str) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face BERT state dict (with or without ``bert.``) to canonical names, fusing Q/K/V."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str, str], torch.Tensor] = {}
+    unknown: list[str] = []
+    for raw_name, tensor in state.items():
+        name = _strip_prefix(raw_name)
+        # Old checkpoints (TF-converted) name LayerNorm parameters gamma/beta.
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if name in _HF_TOP:
+            out[_HF_TOP[name]] = tensor
+        elif raw_name in _HF_HEADS or name in _HF_HEADS:
+            out[_HF_HEADS.get(raw_name) or _HF_HEADS[name]] = tensor
+        elif name.startswith("encoder.layer."):
+            parts = name.split(".")
+            layer, rest = int(parts[2]), ".".join(parts[3:])
+            module, _, kind = rest.rpartition(".")
+            if module.startswith("attention.self.") and module.split(".")[-1] in ("query", "key", "value"):
+                qkv[(layer, module.split(".")[-1], kind)] = tensor
+            elif module in _HF_LAYER:
+                out[f"layers.{layer}.{_HF_LAYER[module]}.{kind}"] = tensor
+            else:
+                unknown.append(raw_name)
+        elif not name.startswith(_HF_IGNORED_PREFIXES):
+            unknown.append(raw_name)
+    if unknown:
+        raise CheckpointError(f"{source}: tensors that are not part of a BERT model: {', '.join(unknown[:6])}")
+    for layer in range(config.num_hidden_layers):
+        for kind in ("weight", "bias"):
+            parts = [qkv.pop((layer, p, kind), None) for p in ("query", "key", "value")]
+            if all(p is not None for p in parts):
+                out[f"layers.{layer}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+            elif any(p is not None for p in parts):
+                absent = [p for p, t in zip(("query", "key", "value"), parts) if t is None]
+                raise CheckpointError(f"{source}: layer {layer} attention has no {'/'.join(absent)} {kind}")
+    if qkv:
+        extra = sorted({k[0] for k in qkv})
+        raise CheckpointError(f"{source}: attention tensors for layers {extra} beyond num_hidden_layers "
+                              f"{config.num_hidden_layers}")
+    return out
+
+
+def to_hf_names(tensors: dict[str, torch.Tensor], config: BertConfig) -> dict[str, torch.Tensor]:
+    """Canonical -> Hugging Face names (``bert.`` prefix), splitting Q/K/V."""
+    top = {v: k for k, v in _HF_TOP.items()}
+    heads = {v: k for k, v in _HF_HEADS.items()}
+    layer_map = {v: k for k, v in _HF_LAYER.items()}
+    out: dict[str, torch.Tensor] = {}
+    h = config.hidden_size
+    for name, tensor in tensors.items():
+        if name in top:
+            out["bert." + top[name]] = tensor
+        elif name in heads:
+            out[heads[name]] = tensor
+        else:
+            _, layer, module, sub, kind = name.split(".")
+            prefix = f"bert.encoder.layer.{layer}."
+            if f"{module}.{sub}" == "attn.qkv":
+                for part, chunk in zip(("query", "key", "value"), tensor.split(h, dim=0)):
+                    out[f"{prefix}attention.self.{part}.{kind}"] = chunk.contiguous()
+            else:
+                out[f"{prefix}{layer_map[module + '.' + sub]}.{kind}"] = tensor
+    return out

@@ -1,0 +1,48 @@
+"""Load a question-answering model and its tokenizer: the one place commands get a runnable model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bertrt.tokenizer import BertTokenizer
+from bertrt.weights import CheckpointError, load_checkpoint
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'auto'/None -> CUDA when present, else CPU; otherwise as given (checked)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
+    return dev
+
+
+def load_qa(model: str | Path | None = None, *, device: str | None = None, engine: str | Path | None = None):
+    """(runner, tokenizer) where runner.qa_logits(PackedBatch) -> (total_tokens, 2).
+
+    With ``engine`` a saved bertrt engine is loaded; on a GPU without an engine, one is built in
+    memory from the checkpoint (fp16); on the CPU the fp32 reference model runs.
+    """
+    dev = resolve_device(device)
+    if engine is not None:
+        from bertrt.engine import Engine
+
+        runner = Engine.load(engine, device=dev)
+        return runner, BertTokenizer(runner.vocab_file, lowercase=runner.config.do_lower_case)
+    checkpoint = load_checkpoint(model)
+    if "qa" not in checkpoint.heads:
+        raise CheckpointError(f"{checkpoint.source}: has no question-answering head (qa_outputs); "
+                              "fine-tune one with `bertrt train-squad`")
+    if checkpoint.vocab_file is None:
+        raise CheckpointError(f"{checkpoint.source}: no vocab.txt beside the weights")
+    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+    if dev.type == "cuda":
+        from bertrt.engine import Engine
+
+        return Engine.from_checkpoint(checkpoint, device=dev), tokenizer
+    from bertrt.reference import ReferenceBert
+
+    return ReferenceBert.from_checkpoint(checkpoint, device=dev), tokenizer

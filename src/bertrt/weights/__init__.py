@@ -23,7 +23,7 @@ def resolve_model_path(model: str | Path | None) -> Path:
                                   "reinstall bertrt or pass --model PATH")
         return DEFAULT_MODEL_DIR
     path = Path(model).expanduser()
-    if path.exists():
+    if path.exists() or Path(f"{path}.index").is_file():  # a TensorFlow ``model.ckpt`` prefix names no file
         return path
     if _HUB_NAME.match(str(model)):
         from bertrt.weights.hub import download

@@ -1,0 +1,107 @@
+"""Small shared helpers of the Triton kernels: optional lazy import, dispatch, jit per mode.
+
+Triton is an optional extra and is imported only when a kernel is about to run, never when
+``bertrt`` is imported. Kernels are plain module-level functions whose bodies name ``tl``; ``jit``
+binds ``tl`` in their module and applies ``triton.jit`` on first use, once per mode.
+
+Interpreter mode: ``TRITON_INTERPRET`` is read at call time. Triton (3.x) decides compile vs.
+interpret when ``triton.jit`` is applied, also for its own standard library (``tl.sum``...) at
+the moment ``triton`` is first imported. So the variable must already be set when triton is first
+imported in the process; since bertrt imports triton lazily, setting it any time before the first
+kernel call is enough. ``jit`` raises a clear error when the two disagree.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+# Kernels compute in fp32 and store in the input dtype; anything else (fp64, ints) takes the ref.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_JITTED: dict[tuple[Callable, bool], Any] = {}
+
+
+@functools.cache
+def triton_installed() -> bool:
+    """Whether triton can be imported, found without importing it."""
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # blocked by an import hook, or a broken entry in sys.modules
+        return False
+
+
+def interpret_requested() -> bool:
+    """True when TRITON_INTERPRET asks for Triton's CPU interpreter (read now, not at import)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """Whether the Triton kernel may run on these tensors: Triton is installed, the floating-point
+    tensors are fp32/fp16/bf16, and they are all on CUDA or the interpreter was asked for."""
+    if any(t.is_floating_point() and t.dtype not in KERNEL_DTYPES for t in tensors):
+        return False
+    if not (interpret_requested() or all(t.is_cuda for t in tensors)):
+        return False
+    return triton_installed()
+
+
+def triton_interprets() -> bool:
+    """Whether the imported Triton runs its standard library in interpreter mode."""
+    import triton.language as tl
+
+    return type(tl.sum).__name__ == "InterpretedFunction"
+
+
+def jit(fn: Callable) -> Any:
+    """``triton.jit(fn)`` for the current mode (compiled or interpreted), built once per mode."""
+    interpret = interpret_requested()
+    key = (fn, interpret)
+    if key not in _JITTED:
+        import triton
+        import triton.language as tl
+
+        if triton_interprets() != interpret:
+            raise RuntimeError(
+                f"TRITON_INTERPRET is {'set' if interpret else 'unset'} now but was "
+                f"{'set' if not interpret else 'unset'} when triton was first imported; Triton fixes "
+                "interpreter mode at import, so set TRITON_INTERPRET before triton is imported")
+        fn.__globals__["tl"] = tl  # the kernel's module never imports triton itself
+        _JITTED[key] = triton.jit(fn)
+    return _JITTED[key]
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def num_warps_for(elements: int) -> int:
+    """Warps for a program that holds ``elements`` values: about 256 values per warp, 1 to 8 warps."""
+    return min(max(next_pow2(elements) // 256, 1), 8)
+
+
+def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels index rows by stride(0) and need unit stride along the last dimension."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def check_out(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype,
+              device: torch.device) -> torch.Tensor:
+    """A fresh output, or the caller's ``out`` once its shape, dtype, device and strides fit."""
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or out.device != device:
+        raise ValueError(f"out must be {tuple(shape)} {dtype} on {device}, "
+                         f"got {tuple(out.shape)} {out.dtype} on {out.device}")
+    if out.stride(-1) != 1:
+        raise ValueError("out needs unit stride along its last dimension")
+    return out

@@ -1,0 +1,104 @@
+"""Flash-attention forward on packed tokens, in Triton: for GPUs or PyTorch builds that lack
+``torch.nn.attention.varlen`` (see ``bertrt.ops.attention``).
+
+One program computes BLOCK_M queries of one head of one sequence, streaming that sequence's keys
+and values in BLOCK_N blocks with the online softmax, so the (S, S) scores never reach memory and
+no padding is ever read. ``varlen_attention_ref`` in ``bertrt.ops.attention`` is the oracle.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, use_triton
+from bertrt.ops.attention import varlen_attention_ref
+
+tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
+
+_LOG2E = 1.4426950408889634
+
+
+def _varlen_attention_kernel(
+    out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, qk_scale, head_dim,
+    q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    m_block, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    start = tl.load(cu_seqlens_ptr + seq).to(tl.int64)
+    seq_len = (tl.load(cu_seqlens_ptr + seq + 1) - tl.load(cu_seqlens_ptr + seq)).to(tl.int32)
+    if m_block * BLOCK_M >= seq_len:  # the grid covers the longest sequence; shorter ones stop here
+        return
+    m_offs = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_range = tl.arange(0, BLOCK_N)
+    d_offs = tl.arange(0, BLOCK_D)
+    m_mask = m_offs < seq_len
+    d_mask = d_offs < head_dim
+
+    q_ptrs = q_ptr + (start + m_offs)[:, None] * q_stride_t + head * q_stride_h + d_offs[None, :]
+    q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+
+    # Running max (log2 domain), running sum and unnormalised output of the online softmax.
+    row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for n0 in range(0, seq_len, BLOCK_N):
+        n_offs = n0 + n_range
+        n_mask = n_offs < seq_len
+        kt_ptrs = k_ptr + (start + n_offs)[None, :] * k_stride_t + head * k_stride_h + d_offs[:, None]
+        kt = tl.load(kt_ptrs, mask=d_mask[:, None] & n_mask[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
+        scores = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        scores = tl.where(n_mask[None, :], scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
+        alpha = tl.exp2(row_max - new_max)
+        p = tl.exp2(scores - new_max[:, None])
+        row_sum = row_sum * alpha + tl.sum(p, axis=1)
+        v_ptrs = v_ptr + (start + n_offs)[:, None] * v_stride_t + head * v_stride_h + d_offs[None, :]
+        v = tl.load(v_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        row_max = new_max
+
+    out = acc / row_sum[:, None]
+    out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                            max_seqlen: int, scale: float | None = None, *,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v within each sequence of a packed batch (no mask across sequences).
+
+    Args:
+        q, k, v: (T, heads, head_dim) fp32/fp16/bf16, unit stride along head_dim (views of a fused
+            QKV projection are fine); head_dim up to 256, any size (masked to a power of two).
+        cu_seqlens: (B+1,) int32 cumulative sequence lengths, on q's device.
+        max_seqlen: length of the longest sequence.
+        scale: multiplier of q k^T; 1/sqrt(head_dim) when None.
+        out: optional (T, heads, head_dim) tensor of q's dtype to write into.
+
+    Returns:
+        (T, heads, head_dim) in q's dtype; softmax and accumulation in fp32 (fp32 inputs use
+        full-precision dot products, not TF32).
+    """
+    total, heads, head_dim = q.shape
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    if not use_triton(q, k, v) or head_dim > 256:
+        result = varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, scale)
+        return result if out is None else out.copy_(result)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out = check_out(out, (total, heads, head_dim), q.dtype, q.device)
+    batch = cu_seqlens.numel() - 1
+    if total == 0 or batch == 0:
+        return out
+    block_d = max(next_pow2(head_dim), 16)  # tl.dot needs dimensions of at least 16
+    block_m, block_n = (64, 64) if block_d <= 64 else (64, 32)
+    grid = (cdiv(max_seqlen, block_m), batch, heads)
+    jit(_varlen_attention_kernel)[grid](
+        out, q, k, v, cu_seqlens.to(q.device, torch.int32), scale * _LOG2E, head_dim,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4 if block_d <= 64 else 8, num_stages=2)
+    return out

@@ -1,0 +1,94 @@
+"""BERT embeddings in one kernel: gather word + position + token-type rows, sum, LayerNorm.
+
+``embed_layernorm`` runs the Triton kernel on CUDA (or under ``TRITON_INTERPRET=1``) and
+``embed_layernorm_ref`` elsewhere; the ref is the plain-PyTorch oracle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
+
+tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
+
+
+def embed_layernorm_ref(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                        word: torch.Tensor, position: torch.Tensor, token_type: torch.Tensor,
+                        gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Plain PyTorch, fp32 math inside; same arguments and result as ``embed_layernorm``."""
+    x = word[input_ids].float() + position[position_ids].float() + token_type[token_type_ids].float()
+    return F.layer_norm(x, x.shape[-1:], gamma.float(), beta.float(), eps).to(word.dtype)
+
+
+def _embed_layernorm_kernel(
+    out_ptr, ids_ptr, type_ids_ptr, pos_ids_ptr, word_ptr, pos_ptr, type_ptr, gamma_ptr, beta_ptr,
+    n_tokens, hidden, out_stride, word_stride, pos_stride, type_stride, eps,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    # One program normalises BLOCK_T tokens; a row of BLOCK_H >= hidden columns stays in registers.
+    t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    h_offs = tl.arange(0, BLOCK_H)
+    t_mask = t_offs < n_tokens
+    h_mask = h_offs < hidden
+    mask = t_mask[:, None] & h_mask[None, :]
+
+    # int64 row offsets: vocab * hidden and tokens * hidden may pass 2^31 in large batches.
+    word_rows = tl.load(ids_ptr + t_offs, mask=t_mask, other=0).to(tl.int64)
+    pos_rows = tl.load(pos_ids_ptr + t_offs, mask=t_mask, other=0).to(tl.int64)
+    type_rows = tl.load(type_ids_ptr + t_offs, mask=t_mask, other=0).to(tl.int64)
+    x = tl.load(word_ptr + word_rows[:, None] * word_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(pos_ptr + pos_rows[:, None] * pos_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(type_ptr + type_rows[:, None] * type_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    mean = tl.sum(x, axis=1) / hidden
+    xc = tl.where(mask, x - mean[:, None], 0.0)  # padding columns must not enter the variance
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / hidden + eps)
+    gamma = tl.load(gamma_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * gamma[None, :] + beta[None, :]
+    out_rows = t_offs.to(tl.int64)[:, None] * out_stride
+    tl.store(out_ptr + out_rows + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def embed_layernorm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                    word: torch.Tensor, position: torch.Tensor, token_type: torch.Tensor,
+                    gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) per token.
+
+    Args:
+        input_ids: (T,) int64 or int32 WordPiece ids.
+        token_type_ids: (T,) int64 or int32 segment ids.
+        position_ids: (T,) int64 or int32 positions inside each sequence.
+        word: (vocab, H) fp32/fp16/bf16 word embeddings.
+        position: (max_positions, H) position embeddings, dtype of ``word``.
+        token_type: (type_vocab, H) token-type embeddings, dtype of ``word``.
+        gamma, beta: (H,) LayerNorm scale and shift, any float dtype.
+        eps: LayerNorm epsilon.
+        out: optional (T, H) tensor of ``word``'s dtype to write into.
+
+    Returns:
+        (T, H) in ``word``'s dtype; the sum and the normalisation are computed in fp32.
+    """
+    if not use_triton(input_ids, token_type_ids, position_ids, word, position, token_type, gamma, beta):
+        result = embed_layernorm_ref(input_ids, token_type_ids, position_ids, word, position, token_type,
+                                     gamma, beta, eps)
+        return result if out is None else out.copy_(result)
+    n_tokens, hidden = input_ids.numel(), word.shape[1]
+    word, position, token_type = (rows_contiguous(t) for t in (word, position, token_type))
+    input_ids, token_type_ids, position_ids = (t.reshape(-1).contiguous()
+                                               for t in (input_ids, token_type_ids, position_ids))
+    gamma, beta = gamma.contiguous(), beta.contiguous()
+    out = check_out(out, (n_tokens, hidden), word.dtype, word.device)
+    if n_tokens == 0:
+        return out
+    block_h = next_pow2(hidden)
+    block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
+    grid = (cdiv(n_tokens, block_t),)
+    jit(_embed_layernorm_kernel)[grid](
+        out, input_ids, token_type_ids, position_ids, word, position, token_type, gamma, beta,
+        n_tokens, hidden, out.stride(0), word.stride(0), position.stride(0), token_type.stride(0), eps,
+        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))
+    return out

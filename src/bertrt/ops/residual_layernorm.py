@@ -1,0 +1,83 @@
+"""The end of every BERT sub-layer in one kernel: LayerNorm(x + bias + residual).
+
+``x`` is a GEMM output whose bias was left out of the GEMM so that it is added here for free.
+``bias_residual_layernorm`` runs the Triton kernel on CUDA (or under ``TRITON_INTERPRET=1``) and
+``bias_residual_layernorm_ref`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
+
+tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
+
+
+def bias_residual_layernorm_ref(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
+                                gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+    """Plain PyTorch, fp32 math inside; same arguments and result as ``bias_residual_layernorm``."""
+    s = x.float() + bias.float() + residual.float()
+    return F.layer_norm(s, s.shape[-1:], gamma.float(), beta.float(), eps).to(x.dtype)
+
+
+def _bias_residual_layernorm_kernel(
+    out_ptr, x_ptr, bias_ptr, res_ptr, gamma_ptr, beta_ptr,
+    n_tokens, hidden, out_stride, x_stride, res_stride, eps,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    # One program normalises BLOCK_T tokens; a row of BLOCK_H >= hidden columns stays in registers.
+    t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    h_offs = tl.arange(0, BLOCK_H)
+    t_mask = t_offs < n_tokens
+    h_mask = h_offs < hidden
+    mask = t_mask[:, None] & h_mask[None, :]
+    rows = t_offs.to(tl.int64)[:, None]
+
+    x = tl.load(x_ptr + rows * x_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(res_ptr + rows * res_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(bias_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)[None, :]
+
+    mean = tl.sum(x, axis=1) / hidden
+    xc = tl.where(mask, x - mean[:, None], 0.0)  # padding columns must not enter the variance
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / hidden + eps)
+    gamma = tl.load(gamma_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * gamma[None, :] + beta[None, :]
+    tl.store(out_ptr + rows * out_stride + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
+                            gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
+                            out: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerNorm(x + bias + residual) over the last dimension.
+
+    Args:
+        x: (T, H) fp32/fp16/bf16 GEMM output without its bias.
+        bias: (H,) the GEMM's bias, any float dtype.
+        residual: (T, H) the sub-layer's input, any float dtype.
+        gamma, beta: (H,) LayerNorm scale and shift, any float dtype.
+        eps: LayerNorm epsilon.
+        out: optional (T, H) tensor of ``x``'s dtype to write into; may be ``x`` or ``residual``
+            (each program reads its rows before writing them).
+
+    Returns:
+        (T, H) in ``x``'s dtype; the sum and the normalisation are computed in fp32.
+    """
+    if not use_triton(x, bias, residual, gamma, beta):
+        result = bias_residual_layernorm_ref(x, bias, residual, gamma, beta, eps)
+        return result if out is None else out.copy_(result)
+    n_tokens, hidden = x.shape
+    x, residual = rows_contiguous(x), rows_contiguous(residual)
+    bias, gamma, beta = bias.contiguous(), gamma.contiguous(), beta.contiguous()
+    out = check_out(out, (n_tokens, hidden), x.dtype, x.device)
+    if n_tokens == 0:
+        return out
+    block_h = next_pow2(hidden)
+    block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
+    jit(_bias_residual_layernorm_kernel)[(cdiv(n_tokens, block_t),)](
+        out, x, bias, residual, gamma, beta,
+        n_tokens, hidden, out.stride(0), x.stride(0), residual.stride(0), eps,
+        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))
+    return out

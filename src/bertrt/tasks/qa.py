@@ -1,0 +1,64 @@
+"""Extractive question answering on one (question, context) pair, through the SQuAD pipeline.
+
+Passages longer than one window are answered through all their windows (``doc_stride``), never
+truncated; the answer is cut from the original context, so it keeps its case and accents.
+
+Example:
+    >>> answer = answer_question(model, tokenizer, "Who wrote it?", "It was written by Ada Lovelace.")
+    >>> answer.text, answer.start, answer.end
+    ('Ada Lovelace', 18, 30)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bertrt.tasks.squad import FeatureConfig, SquadExample, make_features, postprocess, run_qa_model
+from bertrt.tokenizer import BertTokenizer
+
+
+@dataclasses.dataclass
+class Answer:
+    """The best answer span.
+
+    ``text == context[start:end]`` (character offsets, end exclusive). ``score`` is the raw
+    start_logit + end_logit of the span (comparable across calls with the same model);
+    ``probability`` is its softmax share among the n-best candidates of this question.
+    """
+
+    text: str
+    score: float
+    start: int
+    end: int
+    probability: float = 1.0
+
+
+def answer_question(model, tokenizer: BertTokenizer, question: str, context: str, *,
+                    config: FeatureConfig = FeatureConfig(), n_best_size: int = 20,
+                    max_answer_length: int = 30) -> Answer:
+    """Best answer to ``question`` in ``context``.
+
+    Args:
+        model: anything with ``qa_logits(PackedBatch) -> (total_tokens, 2)`` (see ``run_qa_model``).
+        tokenizer: the model's BertTokenizer.
+        config: window geometry; questions longer than ``max_query_length`` tokens are cut.
+
+    Raises:
+        ValueError: the question or context is empty, whitespace, or has no tokens.
+    """
+    for name, text in (("question", question), ("context", context)):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{name} must be a non-empty string, got {text!r}")
+    example = SquadExample(qid="0", title="", article_index=0, context=context, question=question,
+                           answers=[])
+    features = make_features([example], tokenizer, config)
+    if not features:
+        raise ValueError("context has no tokens after tokenisation")
+    if features[0].input_ids[1] == tokenizer.sep_id:
+        raise ValueError("question has no tokens after tokenisation")
+    starts, ends = run_qa_model(model, features)
+    _, nbest = postprocess([example], features, starts, ends, n_best_size=n_best_size,
+                           max_answer_length=max_answer_length)
+    best = nbest["0"][0]
+    return Answer(text=best["text"], score=best["start_logit"] + best["end_logit"],
+                  start=best["start"], end=best["end"], probability=best["probability"])

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from bertrt.ops.attention import varlen_attention_ref
+from bertrt.ops.attention_triton import varlen_attention_triton
+from bertrt.packed import cu_seqlens_from_lengths
+from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
+
+
+def make_inputs(lengths, heads, head_dim, *, dtype=torch.float32, device="cpu", seed=0):
+    g = gen(seed)
+    total = sum(lengths)
+    q, k, v = (randn(total, heads, head_dim, generator=g, dtype=dtype, device=device) for _ in range(3))
+    return q, k, v, cu_seqlens_from_lengths(lengths, device=device), max(lengths)
+
+
+def torch_math(inputs, dtype):
+    q, k, v, cu, max_len = inputs
+    return varlen_attention_ref(q.to(dtype), k.to(dtype), v.to(dtype), cu, max_len)
+
+
+def check(inputs, dtype):
+    q = inputs[0]
+    out = poisoned(q.shape, dtype, q.device)
+    got = varlen_attention_triton(*inputs, out=out)
+    assert got is out and got.dtype == dtype
+    assert_like_torch(got, torch_math(inputs, dtype), torch_math(inputs, torch.float64), dtype)
+
+
+# Triton's interpreter (3.9) multiplies the raw uint16 bit patterns of bf16 in tl.dot, so bf16 is
+# checked on the GPU only.
+INTERPRETABLE = [pytest.param(d, marks=pytest.mark.skip(reason="interpreter tl.dot mishandles bf16"))
+                 if d == torch.bfloat16 else d for d in DTYPES]
+
+
+@pytest.mark.parametrize("dtype", INTERPRETABLE)
+@pytest.mark.parametrize("head_dim", [32, 64, 48])
+def test_kernel_matches_fp64_like_torch(interpret, head_dim, dtype):
+    # Lengths 1, 7 and 97 cut the 64-wide query and key blocks unevenly.
+    check(make_inputs([7, 1, 97], 2, head_dim, dtype=dtype), dtype)
+
+
+def test_sequences_do_not_attend_to_each_other(interpret):
+    q, k, v, cu, max_len = make_inputs([5, 9], 1, 32)
+    alone = varlen_attention_triton(q[:5], k[:5], v[:5], cu[:2], 5)
+    v2 = v.clone()
+    v2[5:] += 100  # changing the second sequence must not move the first one's output
+    together = varlen_attention_triton(q, k, v2, cu, max_len)
+    torch.testing.assert_close(together[:5], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_views_of_fused_qkv_and_custom_scale(interpret):
+    g = gen(1)
+    lengths, heads, head_dim = [3, 20], 2, 32
+    qkv = torch.randn(sum(lengths), 3, heads, head_dim, generator=g)
+    q, k, v = qkv.unbind(1)  # strided views, as the engine slices its QKV GEMM output
+    cu = cu_seqlens_from_lengths(lengths)
+    got = varlen_attention_triton(q, k, v, cu, 20, scale=0.3)
+    torch.testing.assert_close(got, varlen_attention_ref(q, k, v, cu, 20, scale=0.3), rtol=1e-5, atol=1e-5)
+
+
+def test_falls_back_to_ref_on_plain_cpu(no_interpret):
+    inputs = make_inputs([4, 6], 2, 16)
+    torch.testing.assert_close(varlen_attention_triton(*inputs),
+                               varlen_attention_ref(*inputs, 1 / math.sqrt(16)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_bert_large_on_gpu(gpu, dtype):
+    lengths = [384, 200, 333, 97, 384, 512, 150]
+    check(make_inputs(lengths + [3072 - sum(lengths)], 16, 64, dtype=dtype, device="cuda"), dtype)
+
+
+def test_odd_head_dim_on_gpu(gpu):
+    check(make_inputs([1, 97, 300], 3, 48, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)

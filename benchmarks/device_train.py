@@ -90,12 +90,16 @@ def _probe_fused_attention() -> str:
 
 # Candidate recipes, each a uniform soup of fine-tuned members (lr, epochs, batch size, seed). Rounds 1-2
 # (results committed beside this script) chose lr 2e-4, 4 epochs, batch 32, and showed a soup of seeds
-# helps; round 3 compares larger soups. Chosen on validation articles 24-31 only.
+# helps; round 3 compared larger soups (lr_mix6 won), round 4 lr_mix6 against lr_mix8 and lr_high4. Chosen on validation articles 24-31 only.
 RECIPES = {
     "seeds3_lr2e-4": [(2e-4, 4, 32, s) for s in (42, 1, 2)],
     "seeds5_lr2e-4": [(2e-4, 4, 32, s) for s in (42, 1, 2, 3, 4)],
     "lr_mix6": [(lr, 4, 32, s) for lr in (2e-4, 3e-4, 4e-4) for s in (42, 1)],
+    "lr_mix8": [(lr, 4, 32, s) for lr in (2e-4, 3e-4, 4e-4, 5e-4) for s in (42, 1)],
+    "lr_high4": [(lr, 4, 32, s) for lr in (4e-4, 5e-4) for s in (42, 1)],
 }
+if os.environ.get("RECIPES"):  # a round compares only the named recipes
+    RECIPES = {name: RECIPES[name] for name in os.environ["RECIPES"].split(",")}
 
 
 def train_members(members, base, data, articles: slice, work: Path, tag: str) -> dict:

@@ -12,6 +12,9 @@ COMMANDS = (
     "squad",
     "evaluate",
     "train",
+    "loadgen",
+    "build",
+    "perf",
 )
 
 

@@ -1,0 +1,88 @@
+"""`bertrt loadgen`: MLPerf Inference BERT (SQuAD v1.1) on the real LoadGen."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+SCENARIOS = ("Offline", "SingleStream", "MultiStream", "Server")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "loadgen", help="MLPerf Inference BERT on SQuAD v1.1 through the real LoadGen",
+        description="Drive MLPerf LoadGen (mlcommons-loadgen) against a bertrt, PyTorch or onnxruntime "
+                    "system under test. Samples are the 10,833 SQuAD v1.1 dev features (384/128/64), "
+                    "tokenised before the timed run. LoadGen's own logs (mlperf_log_summary.txt, "
+                    "mlperf_log_detail.txt, mlperf_log_accuracy.json), report.json and, in accuracy "
+                    "mode, accuracy.json land in --out. Settings: LoadGen's built-in mlperf.conf for "
+                    "bert, then --user-conf, then the flags given here.",
+        epilog="examples:\n"
+               "  bertrt loadgen --scenario Offline --engine eng/ --data dev-v1.1.json --target-qps 5000 "
+               "--min-duration 60\n"
+               "  bertrt loadgen --scenario Server --engine eng/ --target-qps 4500 --target-latency-ms 130\n"
+               "  bertrt loadgen --mode accuracy --backend pytorch --data dev-v1.1.json --count 200",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default Offline)")
+    p.add_argument("--mode", choices=("performance", "accuracy"), default="performance",
+                   help="performance: timed run, LoadGen's verdict; accuracy: every sample once, then EM/F1")
+    p.add_argument("--backend", choices=("bertrt", "pytorch", "onnxruntime"), default="bertrt",
+                   help="bertrt: packed tokens through the GPU engine (--engine, or one built from --model); "
+                        "on CPU without --engine it runs the fp32 ReferenceBert. pytorch: Hugging Face "
+                        "BertForQuestionAnswering (fp16 on CUDA, fp32 on CPU), padded. onnxruntime: that "
+                        "model exported to ONNX, CUDA provider when available, else CPU (default bertrt)")
+    p.add_argument("--engine", metavar="DIR",
+                   help="a saved engine from `bertrt build`: run by the bertrt backend; the pytorch and "
+                        "onnxruntime backends take its weights when --model is not given")
+    p.add_argument("--model", metavar="PATH",
+                   help="checkpoint with a QA head (default: the embedded model, unless --engine)")
+    p.add_argument("--data", default="dev-v1.1.json", metavar="FILE",
+                   help="SQuAD v1.1 dev json (default ./dev-v1.1.json)")
+    p.add_argument("--vocab", metavar="FILE",
+                   help="vocab.txt to tokenise with when the engine has none (random-weight engines)")
+    p.add_argument("--articles", metavar="A:B", help="only articles A..B-1 (default all, as MLPerf)")
+    p.add_argument("--user-conf", metavar="FILE", help="LoadGen user.conf (e.g. 'bert.Server.target_qps = 4500')")
+    p.add_argument("--target-qps", type=float, metavar="N",
+                   help="Offline expected / Server target samples per second")
+    p.add_argument("--target-latency-ms", type=float, metavar="MS",
+                   help="Server latency bound (p99; MLPerf: 130); SingleStream/MultiStream expected latency")
+    p.add_argument("--min-duration", type=float, metavar="S", help="minimum run length in seconds (MLPerf: 600)")
+    p.add_argument("--min-query-count", type=int, metavar="N", help="minimum queries (Offline: samples)")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="use only the first N samples (QSL size and performance sample count)")
+    p.add_argument("--max-batch-tokens", type=int, metavar="N",
+                   help="token budget per batch (padded tokens for padded backends; default 65536 "
+                        "Offline, 32768 Server, 8192 otherwise)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--out", default="loadgen-out", metavar="DIR", help="output folder (default ./loadgen-out)")
+    p.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace):
+    from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, Scenario, parse_articles
+
+    return HarnessOptions(
+        scenario=Scenario(args.scenario), mode=Mode(args.mode), backend=BackendName(args.backend),
+        engine=Path(args.engine) if args.engine else None, model=args.model, data=Path(args.data),
+        vocab=Path(args.vocab) if args.vocab else None,
+        articles=parse_articles(args.articles) if args.articles else None,
+        user_conf=Path(args.user_conf) if args.user_conf else None, target_qps=args.target_qps,
+        target_latency_ms=args.target_latency_ms, min_duration_s=args.min_duration,
+        min_query_count=args.min_query_count, count=args.count, max_batch_tokens=args.max_batch_tokens,
+        out=Path(args.out), device=args.device)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bertrt.harness.loadgen.report import format_table
+    from bertrt.harness.loadgen.runner import run as run_harness
+
+    options = options_from_args(args)
+    report = run_harness(options, progress=True)
+    print(format_table([report]))
+    if "accuracy" in report:
+        acc = report["accuracy"]
+        print(json.dumps({"f1": round(acc["f1"], 3), "exact_match": round(acc["exact_match"], 3),
+                          "questions": acc["questions"]}))
+    print(f"logs, report.json{' and accuracy.json' if 'accuracy' in report else ''} in {options.out}")
+    return 0

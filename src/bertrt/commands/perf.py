@@ -1,0 +1,112 @@
+"""`bertrt perf`: latency table and SQuAD throughput of an engine and its peers, in one process."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+
+
+def register(subparsers) -> None:
+    from bertrt.config import STANDARD_CONFIGS
+
+    p = subparsers.add_parser(
+        "perf", help="latency per batch x sequence length (avg/p50/p95/p99) vs Hugging Face peers",
+        description="Time full batches of b sequences of s tokens through an engine and through its peers, "
+                    "built from the same weights and run in the same process: hf (transformers "
+                    "BertForQuestionAnswering, eager), hf-graph (that model in one CUDA graph per shape), compile "
+                    "(torch.compile max-autotune; minutes per shape). Each iteration is timed on its own with "
+                    "CUDA events. --workload squad also runs the SQuAD v1.1 dev features: bertrt packed in "
+                    "token-budget batches, peers padded to 384; reports features/s.",
+        epilog="examples:\n  bertrt perf --engine engines/large-fp16 -b 1 8 32 128 -s 128 384 --peers hf,hf-graph\n"
+               "  bertrt perf --model large --workload squad --data dev-v1.1.json --json perf.json --plot perf.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--engine", metavar="DIR", help="an engine folder from `bertrt build`")
+    source.add_argument("--model", choices=sorted(STANDARD_CONFIGS),
+                        help="build a random-weight engine of this standard shape in a temporary folder")
+    p.add_argument("-b", "--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128], metavar="B",
+                   help="batch sizes (default 1 8 32 128)")
+    p.add_argument("-s", "--seq-lengths", type=int, nargs="+", default=[128, 384], metavar="S",
+                   help="sequence lengths (default 128 384)")
+    p.add_argument("--iterations", type=int, default=1000, metavar="N", help="timed iterations per row (default 1000)")
+    p.add_argument("--warmup", type=int, default=100, metavar="N", help="untimed iterations first (default 100)")
+    p.add_argument("--no-graphs", action="store_true", help="run bertrt eagerly (no CUDA graphs)")
+    p.add_argument("--peers", default="hf", metavar="LIST",
+                   help="comma-separated peers from hf,hf-graph,compile, or 'none' (default hf)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"),
+                   help="precision of a --model engine (default fp16 on GPU, fp32 on CPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--workload", choices=("squad",), help="also measure throughput on the SQuAD dev features")
+    p.add_argument("--data", metavar="FILE", help="SQuAD v1.1 dev json for --workload squad")
+    p.add_argument("--max-features", type=int, metavar="N", help="only the first N SQuAD features")
+    p.add_argument("--peer-batch", type=int, default=64, metavar="N",
+                   help="features per padded peer batch in the workload (default 64)")
+    p.add_argument("--vocab", metavar="FILE", help="vocab.txt for tokenising SQuAD when the engine has none")
+    p.add_argument("--json", metavar="FILE", help="write the full report (environment, settings, rows) here")
+    p.add_argument("--plot", metavar="FILE", help="write latency vs batch size (log axes) here; needs matplotlib")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bertrt.cli import UserError
+    from bertrt.harness import perf
+    from bertrt.pipeline import resolve_device
+
+    peers = [] if args.peers.strip().lower() in ("", "none") else [p.strip() for p in args.peers.split(",")]
+    unknown = [p for p in peers if p not in perf.PEERS]
+    if unknown:
+        raise UserError(f"--peers: unknown {', '.join(unknown)} (choose from {', '.join(perf.PEERS)} or none)")
+    for name in ("iterations", "max_features", "peer_batch"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.warmup < 0 or any(v <= 0 for v in args.batch_sizes + args.seq_lengths):
+        raise UserError("--warmup must be >= 0, batch sizes and sequence lengths positive")
+    if args.workload and not args.data:
+        raise UserError("--workload squad needs --data dev-v1.1.json")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib (pip install 'bertrt[plot]')") from None
+    device = resolve_device(args.device)
+    with contextlib.ExitStack() as stack:
+        engine, name = _engine(args, device, stack)
+        print(f"{name}: {engine}")
+        report = perf.perf_report(engine, batches=args.batch_sizes, seqs=args.seq_lengths,
+                                  iterations=args.iterations, warmup=args.warmup, peers=peers,
+                                  workload_data=args.data if args.workload else None, max_features=args.max_features,
+                                  vocab=args.vocab, peer_batch=args.peer_batch, progress=not args.no_progress,
+                                  name=name)
+    env = report["environment"]
+    print(f"{env['device_name']} | torch {env['torch']} | {args.iterations} iterations after {args.warmup} warm-up")
+    print(perf.format_table(perf.rows_from_report(report)))
+    if "workload" in report:
+        print()
+        print(perf.format_workload(perf.workload_from_report(report)))
+    for error in report["errors"]:
+        print(f"skipped: {error}")
+    if args.json:
+        print(f"wrote {perf.write_json(report, args.json)}")
+    if args.plot and report["rows"]:
+        print(f"wrote {perf.plot(perf.rows_from_report(report), args.plot, title=name)}")
+    return 0
+
+
+def _engine(args, device, stack: contextlib.ExitStack):
+    """The engine to time, and a name for it."""
+    from bertrt.engine import Engine, build
+
+    graphs = not args.no_graphs
+    if args.engine:
+        return Engine.load(args.engine, device=device, graphs=graphs), str(args.engine)
+    from bertrt.config import STANDARD_CONFIGS
+    from bertrt.weights import random_checkpoint
+
+    precision = args.precision or ("fp16" if device.type == "cuda" else "fp32")
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bertrt-perf-"))
+    path = build(random_checkpoint(STANDARD_CONFIGS[args.model]), f"{folder}/engine", precision=precision,
+                 device=device)
+    return Engine.load(path, device=device, graphs=graphs), f"BERT-{args.model} (random weights, {precision})"

@@ -1,0 +1,243 @@
+"""The saved engine: a folder with ``engine.json``, ``weights.safetensors`` and ``vocab.txt``.
+
+``engine.json`` holds an :class:`EngineSpec`: the model's shape, the precision, the limits the
+runtime was sized for, the GPU compute capability it was built for and the sha256 of the weights.
+Everything here is plain I/O and checking; no tensor math. Every problem a load can meet raises
+:class:`EngineError` with one sentence saying what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bertrt.config import BertConfig, ConfigError, Precision
+
+FORMAT = "bertrt-engine"
+FORMAT_VERSION = 1
+SPEC_FILE = "engine.json"
+WEIGHTS_FILE = "weights.safetensors"
+VOCAB_FILE = "vocab.txt"
+
+# How the weights are laid out for the kernels. Linear weights stay (out_features, in_features):
+# F.linear hands them to cuBLAS as a transposed operand, which costs nothing, so pre-transposing buys
+# no speed and would only make the file differ from the canonical schema.
+LAYOUT = {"linear_weight": "out_in", "qkv": "fused rows q|k|v", "dtype": "all tensors in the engine precision"}
+GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)", "tuned": False}
+
+
+class EngineError(ValueError):
+    """An engine folder that cannot be loaded here; the message names the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """What ``engine.json`` records about a built engine.
+
+    Args:
+        config: the encoder's shape.
+        precision: dtype of every stored tensor.
+        max_tokens: most tokens one forward pass takes (larger batches are split).
+        max_seq_length: longest sequence the engine accepts.
+        max_batch: most sequences one forward pass takes.
+        compute_capability: (major, minor) of the GPU it was built for; None for a CPU build,
+            which loads anywhere.
+        weights_sha256 / weights_bytes: checksum and size of ``weights.safetensors``.
+    """
+
+    config: BertConfig
+    precision: Precision
+    max_tokens: int
+    max_seq_length: int
+    max_batch: int
+    compute_capability: tuple[int, int] | None
+    heads: tuple[str, ...] = ()
+    has_pooler: bool = False
+    has_vocab: bool = False
+    device_name: str | None = None
+    weights_sha256: str = ""
+    weights_bytes: int = 0
+    source: str = "<memory>"
+    bertrt_version: str = ""
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+    torch_version: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "max_seq_length", "max_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise EngineError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_seq_length > self.config.max_position_embeddings:
+            raise EngineError(f"max_seq_length {self.max_seq_length} exceeds the model's "
+                              f"max_position_embeddings {self.config.max_position_embeddings}")
+        if self.max_tokens < self.max_seq_length:
+            raise EngineError(f"max_tokens {self.max_tokens} must be at least max_seq_length "
+                              f"{self.max_seq_length}, so that any one sequence fits")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "bertrt_version": self.bertrt_version,
+            "created": self.created,
+            "torch_version": self.torch_version,
+            "source": self.source,
+            "config": dataclasses.asdict(self.config),
+            "precision": self.precision.value,
+            "max_tokens": self.max_tokens,
+            "max_seq_length": self.max_seq_length,
+            "max_batch": self.max_batch,
+            "compute_capability": list(self.compute_capability) if self.compute_capability else None,
+            "device_name": self.device_name,
+            "heads": list(self.heads),
+            "has_pooler": self.has_pooler,
+            "layout": LAYOUT,
+            "gemm": GEMM,
+            "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256, "bytes": self.weights_bytes},
+            "vocab": VOCAB_FILE if self.has_vocab else None,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any, *, source: str) -> "EngineSpec":
+        """Parse and check ``engine.json`` content; raises EngineError naming the bad field."""
+        from bertrt import __version__
+
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise EngineError(f"{source}: not a bertrt engine description (no \"format\": \"{FORMAT}\")")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise EngineError(f"{source}: engine format version {version!r}, this bertrt reads version "
+                              f"{FORMAT_VERSION}; rebuild the engine with `bertrt build`")
+        if raw.get("bertrt_version") != __version__:
+            raise EngineError(f"{source}: built by bertrt {raw.get('bertrt_version')!r}, this is bertrt "
+                              f"{__version__}; rebuild the engine with `bertrt build`")
+        try:
+            weights = raw["weights"]
+            cc = raw["compute_capability"]
+            if cc is not None and (not isinstance(cc, list) or len(cc) != 2
+                                   or not all(isinstance(c, int) for c in cc)):
+                raise EngineError(f"{source}: compute_capability must be [major, minor] or null, got {cc!r}")
+            return cls(
+                config=BertConfig(**raw["config"]),
+                precision=Precision(raw["precision"]),
+                max_tokens=raw["max_tokens"],
+                max_seq_length=raw["max_seq_length"],
+                max_batch=raw["max_batch"],
+                compute_capability=tuple(cc) if cc is not None else None,
+                heads=tuple(raw.get("heads", ())),
+                has_pooler=bool(raw.get("has_pooler", False)),
+                has_vocab=raw.get("vocab") is not None,
+                device_name=raw.get("device_name"),
+                weights_sha256=str(weights["sha256"]),
+                weights_bytes=int(weights["bytes"]),
+                source=str(raw.get("source", "")),
+                bertrt_version=raw["bertrt_version"],
+                format_version=version,
+                created=str(raw.get("created", "")),
+                torch_version=str(raw.get("torch_version", "")),
+            )
+        except EngineError:
+            raise
+        except KeyError as exc:
+            raise EngineError(f"{source}: missing field {exc.args[0]!r}; rebuild the engine") from exc
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise EngineError(f"{source}: invalid engine description ({exc}); rebuild the engine") from exc
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_compute_capability(built_for: tuple[int, int] | None, device_capability: tuple[int, int] | None,
+                             *, source: str) -> None:
+    """Raise EngineError when an engine built for one GPU generation is loaded on another.
+
+    ``None`` on either side means "not a GPU": a CPU build runs anywhere, and any build can be
+    loaded onto the CPU.
+    """
+    if built_for is None or device_capability is None:
+        return
+    if tuple(built_for) != tuple(device_capability):
+        want, have = ".".join(map(str, built_for)), ".".join(map(str, device_capability))
+        raise EngineError(f"{source}: built for GPU compute capability {want}, this GPU is {have}; "
+                          "rebuild the engine on this machine with `bertrt build`")
+
+
+def read_spec(folder: Path) -> EngineSpec:
+    """Read ``engine.json`` of an engine folder (no weights read)."""
+    path = folder / SPEC_FILE
+    if not folder.is_dir():
+        raise EngineError(f"{folder}: no such engine folder")
+    if not path.is_file():
+        raise EngineError(f"{folder}: not a bertrt engine (no {SPEC_FILE}); build one with `bertrt build`")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EngineError(f"{path}: not valid JSON ({exc}); rebuild the engine") from exc
+    return EngineSpec.from_json(raw, source=str(path))
+
+
+def verify_weights(folder: Path, spec: EngineSpec) -> Path:
+    """The weights file, once its size and sha256 match ``engine.json``."""
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise EngineError(f"{folder}: {WEIGHTS_FILE} is missing; rebuild the engine")
+    size = path.stat().st_size
+    if size != spec.weights_bytes:
+        raise EngineError(f"{path}: {size} bytes, engine.json says {spec.weights_bytes} (truncated or "
+                          "replaced); rebuild the engine")
+    digest = file_sha256(path)
+    if digest != spec.weights_sha256:
+        raise EngineError(f"{path}: checksum mismatch (sha256 {digest[:12]}..., engine.json says "
+                          f"{spec.weights_sha256[:12]}...): the file is corrupted; rebuild the engine")
+    return path
+
+
+def write_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Create folder ``out`` by filling a temporary sibling and renaming it into place.
+
+    An interrupted build never leaves a half-written engine; an existing engine is replaced only
+    once the new one is complete.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        fill(tmp)
+        _normal_permissions(tmp)
+        if out.exists():
+            if not out.is_dir() or (not (out / SPEC_FILE).is_file() and any(out.iterdir())):
+                raise EngineError(f"{out}: exists and is not a bertrt engine; refusing to overwrite it")
+            backup = out.with_name(f".{out.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            os.replace(out, backup)
+            os.replace(tmp, out)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _normal_permissions(folder: Path) -> None:
+    """mkdtemp makes the folder private (0700); give the engine the permissions of a normal folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for item in folder.iterdir():
+        os.chmod(item, 0o666 & ~umask)

@@ -1,0 +1,361 @@
+"""The engine runtime: BERT on packed tokens with fused kernels, replayed through CUDA graphs.
+
+Per layer, on (T, H) packed tokens (no computation on padding)::
+
+    qkv  = F.linear(x, W_qkv, b_qkv).view(T, 3, heads, head_dim)     cuBLAS, bias in its epilogue
+    ctx  = varlen_attention(q, k, v, cu_seqlens, max_seqlen)          fused flash attention
+    x    = bias_residual_layernorm(F.linear(ctx, W_out), b_out, x)    bias + residual + LN in one kernel
+    up   = bias_gelu(F.linear(x, W_in), b_in)                         bias + erf GELU in one kernel
+    x    = bias_residual_layernorm(F.linear(up, W_ffn_out), b_ffn_out, x)
+
+framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits).
+Each op falls back to its plain-PyTorch ``*_ref`` off the GPU, so an fp32 CPU engine gives the
+reference model's answers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bertrt.config import Precision
+from bertrt.engine.format import (VOCAB_FILE, EngineError, EngineSpec, check_compute_capability, read_spec,
+                                  verify_weights)
+from bertrt.ops.attention import varlen_attention
+from bertrt.ops.bias_gelu import bias_gelu
+from bertrt.ops.embed_layernorm import embed_layernorm
+from bertrt.ops.qa_head import qa_head
+from bertrt.ops.residual_layernorm import bias_residual_layernorm
+from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
+from bertrt.weights.schema import Checkpoint, CheckpointError, validate
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    attn_ln_w: torch.Tensor
+    attn_ln_b: torch.Tensor
+    in_w: torch.Tensor
+    in_b: torch.Tensor
+    ffn_out_w: torch.Tensor
+    ffn_out_b: torch.Tensor
+    ffn_ln_w: torch.Tensor
+    ffn_ln_b: torch.Tensor
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], index: int) -> "_Layer":
+        p = f"layers.{index}."
+        names = ("attn.qkv.weight", "attn.qkv.bias", "attn.out.weight", "attn.out.bias", "attn.ln.weight",
+                 "attn.ln.bias", "ffn.in.weight", "ffn.in.bias", "ffn.out.weight", "ffn.out.bias",
+                 "ffn.ln.weight", "ffn.ln.bias")
+        return cls(*(tensors[p + n] for n in names))
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> the GPU when there is one, else the CPU; "cuda" gets its index, so that device
+    comparisons with tensors' devices ("cuda:0") hold."""
+    device = torch.device("cuda" if device is None and torch.cuda.is_available() else device or "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {device}: no CUDA GPU is available here")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class Engine:
+    """A built BERT engine on one device.
+
+    Get one with :meth:`Engine.load` (a folder from :func:`bertrt.engine.build`) or
+    :meth:`Engine.from_checkpoint` (in memory). Not for concurrent use from several threads
+    except through ``qa_logits``/``encode`` with graphs, which serialise on a lock.
+
+    Args:
+        spec: the engine description.
+        tensors: canonical name -> tensor, already in the engine precision and on ``device``.
+        device: where it runs.
+        graphs: replay CUDA graphs per token bucket (CUDA only); False runs every op eagerly.
+        vocab_file: the WordPiece vocabulary, when the engine has one.
+
+    Example:
+        >>> engine = Engine.load("engines/large-fp16")
+        >>> logits = engine.qa_logits(pack_sequences(ids, types))   # (total_tokens, 2) fp32
+    """
+
+    def __init__(self, spec: EngineSpec, tensors: dict[str, torch.Tensor], *, device: torch.device,
+                 graphs: bool = True, vocab_file: Path | None = None):
+        self.spec = spec
+        self.config = spec.config
+        self.vocab_file = vocab_file
+        self._device = _resolve_device(device)
+        self._tensors = tensors
+        self._layers = [_Layer.from_tensors(tensors, i) for i in range(self.config.num_hidden_layers)]
+        self.graphs = bool(graphs) and self._device.type == "cuda"
+        self._runners: dict[str, object] = {}
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None, *, graphs: bool = True,
+             capture: Sequence[int] = ()) -> "Engine":
+        """Load a saved engine.
+
+        Args:
+            path: the engine folder.
+            device: where to run (default: the GPU when there is one, else the CPU).
+            graphs: use CUDA graphs (CUDA only).
+            capture: token counts whose graphs to capture now rather than on first use.
+
+        Raises:
+            EngineError: missing or corrupted files, another format or bertrt version, a build for
+                another GPU generation, or a description that does not match the weights.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(path)
+        spec = read_spec(folder)
+        device = _resolve_device(device)
+        if device.type == "cuda":
+            check_compute_capability(spec.compute_capability, tuple(torch.cuda.get_device_capability(device)),
+                                     source=str(folder))
+        weights = verify_weights(folder, spec)
+        try:
+            tensors = load_file(str(weights), device=str(device))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise EngineError(f"{weights}: cannot read weights ({exc}); rebuild the engine") from exc
+        _check_tensors(spec, tensors, source=str(weights))
+        vocab = folder / VOCAB_FILE
+        if spec.has_vocab and not vocab.is_file():
+            raise EngineError(f"{folder}: {VOCAB_FILE} is missing; rebuild the engine")
+        engine = cls(spec, tensors, device=device, graphs=graphs, vocab_file=vocab if spec.has_vocab else None)
+        engine.capture(capture)
+        return engine
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, *, precision: str | Precision | None = None,
+                        device: str | torch.device | None = None, graphs: bool = True,
+                        max_tokens: int | None = None, max_seq_length: int | None = None,
+                        max_batch: int = 128) -> "Engine":
+        """An engine built in memory (nothing saved). Precision defaults to fp16 on CUDA, fp32 on CPU."""
+        from bertrt.engine.build import make_spec, prepare_tensors
+
+        device = _resolve_device(device)
+        precision = Precision(precision or ("fp16" if device.type == "cuda" else "fp32"))
+        spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
+                         max_batch=max_batch, device=device)
+        tensors = {k: v.to(device) for k, v in prepare_tensors(checkpoint, precision).items()}
+        return cls(spec, tensors, device=device, graphs=graphs, vocab_file=checkpoint.vocab_file)
+
+    # --- properties -----------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def precision(self) -> Precision:
+        return self.spec.precision
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.spec.precision.dtype
+
+    @property
+    def max_tokens(self) -> int:
+        return self.spec.max_tokens
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.spec.max_seq_length
+
+    @property
+    def max_batch(self) -> int:
+        return self.spec.max_batch
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        return self.spec.heads
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Canonical name -> weight (engine precision, on the engine's device); do not modify."""
+        return dict(self._tensors)
+
+    def to_checkpoint(self) -> Checkpoint:
+        """The weights as an fp32 CPU checkpoint (for reference models and peers)."""
+        return Checkpoint(self.config, {k: v.to("cpu", torch.float32) for k, v in self._tensors.items()},
+                          vocab_file=self.vocab_file, source=self.spec.source)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"Engine({c.num_hidden_layers} layers, hidden {c.hidden_size}, {self.precision.value}, "
+                f"{self.device}, graphs={self.graphs}, max_tokens={self.max_tokens})")
+
+    # --- the forward pass -----------------------------------------------------------------
+
+    def _hidden(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
+                cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """(T, H) last hidden states; the whole body is capturable in a CUDA graph."""
+        c, t = self.config, self._tensors
+        eps, heads, head_dim = c.layer_norm_eps, c.num_attention_heads, c.head_dim
+        x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"],
+                            t["embeddings.position"], t["embeddings.token_type"], t["embeddings.ln.weight"],
+                            t["embeddings.ln.bias"], eps)
+        tokens = x.shape[0]
+        for w in self._layers:
+            q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
+            ctx = varlen_attention(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
+            x = bias_residual_layernorm(F.linear(ctx, w.out_w), w.out_b, x, w.attn_ln_w, w.attn_ln_b, eps)
+            up = F.linear(x, w.in_w)
+            up = bias_gelu(up, w.in_b, out=up)
+            x = bias_residual_layernorm(F.linear(up, w.ffn_out_w), w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps)
+        return x
+
+    def _qa(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
+        hidden = self._hidden(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
+        return qa_head(hidden, self._tensors["heads.qa.weight"], self._tensors["heads.qa.bias"])
+
+    def _forward_fn(self, kind: str):
+        return {"hidden": self._hidden, "qa": self._qa}[kind]
+
+    def _runner(self, kind: str):
+        if kind not in self._runners:
+            from bertrt.engine.graphs import GraphRunner
+
+            self._runners[kind] = GraphRunner(self._forward_fn(kind), device=self.device, max_tokens=self.max_tokens,
+                                              max_batch=self.max_batch, max_seq_length=self.max_seq_length)
+        return self._runners[kind]
+
+    def capture(self, token_counts: Sequence[int], kind: str = "qa") -> None:
+        """Capture the graphs for these token counts now (no-op without graphs)."""
+        if not self.graphs:
+            return
+        runner = self._runner(kind)
+        for count in token_counts:
+            runner.capture(runner.bucket(count))
+
+    def _run(self, kind: str, batch: PackedBatch) -> torch.Tensor:
+        if batch.max_seqlen > self.max_seq_length:
+            raise ValueError(f"a sequence of {batch.max_seqlen} tokens exceeds the engine's max_seq_length "
+                             f"{self.max_seq_length}; rebuild with a larger --max-seq-length")
+        if batch.input_ids.device != self.device:
+            batch = batch.to(self.device)
+        outputs = [self._run_chunk(kind, part) for part in self._split(batch)]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _run_chunk(self, kind: str, batch: PackedBatch) -> torch.Tensor:
+        if self.graphs:
+            try:
+                return self._runner(kind).run(batch)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except RuntimeError as exc:
+                # A kernel that cannot be captured must not make the engine unusable.
+                warnings.warn(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); running eagerly",
+                              RuntimeWarning, stacklevel=3)
+                self.graphs = False
+                self._runners.clear()
+        cu = batch.cu_seqlens.to(torch.int32)
+        with torch.inference_mode():
+            return self._forward_fn(kind)(batch.input_ids, batch.token_type_ids, batch.position_ids, cu,
+                                          batch.max_seqlen)
+
+    def _split(self, batch: PackedBatch) -> list[PackedBatch]:
+        """Cut a batch into runs of whole sequences within max_batch and max_tokens."""
+        if batch.num_sequences <= self.max_batch and batch.total_tokens <= self.max_tokens:
+            return [batch]
+        offsets = batch.cu_seqlens.tolist()
+        parts, first = [], 0
+        for i in range(1, len(offsets)):
+            too_many = i - first > self.max_batch or offsets[i] - offsets[first] > self.max_tokens
+            if too_many:
+                parts.append(_slice(batch, offsets, first, i - 1))
+                first = i - 1
+        parts.append(_slice(batch, offsets, first, len(offsets) - 1))
+        return parts
+
+    # --- public entry points --------------------------------------------------------------
+
+    def encode(self, batch: PackedBatch) -> torch.Tensor:
+        """(total_tokens, hidden) last hidden states in the engine precision."""
+        return self._run("hidden", batch)
+
+    def qa_logits(self, batch: PackedBatch) -> torch.Tensor:
+        """(total_tokens, 2) fp32 start/end logits: the interface of ``ReferenceBert.qa_logits``."""
+        if "qa" not in self.heads:
+            raise ValueError("this engine has no question-answering head")
+        return self._run("qa", batch)
+
+    def pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden) fp32: tanh(W h_[CLS] + b), BERT's pooled output."""
+        if not self.spec.has_pooler:
+            raise ValueError("this engine has no pooler")
+        hidden = self.encode(batch) if hidden is None else hidden
+        first = batch.cu_seqlens[:-1].to(hidden.device, torch.long)
+        with torch.inference_mode():
+            t = self._tensors
+            return torch.tanh(F.linear(hidden[first].float(), t["pooler.weight"].float(), t["pooler.bias"].float()))
+
+    def classify(self, batch: PackedBatch) -> torch.Tensor:
+        """(B, num_labels) fp32 logits of the sequence-classification head."""
+        if "classifier" not in self.heads:
+            raise ValueError("this engine has no classification head")
+        t = self._tensors
+        with torch.inference_mode():
+            return F.linear(self.pooled(batch), t["heads.classifier.weight"].float(),
+                            t["heads.classifier.bias"].float())
+
+    def run(self, input_ids: Sequence[Sequence[int]] | torch.Tensor, attention_mask: torch.Tensor | None = None,
+            token_type_ids: Sequence[Sequence[int]] | torch.Tensor | None = None) -> list[torch.Tensor] | torch.Tensor:
+        """QA logits at the API edge, where inputs may be padded.
+
+        Args:
+            input_ids: a list of token-id lists (ragged), or a (B, S) tensor.
+            attention_mask: with a tensor, (B, S) 1 for real tokens (left-aligned); default all real.
+            token_type_ids: same layout as ``input_ids``; default all 0.
+
+        Returns:
+            For lists: one (len_i, 2) fp32 tensor per sequence. For a tensor: (B, S, 2) fp32 with
+            zeros at padded positions.
+        """
+        if isinstance(input_ids, torch.Tensor):
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            batch = pack_padded(input_ids, mask, token_type_ids)
+            logits = self.qa_logits(batch)
+            return pad_packed(logits, batch.cu_seqlens.to(logits.device), input_ids.shape[1])
+        batch = pack_sequences(input_ids, token_type_ids)
+        return batch.split(self.qa_logits(batch))
+
+
+def _slice(batch: PackedBatch, offsets: list[int], first: int, last: int) -> PackedBatch:
+    """Sequences first..last-1 of a packed batch (``offsets`` = its cu_seqlens as a list)."""
+    start, end = offsets[first], offsets[last]
+    lengths = [offsets[i + 1] - offsets[i] for i in range(first, last)]
+    cu = (batch.cu_seqlens[first:last + 1] - start).to(torch.int32)
+    return PackedBatch(batch.input_ids[start:end], batch.token_type_ids[start:end], batch.position_ids[start:end],
+                       cu, max(lengths))
+
+
+def _check_tensors(spec: EngineSpec, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    """The weights must be what engine.json describes: schema names and shapes, one dtype."""
+    try:
+        validate(spec.config, tensors, source=source)
+    except CheckpointError as exc:
+        raise EngineError(f"{exc}; rebuild the engine") from exc
+    wrong = sorted(k for k, v in tensors.items() if v.dtype != spec.precision.dtype)
+    if wrong:
+        raise EngineError(f"{source}: {wrong[0]} is {tensors[wrong[0]].dtype}, engine.json says "
+                          f"{spec.precision.value}; rebuild the engine")
+    heads = tuple(h for h in ("qa", "classifier") if f"heads.{h}.weight" in tensors)
+    if set(heads) != set(spec.heads):
+        raise EngineError(f"{source}: heads {heads} do not match engine.json's {spec.heads}; rebuild the engine")

@@ -1,0 +1,284 @@
+"""What the SUT runs: three interchangeable backends with one contract.
+
+``run(input_ids, token_type_ids)`` takes B samples (each a (len,) int32 array) and returns their
+start/end logits as one (total_tokens, 2) float32 array in packed order (sample 0's tokens first),
+so the SUT never needs to know whether the backend padded. ``padded`` tells the batcher whether a
+batch costs ``sum(len)`` tokens (packed) or ``B * max(len)`` (padded).
+
+- ``bertrt``: packed tokens through ``bertrt.engine.Engine`` on a GPU (a saved engine, or one
+  built in memory from the checkpoint), or the fp32 ``ReferenceBert`` on the CPU.
+- ``pytorch``: Hugging Face ``BertForQuestionAnswering`` from the same checkpoint, padded batches,
+  fp16 on CUDA and fp32 on CPU (what the MLPerf reference runs).
+- ``onnxruntime``: that model exported to ONNX with dynamic batch and sequence axes, run by the
+  CUDA execution provider when there is one, else the CPU provider.
+
+Each framework is imported inside the backend that needs it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertrt.cli import UserError
+from bertrt.packed import PackedBatch, position_ids_from_cu_seqlens
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: no CUDA GPU is available")
+    return resolved
+
+
+def require_qa_head(checkpoint) -> None:
+    if "qa" not in checkpoint.heads:
+        raise UserError(f"{checkpoint.source}: the model has no question-answering head "
+                        "(fine-tune it first with `bertrt train`)")
+
+
+def _padded(input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(B, S) int64 ids, mask and types, real tokens first in each row."""
+    lengths = [len(x) for x in input_ids]
+    batch, seq = len(lengths), max(lengths)
+    ids = np.zeros((batch, seq), dtype=np.int64)
+    types = np.zeros((batch, seq), dtype=np.int64)
+    mask = np.zeros((batch, seq), dtype=np.int64)
+    for row, (i, t, n) in enumerate(zip(input_ids, token_type_ids, lengths)):
+        ids[row, :n], types[row, :n], mask[row, :n] = i, t, 1
+    return ids, mask, types
+
+
+# Batches up to this many tokens replay the engine's CUDA graphs; larger ones run eagerly. Graphs
+# remove launch overhead, which matters for a few hundred tokens (SingleStream, light Server load)
+# and not for tens of thousands (Offline), where capturing a graph for every token bucket met in
+# the run (~200 buckets up to max_tokens, each warmed up and captured on first use) would cost
+# seconds of the timed run.
+GRAPH_MAX_TOKENS = 4096
+
+
+class PackedBackend:
+    """The bertrt backend: any model with ``qa_logits(PackedBatch) -> (total_tokens, 2)``.
+
+    Args:
+        model: an ``Engine`` or a ``ReferenceBert``.
+        device: where its inputs go.
+        name: for reports.
+        graph_max_tokens: for engines with CUDA graphs, the largest batch that replays a graph.
+    """
+
+    padded = False
+
+    def __init__(self, model, device: torch.device, name: str, *, graph_max_tokens: int = GRAPH_MAX_TOKENS):
+        self.model, self.device, self.name = model, device, name
+        self.graph_max_tokens = graph_max_tokens
+        self.has_graphs = bool(getattr(model, "graphs", False))
+
+    def capture_graphs(self) -> None:
+        """Capture every graph bucket up to ``graph_max_tokens`` now, outside the timed run."""
+        if self.has_graphs:
+            self.model.capture(range(64, self.graph_max_tokens + 1, 64))
+
+    @property
+    def max_batch_samples(self) -> int | None:
+        """The engine's sequence limit per pass: batches beyond it would be split (with a host sync)."""
+        return getattr(self.model, "max_batch", None)
+
+    @property
+    def max_tokens(self) -> int | None:
+        return getattr(self.model, "max_tokens", None)
+
+    def submit(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> "_Pending":
+        """Launch a batch without waiting for it; ``.result()`` gives the (total_tokens, 2) logits.
+
+        For batches above ``graph_max_tokens`` on CUDA nothing here waits for the GPU (pinned
+        staging, async copies both ways), so the SUT prepares and launches the next batch meanwhile.
+        """
+        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int32, count=len(input_ids))
+        total = int(lengths.sum())
+        cu = np.zeros(len(lengths) + 1, dtype=np.int32)
+        np.cumsum(lengths, out=cu[1:])
+        # One host-to-device copy for ids, types and cu_seqlens (three would each pay the latency).
+        host = torch.from_numpy(np.concatenate([*input_ids, *token_type_ids, cu]))
+        # Large batches go asynchronously (pinned staging) so the next one can be prepared while
+        # this one runs; a small one is waited for at once, and plain copies are quicker for it.
+        overlap = self.device.type == "cuda" and total > self.graph_max_tokens
+        flat = host.pin_memory().to(self.device, non_blocking=True) if overlap else host.to(self.device)
+        cu_seqlens = flat[2 * total:]
+        batch = PackedBatch(input_ids=flat[:total].long(), token_type_ids=flat[total:2 * total].long(),
+                            position_ids=position_ids_from_cu_seqlens(cu_seqlens, total),
+                            cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
+        eager = self.has_graphs and total > self.graph_max_tokens
+        if eager:
+            self.model.graphs = False  # the engine's public switch; its captured graphs are kept
+        try:
+            with torch.inference_mode():
+                logits = self.model.qa_logits(batch).float()
+        finally:
+            if eager:
+                self.model.graphs = True
+        if not overlap:
+            return _Pending(logits.cpu().numpy())
+        out = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)
+        out.copy_(logits, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Pending(out, done)
+
+    def run(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> np.ndarray:
+        return self.submit(input_ids, token_type_ids).result()
+
+
+class _Pending:
+    """A launched batch: ``result()`` waits for its copy to the host and returns it as numpy."""
+
+    def __init__(self, value, done=None):
+        self.value, self.done = value, done
+
+    def result(self) -> np.ndarray:
+        if self.done is not None:
+            self.done.synchronize()  # sleeps in the driver, releasing the GIL
+            self.value, self.done = self.value.numpy(), None
+        return self.value
+
+
+class TorchBackend:
+    """Hugging Face BertForQuestionAnswering on padded batches."""
+
+    padded = True
+    name = "pytorch"
+
+    def __init__(self, model, device: torch.device):
+        self.model, self.device = model, device
+
+    def run(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> np.ndarray:
+        ids, mask, types = (torch.from_numpy(a).to(self.device) for a in _padded(input_ids, token_type_ids))
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            logits = torch.stack([out.start_logits, out.end_logits], dim=-1)[mask.bool()]
+        return logits.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """An ONNX export of the Hugging Face model, run by onnxruntime on padded batches."""
+
+    padded = True
+    name = "onnxruntime"
+
+    def __init__(self, session):
+        self.session = session
+        self.providers = session.get_providers()
+
+    def run(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> np.ndarray:
+        ids, mask, types = _padded(input_ids, token_type_ids)
+        start, end = self.session.run(["start_logits", "end_logits"],
+                                      {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+        return np.stack([start, end], axis=-1)[mask.astype(bool)].astype(np.float32, copy=False)
+
+
+def hf_model(checkpoint, device: torch.device, *, attn_implementation: str = "sdpa"):
+    """``BertForQuestionAnswering`` with the checkpoint's weights (fp16 on CUDA, fp32 on CPU)."""
+    from transformers import BertForQuestionAnswering
+
+    from bertrt.weights import save_hf_folder
+
+    from transformers.utils import logging as hf_logging
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    verbosity = hf_logging.get_verbosity()
+    # from_pretrained reports tensors the QA model does not use (the pooler): expected, not news.
+    hf_logging.set_verbosity_error()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bertrt-hf-") as tmp:
+            folder = save_hf_folder(checkpoint, Path(tmp) / "model")
+            model = BertForQuestionAnswering.from_pretrained(str(folder), dtype=dtype,
+                                                             attn_implementation=attn_implementation)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model.to(device).eval()
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Keyword-free forward returning (start, end), so the ONNX graph has named, fixed I/O."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return out.start_logits, out.end_logits
+
+
+def onnx_session(checkpoint, device: torch.device, workdir: Path):
+    """Export the Hugging Face model to ``workdir/model.onnx`` and open an onnxruntime session."""
+    import onnxruntime as ort
+
+    use_cuda = device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+    export_device = device if use_cuda else torch.device("cpu")
+    # Eager attention exports to plain MatMul/Softmax that every onnxruntime provider runs.
+    model = _LogitsOnly(hf_model(checkpoint, export_device, attn_implementation="eager"))
+    ids = torch.ones(2, 16, dtype=torch.long, device=export_device)
+    path = workdir / "model.onnx"
+    axes = {0: "batch", 1: "seq"}
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The TorchScript exporter warns about its own deprecation, index ops it handles, and
+        # shape checks it freezes (transformers' mask padding test, always false for our inputs).
+        for category in (UserWarning, FutureWarning, DeprecationWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["start_logits", "end_logits"],
+                          dynamic_axes={n: axes for n in ("input_ids", "attention_mask", "token_type_ids",
+                                                          "start_logits", "end_logits")},
+                          opset_version=17, dynamo=False)
+    del model
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def make_backend(name: str, *, checkpoint=None, engine: Path | None = None, device: torch.device,
+                 workdir: Path | None = None):
+    """Build the named backend.
+
+    Args:
+        name: "bertrt", "pytorch" or "onnxruntime".
+        checkpoint: a ``Checkpoint`` with a QA head (all but bertrt-with-engine need one).
+        engine: a saved engine folder for the bertrt backend.
+        device: where to run.
+        workdir: where the onnxruntime backend writes its .onnx file (a temp dir if None).
+    """
+    if name == "bertrt":
+        if engine is not None:
+            from bertrt.engine import Engine
+
+            return PackedBackend(Engine.load(engine, device=device), device, "bertrt-engine")
+        require_qa_head(checkpoint)
+        if device.type == "cuda":
+            from bertrt.engine import Engine
+
+            return PackedBackend(Engine.from_checkpoint(checkpoint, device=device), device, "bertrt-engine")
+        from bertrt.reference import ReferenceBert
+
+        return PackedBackend(ReferenceBert.from_checkpoint(checkpoint, device=device), device, "bertrt-reference")
+    require_qa_head(checkpoint)
+    if name == "pytorch":
+        return TorchBackend(hf_model(checkpoint, device), device)
+    if name == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise UserError("the onnxruntime backend needs onnxruntime: pip install 'bertrt[loadgen]'") from None
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="bertrt-onnx-"))
+        return OnnxBackend(onnx_session(checkpoint, device, workdir))
+    raise UserError(f"unknown backend {name!r}")

@@ -1,0 +1,158 @@
+"""One harness run end to end: build the QSL and the backend, run LoadGen, score, report.
+
+``prepare`` does the slow, untimed work (tokenising the data, loading or exporting the model);
+``run_test`` drives LoadGen with them and may be called many times on the same pair, which is how
+``benchmarks/device_loadgen.py`` runs several scenarios in one process.
+
+Example:
+    >>> options = HarnessOptions(scenario=Scenario.OFFLINE, data=Path("dev-v1.1.json"), count=64)
+    >>> qsl, backend = prepare(options)
+    >>> report = run_test(options, qsl, backend)
+    >>> report["result"], report["valid"]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bertrt.cli import UserError
+from bertrt.harness.loadgen import accuracy, report as reporting
+from bertrt.harness.loadgen.backends import make_backend, require_qa_head, resolve_device
+from bertrt.harness.loadgen.qsl import SquadQSL
+from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, log_settings, loadgen_settings
+from bertrt.harness.loadgen.sut import BatchingSUT
+
+
+def require_loadgen():
+    try:
+        import mlperf_loadgen
+    except ImportError:
+        raise UserError("the loadgen command needs MLPerf LoadGen: pip install 'bertrt[loadgen]' "
+                        "(package mlcommons-loadgen)") from None
+    return mlperf_loadgen
+
+
+def _vocab_file(options: HarnessOptions, checkpoint, backend=None) -> Path | None:
+    """The vocabulary to tokenise with: --vocab, else the engine's, else the checkpoint's, else (once
+    the backend is built) the loaded engine's, else the default model's; None while undecided."""
+    from bertrt.weights import DEFAULT_MODEL_DIR
+
+    candidates = [Path(options.vocab)] if options.vocab is not None else []
+    if options.engine is not None:
+        candidates.append(Path(options.engine) / "vocab.txt")
+    if checkpoint is not None and checkpoint.vocab_file is not None:
+        candidates.append(Path(checkpoint.vocab_file))
+    if backend is not None:
+        loaded = getattr(getattr(backend, "model", None), "vocab_file", None)
+        candidates += [Path(loaded)] if loaded is not None else []
+        candidates.append(DEFAULT_MODEL_DIR / "vocab.txt")
+    for path in candidates:
+        if path.is_file():
+            return path
+    if backend is not None:
+        raise UserError("no vocab.txt to tokenise SQuAD with: pass --vocab FILE (the engine has none)")
+    return None
+
+
+def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQSL, object]:
+    """Validate, tokenise the data and build the backend: everything before the timed run."""
+    options.validate()
+    require_loadgen()
+    from bertrt.tokenizer import BertTokenizer
+    from bertrt.weights import load_checkpoint
+
+    device = resolve_device(options.device)
+    checkpoint = None
+    if options.model is not None or options.engine is None:
+        checkpoint = load_checkpoint(options.model)
+    elif options.backend is not BackendName.BERTRT:
+        # The peers run the engine's own weights (fp16 engines come back as fp32 copies).
+        from bertrt.engine import Engine
+
+        checkpoint = Engine.load(options.engine, device="cpu").to_checkpoint()
+    if checkpoint is not None and options.engine is None:
+        require_qa_head(checkpoint)  # before the data is tokenised
+
+    def build():
+        return make_backend(options.backend.value, checkpoint=checkpoint, engine=options.engine, device=device)
+
+    # Tokenise first where the vocabulary is known, so data errors (--count too large) come fast.
+    backend = None
+    vocab = _vocab_file(options, checkpoint)
+    if vocab is None:
+        backend = build()
+        vocab = _vocab_file(options, checkpoint, backend)
+    config = checkpoint.config if checkpoint is not None else getattr(getattr(backend, "model", None), "config", None)
+    tokenizer = BertTokenizer(vocab, lowercase=config.do_lower_case if config is not None else True)
+    qsl = SquadQSL(options.data, tokenizer, articles=options.articles, count=options.count, progress=progress)
+    backend = backend or build()
+    warm_up(backend, qsl, options.batch_tokens(), full_batch=device.type == "cuda")
+    return qsl, backend
+
+
+def warm_up(backend, qsl: SquadQSL, max_batch_tokens: int, *, full_batch: bool) -> None:
+    """Run one sample and (on a GPU) batches of 1/16 up to all of the token budget, longest samples
+    first, so first-call costs (kernel compiles, CUDA graph captures, allocator growth) fall
+    outside LoadGen's timing."""
+    order = np.argsort(-qsl.lengths, kind="stable")
+    backend.run([qsl.input_ids[order[0]]], [qsl.token_type_ids[order[0]]])
+    if not full_batch:
+        return
+    if hasattr(backend, "capture_graphs"):
+        backend.capture_graphs()
+    for budget in (max_batch_tokens // 16, max_batch_tokens // 4, max_batch_tokens):
+        take, tokens = [], 0
+        for i in order:
+            n = int(qsl.lengths[i])
+            cost = (len(take) + 1) * int(qsl.lengths[order[0]]) if backend.padded else tokens + n
+            if take and cost > budget:
+                break
+            take.append(int(i))
+            tokens += n
+        backend.run([qsl.input_ids[i] for i in take], [qsl.token_type_ids[i] for i in take])
+
+
+def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 1) -> dict:
+    """Run LoadGen once; write its logs, report.json (and accuracy.json) into ``options.out``.
+
+    Returns:
+        The report dict (see ``report.build_report``), with "accuracy" in accuracy mode.
+    """
+    lg = require_loadgen()
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = loadgen_settings(options, len(qsl))
+    latency_s = settings.server_target_latency_ns / 1e9
+    sut = BatchingSUT(backend, qsl, scenario=options.scenario, max_batch_tokens=options.batch_tokens(),
+                      latency_target_s=latency_s, workers=workers).start()
+    sut_handle, qsl_handle = sut.construct(), qsl.construct()
+    try:
+        # A missing audit.config path keeps a stray ./audit.config from changing the run.
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings(out),
+                                    str(out / "audit.config"))
+    finally:
+        sut.stop()
+        lg.DestroySUT(sut_handle)
+        lg.DestroyQSL(qsl_handle)
+    if sut.error is not None:
+        raise RuntimeError(f"the {backend.name} backend failed during the run: {sut.error}") from sut.error
+
+    report = reporting.build_report(out, options, backend_name=backend.name, samples=len(qsl),
+                                    batches=sut.batches, completed=sut.samples)
+    if options.mode is Mode.ACCURACY:
+        scores = accuracy.score(qsl, accuracy.read_accuracy_log(out / accuracy.ACCURACY_LOG))
+        predictions = scores.pop("predictions")
+        (out / "predictions.json").write_text(json.dumps(predictions, indent=1, ensure_ascii=False) + "\n")
+        (out / "accuracy.json").write_text(json.dumps(scores, indent=2) + "\n")
+        report["accuracy"] = scores
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def run(options: HarnessOptions, *, progress: bool = False) -> dict:
+    """``prepare`` then ``run_test``."""
+    qsl, backend = prepare(options, progress=progress)
+    return run_test(options, qsl, backend)

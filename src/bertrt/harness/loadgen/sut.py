@@ -1,0 +1,208 @@
+"""The system under test: LoadGen hands it samples, worker threads batch them by tokens and answer.
+
+``issue_queries`` only appends the samples to a pending list under a lock and wakes a worker, so
+LoadGen's issuing thread is never held up by inference. Workers sleep on a condition variable
+(no polling) and, once woken, take a batch from the pending samples:
+
+- Offline: pending samples are kept sorted by length, so each batch holds similar lengths (no
+  padding waste for padded backends) and is as large as the token budget allows.
+- Server / MultiStream / SingleStream: whatever is pending, oldest first, up to the token budget;
+  no waiting for a batch to fill. Under Server the budget is also capped so that one batch takes
+  about a third of the latency target, from a running estimate of the backend's tokens/s.
+
+Under Offline a worker launches a batch before finishing the one ahead of it, so with an
+asynchronous backend (``submit``: the bertrt engine on CUDA) packing, copying and completing one
+batch overlap the GPU's work on the next. Batches also stay
+within the backend's own limits (``max_batch_samples``, ``max_tokens``) so the engine never splits them.
+
+Each sample is completed with its raw logits, a (len, 2) float32 array passed to LoadGen by
+pointer; the array stays referenced until ``QuerySamplesComplete`` has returned (LoadGen copies
+it then, in accuracy mode).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from bertrt.harness.loadgen.settings import Scenario
+
+# Share of the Server latency target one batch may take: a sample can wait for the batch ahead of
+# it and then run in its own, and Poisson arrivals need headroom.
+LATENCY_SHARE = 1 / 3
+
+
+class BatchingSUT:
+    """Token-budget batcher in front of a backend.
+
+    Args:
+        backend: ``run(ids_list, types_list) -> (total_tokens, 2) float32``; ``padded`` attribute.
+        qsl: the ``SquadQSL`` whose sample indices LoadGen issues.
+        scenario: decides the batching policy (see the module docstring).
+        max_batch_tokens: upper bound on a batch's tokens (padded tokens for padded backends).
+        latency_target_s: Server latency target; caps batches as described above.
+        workers: inference threads (1 is right for one GPU; more overlap host work on CPU).
+    """
+
+    def __init__(self, backend, qsl, *, scenario: Scenario, max_batch_tokens: int,
+                 latency_target_s: float | None = None, workers: int = 1):
+        self.backend, self.qsl, self.scenario = backend, qsl, scenario
+        self.max_batch_tokens = max_batch_tokens
+        self.latency_target_s = latency_target_s if scenario is Scenario.SERVER else None
+        self._cond = threading.Condition()
+        self._pending: list[tuple[int, int]] = []  # (LoadGen response id, sample index)
+        self._sorted = True
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._work, name=f"sut-worker-{i}", daemon=True)
+                         for i in range(workers)]
+        self._tokens_per_s: float | None = None
+        self.error: BaseException | None = None
+        self.batches = 0
+        self.samples = 0
+
+    # --- LoadGen callbacks ------------------------------------------------------------------
+
+    def issue_queries(self, query_samples) -> None:
+        items = [(s.id, s.index) for s in query_samples]
+        with self._cond:
+            self._pending.extend(items)
+            self._sorted = False
+            self._cond.notify()
+
+    def flush_queries(self) -> None:
+        # Workers never hold samples back waiting for a fuller batch, so there is nothing to flush.
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def construct(self):
+        """Register with LoadGen; returns its handle (free it with ``mlperf_loadgen.DestroySUT``)."""
+        import mlperf_loadgen as lg
+
+        return lg.ConstructSUT(self.issue_queries, self.flush_queries)
+
+    def start(self) -> "BatchingSUT":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        """Let the workers finish what is pending, then end them."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join()
+
+    # --- batching ---------------------------------------------------------------------------
+
+    def _budget(self) -> int:
+        budget = self.max_batch_tokens
+        engine_tokens = getattr(self.backend, "max_tokens", None)
+        if engine_tokens:
+            budget = min(budget, engine_tokens)
+        if self.latency_target_s is not None and self._tokens_per_s is not None:
+            budget = min(budget, int(self._tokens_per_s * self.latency_target_s * LATENCY_SHARE))
+        return budget
+
+    def _cost(self, count: int, longest: int, total: int) -> int:
+        return count * longest if self.backend.padded else total
+
+    def _take_batch(self) -> list[tuple[int, int]]:
+        """Remove and return the next batch from ``_pending`` (caller holds the lock)."""
+        lengths = self.qsl.lengths
+        if self.scenario is Scenario.OFFLINE and not self._sorted:
+            self._pending.sort(key=lambda item: lengths[item[1]])
+            self._sorted = True
+        budget = self._budget()
+        max_samples = getattr(self.backend, "max_batch_samples", None) or len(self._pending)
+        count, longest, total = 0, 0, 0
+        for _, index in self._pending:
+            n = int(lengths[index])
+            if count and (count == max_samples or self._cost(count + 1, max(longest, n), total + n) > budget):
+                break
+            count, longest, total = count + 1, max(longest, n), total + n
+        batch = self._pending[:count]
+        del self._pending[:count]
+        return batch
+
+    def _work(self) -> None:
+        """Take a batch, launch it, then finish the batch launched before it: with backends that
+        launch asynchronously (``submit``), the host work of one batch overlaps the GPU work of
+        the next. Only Offline does this: under Server load a batch taken while another runs would
+        close early and small, so there each batch is finished before the next is taken (as late
+        as possible, with as many samples as have arrived). With nothing pending a batch is
+        finished at once, so latency is not paid for."""
+        pipelined = self.scenario is Scenario.OFFLINE
+        in_flight = None
+        while True:
+            if in_flight is not None and not pipelined:
+                self._complete(*in_flight)
+                in_flight = None
+            with self._cond:
+                while not self._pending and not self._stopping and in_flight is None:
+                    self._cond.wait()
+                batch = self._take_batch() if self._pending else None
+            if batch is None and in_flight is None:
+                return  # stopping, and nothing left
+            launched = self._launch(batch) if batch is not None else None
+            if in_flight is not None:
+                self._complete(*in_flight)
+            in_flight = launched
+
+    def _launch(self, batch: list[tuple[int, int]]):
+        ids = [self.qsl.input_ids[index] for _, index in batch]
+        types = [self.qsl.token_type_ids[index] for _, index in batch]
+        start = time.perf_counter()
+        try:
+            submit = getattr(self.backend, "submit", None)
+            pending = submit(ids, types) if submit is not None else _Ready(self.backend.run(ids, types))
+        except BaseException as exc:  # noqa: BLE001 - LoadGen would wait forever for these samples
+            pending = _Failed(exc)
+        return batch, [len(x) for x in ids], pending, start
+
+    def _complete(self, batch: list[tuple[int, int]], lengths: list[int], pending, start: float) -> None:
+        import mlperf_loadgen as lg
+
+        try:
+            logits = np.ascontiguousarray(pending.result(), dtype=np.float32)
+            if logits.shape != (sum(lengths), 2):
+                raise RuntimeError(f"backend {self.backend.name} returned logits of shape {logits.shape}, "
+                                   f"expected ({sum(lengths)}, 2)")
+        except BaseException as exc:  # noqa: BLE001 - LoadGen would wait forever for these samples
+            self.error = self.error or exc
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(qid, 0, 0) for qid, _ in batch])
+            return
+        # Launch-to-result time; with a batch ahead of it on the GPU this overstates the batch's
+        # own time, which only makes the Server cap more careful.
+        elapsed = time.perf_counter() - start
+        rate = self._cost(len(lengths), max(lengths), sum(lengths)) / max(elapsed, 1e-6)
+        self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
+        bounds = np.cumsum([0, *lengths])
+        parts = [logits[bounds[k]:bounds[k + 1]] for k in range(len(batch))]  # contiguous row views
+        responses = [lg.QuerySampleResponse(qid, part.ctypes.data, part.nbytes)
+                     for (qid, _), part in zip(batch, parts)]
+        lg.QuerySamplesComplete(responses)
+        # `logits` (which `parts` view) is released only now, after LoadGen has copied the data.
+        del parts, logits
+        self.batches += 1
+        self.samples += len(batch)
+
+
+class _Ready:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+    def result(self):
+        raise self.exc

@@ -1,0 +1,565 @@
+"""Latency and throughput of an engine and of its peers, measured in the same process.
+
+Two measurements:
+
+- **the table**: for every (batch b, sequence length s), a full batch of b sequences of s tokens
+  run ``iterations`` times after ``warmup`` untimed runs; each iteration is timed on its own (CUDA
+  events on the GPU, synchronised; ``perf_counter`` on the CPU) and reported as avg/p50/p95/p99 ms.
+- **the SQuAD workload**: the real dev set cut into features, sorted by length, run packed in
+  token-budget batches by bertrt and padded to 384 in fixed-size batches by the peers; reported
+  as features/s. Tokenisation is not timed; inputs are staged on the device beforehand.
+
+Peers (built from the engine's own weights, in its precision):
+
+- ``hf``: transformers ``BertForQuestionAnswering`` run eagerly (its default attention kernel);
+- ``hf-graph``: that model captured in one CUDA graph per shape;
+- ``compile``: ``torch.compile(mode="max-autotune")`` of that model (minutes to compile).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertrt.packed import PackedBatch, pack_padded, pack_sequences
+
+PEERS = ("hf", "hf-graph", "compile")
+BERTRT = "bertrt"
+
+
+@dataclasses.dataclass
+class PerfRow:
+    """Latency of one system on full batches of ``batch`` sequences of ``seq`` tokens (ms per batch)."""
+
+    system: str
+    batch: int
+    seq: int
+    iterations: int
+    avg_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+    @property
+    def sequences_per_s(self) -> float:
+        return self.batch * 1000.0 / self.avg_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "sequences_per_s": self.sequences_per_s}
+
+
+@dataclasses.dataclass
+class WorkloadRow:
+    """Throughput of one system on the SQuAD features."""
+
+    system: str
+    features: int
+    tokens: int              # real tokens in all features
+    computed_tokens: int     # tokens the system computed (padding included)
+    batches: int
+    seconds: float
+    max_abs_diff: float | None = None  # vs bertrt's logits on the first batch of features
+
+    @property
+    def features_per_s(self) -> float:
+        return self.features / self.seconds if self.seconds > 0 else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "features_per_s": self.features_per_s}
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_iterations(fn: Callable[[], object], *, iterations: int, warmup: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``iterations`` calls of ``fn``, after ``warmup`` untimed calls."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        synchronize(device)
+        times = []
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            for _ in range(iterations):
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+        else:
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def latency_row(system: str, batch: int, seq: int, times_ms: Sequence[float]) -> PerfRow:
+    t = np.asarray(times_ms, dtype=np.float64)
+    p50, p95, p99 = np.percentile(t, [50, 95, 99])
+    return PerfRow(system, batch, seq, len(t), float(t.mean()), float(p50), float(p95), float(p99))
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and peers
+
+
+def synthetic_inputs(batch: int, seq: int, vocab_size: int, *, device: torch.device,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, seq) int64 ids and token types (first quarter 0 = question, rest 1 = passage)."""
+    gen = torch.Generator().manual_seed(seed)
+    low = 1000 if vocab_size > 2000 else 1  # ordinary WordPieces of a BERT vocab, past the specials
+    ids = torch.randint(low, vocab_size, (batch, seq), generator=gen)
+    ids[:, 0] = 101 if vocab_size > 2000 else 0  # [CLS]
+    types = torch.ones(batch, seq, dtype=torch.long)
+    types[:, : max(1, seq // 4)] = 0
+    return ids.to(device), types.to(device)
+
+
+def hf_model(engine) -> torch.nn.Module:
+    """transformers ``BertForQuestionAnswering`` holding the engine's weights, in its precision and device."""
+    import transformers
+
+    from bertrt.weights.schema import to_hf_names
+
+    if "qa" not in engine.heads:
+        raise ValueError("the engine has no QA head, so there is no BertForQuestionAnswering peer")
+    hf_config = transformers.BertConfig(**engine.config.to_hf_dict("BertForQuestionAnswering"))
+    with torch.device(engine.device):  # initialise on the device: fast even for BERT-Large
+        model = transformers.BertForQuestionAnswering(hf_config)
+    state = {k: v for k, v in to_hf_names(engine.tensors(), engine.config).items() if not k.startswith("bert.pooler")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise RuntimeError(f"HF peer weights do not line up: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return model.to(engine.dtype).eval()
+
+
+def _hf_call(model, ids, types, mask=None):
+    return model(input_ids=ids, token_type_ids=types, attention_mask=mask)
+
+
+def _graphed(fn: Callable[[], object], device: torch.device) -> tuple[Callable[[], None], Any]:
+    """Capture ``fn`` (which reads static tensors) in one CUDA graph; returns (replay, outputs)."""
+    with torch.inference_mode():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+    return graph.replay, (graph, out)
+
+
+def peer_runner(name: str, model: torch.nn.Module, ids: torch.Tensor, types: torch.Tensor,
+                mask: torch.Tensor | None = None, *, compiled: dict | None = None) -> tuple[Callable[[], object], Any]:
+    """A no-argument callable running peer ``name`` on these static inputs, plus objects to keep alive."""
+    device = ids.device
+    if name == "hf":
+        return (lambda: _hf_call(model, ids, types, mask)), None
+    if name == "hf-graph":
+        if device.type != "cuda":
+            raise RuntimeError("hf-graph needs a CUDA device")
+        return _graphed(lambda: _hf_call(model, ids, types, mask), device)
+    if name == "compile":
+        if compiled is None:
+            compiled = {}
+        if "model" not in compiled:
+            compiled["model"] = torch.compile(model, mode="max-autotune", dynamic=False)
+        cmodel = compiled["model"]
+        mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+
+        def run():
+            if mark is not None:
+                mark()  # compiled graphs reuse their outputs' memory from one call to the next
+            return _hf_call(cmodel, ids, types, mask)
+
+        return run, compiled
+    raise ValueError(f"unknown peer {name!r} (choose from {', '.join(PEERS)})")
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+def run_table(engine, *, batches: Sequence[int], seqs: Sequence[int], iterations: int, warmup: int,
+              peers: Sequence[str] = ("hf",), progress: bool = True,
+              errors: list[dict] | None = None) -> list[PerfRow]:
+    """Latency rows of bertrt and each peer for every (seq, batch); failures go to ``errors``."""
+    from tqdm import tqdm
+
+    errors = [] if errors is None else errors
+    device = engine.device
+    rows: list[PerfRow] = []
+    model = None
+    compiled: dict = {}
+    if peers:
+        try:
+            model = hf_model(engine)
+        except Exception as exc:  # a missing transformers must not lose the bertrt rows
+            errors.append({"system": ",".join(peers), "error": f"{type(exc).__name__}: {exc}"})
+            peers = ()
+    shapes = [(s, b) for s in seqs for b in batches]
+    bar = tqdm(total=len(shapes) * (1 + len(peers)), desc="perf", unit="row", disable=not progress)
+    for seq, batch in shapes:
+        ids, types = synthetic_inputs(batch, seq, engine.config.vocab_size, device=device)
+        for system in (BERTRT, *peers):
+            bar.set_postfix_str(f"{system} b{batch} s{seq}")
+            keep = None
+            try:
+                if seq > engine.max_seq_length:
+                    raise ValueError(f"s={seq} exceeds the engine's max_seq_length {engine.max_seq_length}")
+                if system == BERTRT:
+                    packed = pack_padded(ids, torch.ones_like(ids), types)
+                    fn = lambda packed=packed: engine.qa_logits(packed)  # noqa: E731
+                else:
+                    fn, keep = peer_runner(system, model, ids, types, compiled=compiled)
+                times = time_iterations(fn, iterations=iterations, warmup=warmup, device=device)
+                rows.append(latency_row(system, batch, seq, times))
+            except Exception as exc:
+                errors.append({"system": system, "batch": batch, "seq": seq, "error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                del keep
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            bar.update()
+    bar.close()
+    return rows
+
+
+def format_table(rows: Sequence[PerfRow]) -> str:
+    """Plain-text table, one line per row, with each peer's latency as a ratio of bertrt's."""
+    ours = {(r.batch, r.seq): r.avg_ms for r in rows if r.system == BERTRT}
+    lines = [f"{'seq':>5} {'batch':>5} {'system':<9} {'avg ms':>9} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} "
+             f"{'seq/s':>10} {'vs bertrt':>9}"]
+    for r in sorted(rows, key=lambda r: (r.seq, r.batch, r.system != BERTRT)):
+        base = ours.get((r.batch, r.seq))
+        ratio = f"{r.avg_ms / base:.2f}x" if base else "-"
+        lines.append(f"{r.seq:>5} {r.batch:>5} {r.system:<9} {r.avg_ms:>9.3f} {r.p50_ms:>9.3f} {r.p95_ms:>9.3f} "
+                     f"{r.p99_ms:>9.3f} {r.sequences_per_s:>10.1f} {ratio:>9}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The SQuAD workload
+
+
+def squad_features(data: str | Path, tokenizer, *, max_features: int | None = None, progress: bool = True):
+    """SQuAD dev features (max_seq_length 384, doc_stride 128, max_query_length 64)."""
+    from bertrt.tasks.squad import FeatureConfig, make_features, read_squad
+
+    examples = read_squad(data)
+    if max_features:
+        examples = examples[:max_features]  # each example gives at least one feature
+    features = make_features(examples, tokenizer, FeatureConfig(), progress=progress)
+    return features[:max_features] if max_features else features
+
+
+def packed_batches(features, *, max_batch: int, max_tokens: int) -> list[list[int]]:
+    """Indices of features sorted by length, cut greedily into batches within both limits."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+    batches, current, tokens = [], [], 0
+    for i in order:
+        n = len(features[i].input_ids)
+        if current and (len(current) == max_batch or tokens + n > max_tokens):
+            batches.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _packed(features, indices: Sequence[int]) -> PackedBatch:
+    return pack_sequences([features[i].input_ids for i in indices], [features[i].token_type_ids for i in indices])
+
+
+def _padded(features, indices: Sequence[int], batch: int, seq: int, device) -> tuple[torch.Tensor, ...]:
+    """(batch, seq) ids, types, mask for these features; missing rows are one-token dummies."""
+    ids = torch.zeros(batch, seq, dtype=torch.long)
+    types = torch.zeros(batch, seq, dtype=torch.long)
+    mask = torch.zeros(batch, seq, dtype=torch.long)
+    mask[:, 0] = 1
+    for row, i in enumerate(indices):
+        f = features[i]
+        n = len(f.input_ids)
+        ids[row, :n] = torch.tensor(f.input_ids)
+        types[row, :n] = torch.tensor(f.token_type_ids)
+        mask[row, :n] = 1
+    return ids.to(device), types.to(device), mask.to(device)
+
+
+def _timed_pass(calls: Sequence[Callable[[], object]], device: torch.device) -> float:
+    synchronize(device)
+    t0 = time.perf_counter()
+    for call in calls:
+        call()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def squad_workload(engine, features, *, peers: Sequence[str] = ("hf",), peer_batch: int = 64, seq: int = 384,
+                   progress: bool = True, errors: list[dict] | None = None) -> list[WorkloadRow]:
+    """Features/s of bertrt (packed, token-budget batches) and of each peer (padded to ``seq``).
+
+    Each system runs the whole set once untimed (capturing graphs) and once timed.
+    """
+    from tqdm import tqdm
+
+    errors = [] if errors is None else errors
+    device = engine.device
+    real_tokens = sum(len(f.input_ids) for f in features)
+    rows: list[WorkloadRow] = []
+    with torch.inference_mode():
+        groups = packed_batches(features, max_batch=engine.max_batch, max_tokens=engine.max_tokens)
+        batches = [_packed(features, g).to(device) for g in tqdm(groups, desc="stage bertrt", disable=not progress)]
+        calls = [lambda b=b: engine.qa_logits(b) for b in batches]
+        _timed_pass(calls, device)
+        seconds = _timed_pass(calls, device)
+        rows.append(WorkloadRow(BERTRT, len(features), real_tokens, real_tokens, len(batches), seconds))
+        first = list(range(min(peer_batch, len(features))))
+        reference = engine.qa_logits(_packed(features, first).to(device))
+        if not peers:
+            return rows
+        order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
+        chunks = [order[i:i + peer_batch] for i in range(0, len(order), peer_batch)]
+        padded = [_padded(features, c, peer_batch, seq, device) for c in tqdm(chunks, desc="stage peers",
+                                                                              disable=not progress)]
+        try:
+            model = hf_model(engine)
+        except Exception as exc:
+            errors.append({"system": ",".join(peers), "workload": "squad", "error": f"{type(exc).__name__}: {exc}"})
+            return rows
+        for name in peers:
+            keep = None
+            try:
+                if name == "hf":
+                    calls = [lambda p=p: _hf_call(model, *p[:2], p[2]) for p in padded]
+                elif name == "hf-graph":
+                    static = [t.clone() for t in padded[0]]
+                    replay, keep = peer_runner("hf-graph", model, static[0], static[1], static[2])
+
+                    def step(p, static=static, replay=replay):
+                        for dst, src in zip(static, p):
+                            dst.copy_(src)
+                        replay()
+
+                    calls = [lambda p=p: step(p) for p in padded]
+                else:
+                    raise ValueError(f"peer {name!r} is not run on the SQuAD workload (hf and hf-graph are)")
+                _timed_pass(calls, device)
+                seconds = _timed_pass(calls, device)
+                check = _padded(features, first, peer_batch, seq, device)
+                out = _hf_call(model, *check[:2], check[2])
+                real = check[2][: len(first)].bool()
+                theirs = torch.stack([out.start_logits, out.end_logits], dim=-1)[: len(first)][real]
+                diff = float((theirs.float() - reference).abs().max())
+                rows.append(WorkloadRow(name, len(features), real_tokens, len(features) * seq, len(chunks), seconds,
+                                        diff))
+            except Exception as exc:
+                errors.append({"system": name, "workload": "squad", "error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                del keep
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
+def format_workload(rows: Sequence[WorkloadRow]) -> str:
+    ours = next((r.features_per_s for r in rows if r.system == BERTRT), None)
+    lines = [f"{'system':<9} {'features':>8} {'computed tokens':>15} {'seconds':>8} {'features/s':>11} "
+             f"{'bertrt x':>8} {'max |diff|':>10}"]
+    for r in rows:
+        speedup = f"{ours / r.features_per_s:.2f}x" if ours and r.features_per_s else "-"
+        diff = "-" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
+        lines.append(f"{r.system:<9} {r.features:>8} {r.computed_tokens:>15} {r.seconds:>8.2f} "
+                     f"{r.features_per_s:>11.1f} {speedup:>8} {diff:>10}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _driver() -> str | None:
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where and with what the numbers were measured."""
+    from bertrt import __version__
+
+    is_cuda = device.type == "cuda"
+    status = _git("status", "--porcelain")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if is_cuda else platform.processor() or platform.machine(),
+        "compute_capability": list(torch.cuda.get_device_capability(device)) if is_cuda else None,
+        "driver": _driver() if is_cuda else None,
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "bertrt": __version__,
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+    }
+
+
+def engine_summary(engine) -> dict[str, Any]:
+    c = engine.config
+    return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
+            "intermediate": c.intermediate_size, "precision": engine.precision.value, "graphs": engine.graphs,
+            "max_tokens": engine.max_tokens, "max_seq_length": engine.max_seq_length, "max_batch": engine.max_batch,
+            "source": engine.spec.source}
+
+
+def write_json(report: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def plot(rows: Sequence[PerfRow], path: str | Path, *, title: str = "") -> Path:
+    """Latency vs batch size, one panel per sequence length, one line per system, log axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    seqs = sorted({r.seq for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(seqs)), figsize=(5.5 * max(1, len(seqs)), 4.2), squeeze=False)
+    for ax, seq in zip(axes[0], seqs):
+        for system in dict.fromkeys(r.system for r in rows):
+            pts = sorted((r.batch, r.avg_ms) for r in rows if r.seq == seq and r.system == system)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=system, linewidth=2.5 if system == BERTRT else 1.5)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted({r.batch for r in rows if r.seq == seq}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("batch size (sequences)")
+        ax.set_ylabel("latency per batch (ms)")
+        ax.set_title(f"seq {seq}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Everything together (what `bertrt perf` runs)
+
+
+def find_vocab(engine, vocab: str | Path | None = None) -> Path:
+    """The vocab to tokenise SQuAD with: given, the engine's, or the embedded default model's.
+
+    Random-weight engines have no vocabulary; any BERT uncased vocab of the right size will do
+    for speed, since only the token counts matter.
+    """
+    from bertrt.weights import DEFAULT_MODEL_DIR
+
+    for candidate in (vocab, engine.vocab_file, DEFAULT_MODEL_DIR / "vocab.txt"):
+        if candidate is not None and Path(candidate).is_file():
+            return Path(candidate)
+    raise FileNotFoundError("the SQuAD workload needs a vocab.txt: the engine has none and the default model's is "
+                            "missing; pass --vocab FILE")
+
+
+def perf_report(engine, *, batches: Sequence[int], seqs: Sequence[int], iterations: int, warmup: int,
+                peers: Sequence[str] = ("hf",), workload_data: str | Path | None = None,
+                max_features: int | None = None, vocab: str | Path | None = None, peer_batch: int = 64,
+                progress: bool = True, name: str = "") -> dict[str, Any]:
+    """Run the table (and the SQuAD workload when ``workload_data`` is given); the JSON-ready report."""
+    errors: list[dict] = []
+    report: dict[str, Any] = {
+        "kind": "bertrt-perf",
+        "model": name,
+        "environment": environment(engine.device),
+        "engine": engine_summary(engine),
+        "settings": {"batches": list(batches), "seqs": list(seqs), "iterations": iterations, "warmup": warmup,
+                     "peers": list(peers), "timing": "per iteration, CUDA events + synchronize on GPU"},
+    }
+    rows = run_table(engine, batches=batches, seqs=seqs, iterations=iterations, warmup=warmup, peers=peers,
+                     progress=progress, errors=errors) if batches and seqs else []
+    report["rows"] = [r.to_json() for r in rows]
+    if workload_data is not None:
+        from bertrt.tokenizer import BertTokenizer
+
+        tokenizer = BertTokenizer(find_vocab(engine, vocab), lowercase=engine.config.do_lower_case)
+        features = squad_features(workload_data, tokenizer, max_features=max_features, progress=progress)
+        work = squad_workload(engine, features, peers=[p for p in peers if p != "compile"], peer_batch=peer_batch,
+                              progress=progress, errors=errors)
+        report["workload"] = {"name": "squad-v1.1-dev", "data": str(workload_data), "peer_batch": peer_batch,
+                              "peer_padding": 384, "rows": [r.to_json() for r in work]}
+    report["errors"] = errors
+    return report
+
+
+def rows_from_report(report: dict[str, Any]) -> list[PerfRow]:
+    fields = {f.name for f in dataclasses.fields(PerfRow)}
+    return [PerfRow(**{k: v for k, v in r.items() if k in fields}) for r in report.get("rows", [])]
+
+
+def workload_from_report(report: dict[str, Any]) -> list[WorkloadRow]:
+    fields = {f.name for f in dataclasses.fields(WorkloadRow)}
+    return [WorkloadRow(**{k: v for k, v in r.items() if k in fields})
+            for r in report.get("workload", {}).get("rows", [])]

@@ -1,0 +1,125 @@
+"""The batching SUT under the real LoadGen with a fake backend: fast, and exact about what comes back."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+lg = pytest.importorskip("mlperf_loadgen")
+
+from bertrt.harness.loadgen import HarnessOptions, Mode, Scenario  # noqa: E402
+from bertrt.harness.loadgen.accuracy import read_accuracy_log  # noqa: E402
+from bertrt.harness.loadgen.settings import log_settings, loadgen_settings  # noqa: E402
+from bertrt.harness.loadgen.sut import BatchingSUT  # noqa: E402
+
+
+class FakeQSL:
+    """``count`` samples of random lengths whose token ids encode (sample, position)."""
+
+    def __init__(self, count: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.lengths = rng.integers(5, 61, size=count).astype(np.int64)
+        self.input_ids = [np.arange(n, dtype=np.int32) + 1000 * i for i, n in enumerate(self.lengths)]
+        self.token_type_ids = [np.ones(n, dtype=np.int32) * (i % 2) for i, n in enumerate(self.lengths)]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def construct(self):
+        return lg.ConstructQSL(len(self), len(self), lambda _: None, lambda _: None)
+
+
+class FakeBackend:
+    """Logits = (input id, token type) of each token, so every response can be traced to its sample."""
+
+    name = "fake"
+
+    def __init__(self, padded: bool = False, delay_s: float = 0.0, fail: bool = False):
+        self.padded, self.delay_s, self.fail = padded, delay_s, fail
+        self.batches: list[list[int]] = []  # lengths of each batch, in run order
+
+    def run(self, input_ids, token_type_ids):
+        if self.fail:
+            raise RuntimeError("device lost")
+        self.batches.append([len(x) for x in input_ids])
+        time.sleep(self.delay_s)
+        return np.stack([np.concatenate(input_ids), np.concatenate(token_type_ids)], axis=1).astype(np.float32)
+
+
+def _run(tmp_path: Path, qsl, backend, options: HarnessOptions, budget: int, issue_times=None) -> BatchingSUT:
+    sut = BatchingSUT(backend, qsl, scenario=options.scenario, max_batch_tokens=budget,
+                      latency_target_s=0.5).start()
+    if issue_times is not None:
+        inner = sut.issue_queries
+
+        def timed(samples):
+            start = time.perf_counter()
+            inner(samples)
+            issue_times.append(time.perf_counter() - start)
+
+        sut.issue_queries = timed
+    sut_handle, qsl_handle = sut.construct(), qsl.construct()
+    try:
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, loadgen_settings(options, len(qsl)),
+                                    log_settings(tmp_path), str(tmp_path / "audit.config"))
+    finally:
+        sut.stop()
+        lg.DestroySUT(sut_handle)
+        lg.DestroyQSL(qsl_handle)
+    return sut
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_offline_sorted_batches_within_budget_and_exact_responses(tmp_path, padded):
+    qsl, backend = FakeQSL(200), FakeBackend(padded=padded)
+    options = HarnessOptions(scenario=Scenario.OFFLINE, mode=Mode.ACCURACY)
+    sut = _run(tmp_path, qsl, backend, options, budget=1000)
+    assert sut.error is None and sut.samples == len(qsl)
+    for lengths in backend.batches:
+        cost = len(lengths) * max(lengths) if padded else sum(lengths)
+        assert cost <= 1000 or len(lengths) == 1
+    # Offline sorts by length: batches come out in non-decreasing length order.
+    flat = [n for lengths in backend.batches for n in lengths]
+    assert flat == sorted(flat) and len(backend.batches) > 1
+    logits = read_accuracy_log(tmp_path / "mlperf_log_accuracy.json")
+    assert sorted(logits) == list(range(len(qsl)))
+    for i, value in logits.items():  # each sample got exactly its own tokens' logits back
+        np.testing.assert_array_equal(value[:, 0], qsl.input_ids[i])
+        np.testing.assert_array_equal(value[:, 1], qsl.token_type_ids[i])
+
+
+def test_server_issue_never_blocks_and_batches_dynamically(tmp_path):
+    qsl, backend = FakeQSL(64), FakeBackend(delay_s=0.03)
+    options = HarnessOptions(scenario=Scenario.SERVER, target_qps=300, target_latency_ms=2000,
+                             min_duration_s=0.5, min_query_count=100)
+    issue_times: list[float] = []
+    sut = _run(tmp_path, qsl, backend, options, budget=100_000, issue_times=issue_times)
+    assert sut.error is None and sut.samples == len(issue_times) >= 100
+    # The backend takes 30 ms per batch; issuing must not wait for it.
+    assert max(issue_times) < 0.01
+    # Samples that arrived while a batch ran go together in the next one.
+    assert max(len(b) for b in backend.batches) > 1 and len(backend.batches) < sut.samples
+
+
+def test_server_batches_capped_by_latency_target():
+    qsl = FakeQSL(50)
+    sut = BatchingSUT(FakeBackend(), qsl, scenario=Scenario.SERVER, max_batch_tokens=100_000,
+                      latency_target_s=0.3)
+    sut._tokens_per_s = 1000.0  # measured throughput: a third of 300 ms is 100 tokens
+    sut._pending = [(i, i) for i in range(len(qsl))]
+    batch = sut._take_batch()
+    k = len(batch)
+    assert [i for _, i in batch] == list(range(k))  # oldest first, not sorted by length
+    # As many as fit in 100 tokens, not one more.
+    assert qsl.lengths[:k].sum() <= 100 < qsl.lengths[:k + 1].sum()
+    assert len(sut._pending) == len(qsl) - k
+
+
+def test_backend_failure_ends_the_run_with_the_error(tmp_path):
+    qsl = FakeQSL(8)
+    options = HarnessOptions(scenario=Scenario.OFFLINE, mode=Mode.ACCURACY)
+    sut = _run(tmp_path, qsl, FakeBackend(fail=True), options, budget=1000)
+    assert isinstance(sut.error, RuntimeError) and "device lost" in str(sut.error)

@@ -2,24 +2,31 @@
 
 Building is cheap on purpose (seconds, not the minutes-to-hours of TensorRT): there is nothing
 to compile ahead of time. The runtime captures CUDA graphs lazily per token bucket, so a new
-request shape never needs a rebuild.
+request shape never needs a rebuild. The one measurement a GPU build makes is which backend runs
+the FFN up-projection + bias + GELU at a few token counts (``tune_gemm_choices``), recorded in
+``engine.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from bertrt.config import Precision
-from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, file_sha256, now_iso,
-                                  write_atomically)
+from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, GemmChoices,
+                                  file_sha256, now_iso, write_atomically)
 from bertrt.weights.schema import Checkpoint
 
 DEFAULT_MAX_BATCH = 128
 DEFAULT_MAX_SEQ_LENGTH = 384
+# Token counts at which the GEMM backends are timed; each is the upper bound of the range it decides.
+TUNE_TOKENS = (384, 1536, 3072, 12288, 49152)
 
 
 def resolve_build_device(device: str | torch.device | None) -> torch.device:
@@ -50,7 +57,7 @@ def prepare_tensors(checkpoint: Checkpoint, precision: Precision) -> dict[str, t
 
 
 def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int | None, max_seq_length: int | None,
-              max_batch: int, device: torch.device) -> EngineSpec:
+              max_batch: int, device: torch.device, gemm_choices: GemmChoices | None = None) -> EngineSpec:
     """The engine description (without the weights checksum, filled in once the file exists)."""
     from bertrt import __version__
 
@@ -65,12 +72,67 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
         max_batch=max_batch, compute_capability=capability, device_name=name, heads=checkpoint.heads,
         has_pooler=checkpoint.has_pooler, has_vocab=checkpoint.vocab_file is not None,
         source=checkpoint.source, bertrt_version=__version__, created=now_iso(), torch_version=torch.__version__,
+        gemm_choices=dict(gemm_choices or {}),
     )
+
+
+def _median_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 3) -> float:
+    """Median over ``rounds`` of the mean time of ``reps`` back-to-back calls (CUDA events), in ms."""
+    fn(), fn()  # compile / pick algorithms
+    times = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / reps)
+    return statistics.median(times)
+
+
+def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
+                      token_counts: tuple[int, ...] = TUNE_TOKENS) -> GemmChoices:
+    """Time cuBLAS (F.linear + bias_gelu) against Triton (linear_bias_gelu) on the FFN up-projection.
+
+    Args:
+        tensors: the engine's tensors, on the GPU it is built for (layer 0's FFN weights are used).
+        max_tokens: the engine's limit; counts above it are not timed, and it is always timed itself.
+
+    Returns:
+        {"ffn_in_gelu": {token count: "cublas" | "triton"}}, or {} when the tensors are not on CUDA.
+    """
+    from bertrt.ops.bias_gelu import bias_gelu
+    from bertrt.ops.linear_gelu import linear_bias_gelu
+
+    weight, bias = tensors["layers.0.ffn.in.weight"], tensors["layers.0.ffn.in.bias"]
+    if weight.device.type != "cuda":
+        return {}
+    counts = sorted({c for c in token_counts if c < max_tokens} | {max_tokens})
+    table: dict[int, str] = {}
+    with torch.inference_mode():
+        for count in counts:
+            x = torch.randn(count, weight.shape[1], device=weight.device).to(weight.dtype)
+
+            def unfused(x=x):
+                up = torch.nn.functional.linear(x, weight)
+                return bias_gelu(up, bias, out=up)
+
+            cublas_ms = _median_ms(unfused)
+            try:
+                triton_ms = _median_ms(lambda x=x: linear_bias_gelu(x, weight, bias))
+            except Exception as exc:  # noqa: BLE001  (any compile/launch failure: keep cuBLAS)
+                warnings.warn(f"linear_bias_gelu failed at {count} tokens ({exc}); using cuBLAS",
+                              RuntimeWarning, stacklevel=2)
+                triton_ms = float("inf")
+            table[count] = "triton" if triton_ms < cublas_ms else "cublas"
+            del x
+    return {"ffn_in_gelu": table}
 
 
 def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precision: str | Precision = "fp16",
           max_tokens: int | None = None, max_seq_length: int | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-          device: str | torch.device | None = None) -> Path:
+          device: str | torch.device | None = None, gemm_choices: GemmChoices | None = None) -> Path:
     """Build an engine folder from any checkpoint.
 
     Args:
@@ -83,6 +145,8 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         max_batch: most sequences per forward pass.
         device: the GPU to build for (its compute capability is recorded), or "cpu" for a portable
             build; default the current GPU when there is one.
+        gemm_choices: GEMM backends to record instead of timing them (see ``EngineSpec``); default:
+            timed on a GPU build (``tune_gemm_choices``), none (cuBLAS) on a CPU build.
 
     Returns:
         The engine folder: ``engine.json``, ``weights.safetensors`` and ``vocab.txt`` when the
@@ -98,9 +162,14 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
 
     precision = Precision(precision)
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    device = resolve_build_device(device)
     spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
-                     max_batch=max_batch, device=resolve_build_device(device))
+                     max_batch=max_batch, device=device)
     tensors = prepare_tensors(checkpoint, precision)
+    if gemm_choices is None and device.type == "cuda":
+        on_device = {k: tensors[k].to(device) for k in ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias")}
+        gemm_choices = tune_gemm_choices(on_device, max_tokens=spec.max_tokens)
+    spec = dataclasses.replace(spec, gemm_choices=dict(gemm_choices or {}))
 
     def fill(folder: Path) -> None:
         weights = folder / WEIGHTS_FILE

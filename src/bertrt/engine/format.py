@@ -31,7 +31,42 @@ VOCAB_FILE = "vocab.txt"
 # F.linear hands them to cuBLAS as a transposed operand, which costs nothing, so pre-transposing buys
 # no speed and would only make the file differ from the canonical schema.
 LAYOUT = {"linear_weight": "out_in", "qkv": "fused rows q|k|v", "dtype": "all tensors in the engine precision"}
-GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)", "tuned": False}
+GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
+# GEMMs that have a Triton alternative: op -> {token-count upper bound: backend}, timed at build time
+# on the GPU (see build.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
+# GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue).
+GEMM_BACKENDS = ("cublas", "triton")
+GEMM_OPS = ("ffn_in_gelu",)
+GemmChoices = dict[str, dict[int, str]]
+
+
+def gemm_choice(choices: GemmChoices, op: str, tokens: int) -> str:
+    """The backend recorded for ``op`` at ``tokens`` tokens: that of the smallest recorded bound
+    >= tokens (the largest bound's beyond it); "cublas" when nothing was recorded."""
+    table = choices.get(op) or {}
+    if not table:
+        return "cublas"
+    fitting = [bound for bound in table if bound >= tokens]
+    return table[min(fitting) if fitting else max(table)]
+
+
+def parse_gemm_choices(raw: Any, *, source: str) -> GemmChoices:
+    """``engine.json``'s ``gemm_choices`` (JSON keys are strings) checked and keyed by int."""
+    if not isinstance(raw, dict):
+        raise EngineError(f"{source}: gemm_choices must be an object, got {raw!r}")
+    parsed: GemmChoices = {}
+    for op, table in raw.items():
+        if op not in GEMM_OPS or not isinstance(table, dict):
+            raise EngineError(f"{source}: gemm_choices[{op!r}]: unknown op or not an object; rebuild the engine")
+        try:
+            parsed[op] = {int(bound): backend for bound, backend in table.items()}
+        except ValueError as exc:
+            raise EngineError(f"{source}: gemm_choices[{op!r}] keys must be token counts ({exc})") from exc
+        bad = [b for b in parsed[op].values() if b not in GEMM_BACKENDS]
+        if bad or any(bound <= 0 for bound in parsed[op]):
+            raise EngineError(f"{source}: gemm_choices[{op!r}] = {table!r}: backends are {GEMM_BACKENDS} "
+                              "at positive token counts; rebuild the engine")
+    return parsed
 
 
 class EngineError(ValueError):
@@ -51,6 +86,8 @@ class EngineSpec:
         compute_capability: (major, minor) of the GPU it was built for; None for a CPU build,
             which loads anywhere.
         weights_sha256 / weights_bytes: checksum and size of ``weights.safetensors``.
+        gemm_choices: op -> {token-count upper bound: "cublas" | "triton"} (see ``gemm_choice``);
+            empty (cuBLAS everywhere) for a CPU build.
     """
 
     config: BertConfig
@@ -70,6 +107,7 @@ class EngineSpec:
     format_version: int = FORMAT_VERSION
     created: str = ""
     torch_version: str = ""
+    gemm_choices: GemmChoices = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_seq_length", "max_tokens"):
@@ -101,7 +139,9 @@ class EngineSpec:
             "heads": list(self.heads),
             "has_pooler": self.has_pooler,
             "layout": LAYOUT,
-            "gemm": GEMM,
+            "gemm": {**GEMM, "tuned": bool(self.gemm_choices)},
+            "gemm_choices": {op: {str(bound): backend for bound, backend in sorted(table.items())}
+                             for op, table in self.gemm_choices.items()},
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256, "bytes": self.weights_bytes},
             "vocab": VOCAB_FILE if self.has_vocab else None,
         }
@@ -144,6 +184,7 @@ class EngineSpec:
                 format_version=version,
                 created=str(raw.get("created", "")),
                 torch_version=str(raw.get("torch_version", "")),
+                gemm_choices=parse_gemm_choices(raw.get("gemm_choices", {}), source=source),
             )
         except EngineError:
             raise

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertrt.ops.linear_gelu import (LARGE_M, MEDIUM_M, SMALL_M, GemmConfig, config_for, linear_bias_gelu,
+                                    linear_bias_gelu_ref)
+from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
+
+
+def make_inputs(m, n, k, *, dtype=torch.float32, device="cpu", seed=0):
+    """Weights scaled like a trained layer's (x @ W.T of order 1, so GELU sees both its regimes)."""
+    g = gen(seed)
+    return [randn(m, k, generator=g, dtype=dtype, device=device),
+            randn(n, k, generator=g, dtype=dtype, device=device, scale=1.5 / math.sqrt(k)),
+            randn(n, generator=g, dtype=dtype, device=device, scale=0.5)]
+
+
+def torch_math(inputs, dtype):
+    x, w, b = (t.to(dtype) for t in inputs)
+    return F.gelu(F.linear(x, w, b))
+
+
+def check(inputs, dtype, config=None):
+    x, w = inputs[0], inputs[1]
+    out = poisoned((x.shape[0], w.shape[0]), dtype, x.device)
+    got = linear_bias_gelu(*inputs, out=out, config=config)
+    assert got is out and got.dtype == dtype
+    assert_like_torch(got, torch_math(inputs, dtype), torch_math(inputs, torch.float64), dtype)
+
+
+# Triton's interpreter (3.9) multiplies the raw uint16 bit patterns of bf16 in tl.dot, so bf16 is
+# checked on the GPU only.
+INTERPRETABLE = [pytest.param(d, marks=pytest.mark.skip(reason="interpreter tl.dot mishandles bf16"))
+                 if d == torch.bfloat16 else d for d in DTYPES]
+
+
+@pytest.mark.parametrize("dtype", INTERPRETABLE)
+@pytest.mark.parametrize("m,n,k", [(1, 130, 48), (7, 130, 100), (97, 64, 48), (384 + 13, 130, 100)])
+def test_kernel_matches_fp64_like_torch(interpret, m, n, k, dtype):
+    # M, N and K all cut the 64/128-wide tiles unevenly; K=48 is less than one K block.
+    check(make_inputs(m, n, k, dtype=dtype), dtype)
+
+
+@pytest.mark.parametrize("config", [SMALL_M, MEDIUM_M, LARGE_M, GemmConfig(32, 64, 32, group_m=2)],
+                         ids=["small", "medium", "large", "grouped"])
+def test_every_tiling_covers_the_output(interpret, config):
+    # 200 x 300 with group_m=2 gives partial groups and edge tiles on both axes; K=160 is 2.5 blocks of 64.
+    check(make_inputs(200, 300, 160, dtype=torch.float16, seed=1), torch.float16, config=config)
+
+
+def test_strided_input_rows(interpret):
+    x, w, b = make_inputs(9, 130, 48)
+    wide = torch.zeros(9, 100)
+    wide[:, 20:68] = x
+    torch.testing.assert_close(linear_bias_gelu(wide[:, 20:68], w, b), linear_bias_gelu_ref(x, w, b),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_empty_batch(interpret):
+    x, w, b = make_inputs(0, 130, 48)
+    assert linear_bias_gelu(x, w, b).shape == (0, 130)
+
+
+def test_ref_is_erf_gelu_of_the_linear_layer(no_interpret):
+    x, w, b = make_inputs(5, 12, 8)
+    s = (x.double() @ w.double().T + b.double())
+    exact = 0.5 * s * (1 + torch.erf(s / math.sqrt(2)))
+    torch.testing.assert_close(linear_bias_gelu(x, w, b).double(), exact, rtol=1e-5, atol=1e-6)
+    tanh = F.gelu(s, approximate="tanh")
+    assert (exact - tanh).abs().max() > 1e-5  # the tanh form would be told apart
+
+
+def test_rejects_mismatched_arguments(no_interpret):
+    x, w, b = make_inputs(3, 12, 8)
+    with pytest.raises(ValueError, match="weight"):
+        linear_bias_gelu(x, w.T.contiguous(), b)
+    with pytest.raises(ValueError, match="must match"):
+        linear_bias_gelu(x, w.half(), b)
+
+
+def test_config_choice_is_a_pure_function_of_m():
+    assert config_for(1) == config_for(384) == SMALL_M
+    assert config_for(3072) == MEDIUM_M
+    assert config_for(49152) == LARGE_M
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [384, 3072, 49152 // 4 + 13])
+def test_bert_large_on_gpu(gpu, m, dtype):
+    check(make_inputs(m, 4096, 1024, dtype=dtype, device="cuda"), dtype)

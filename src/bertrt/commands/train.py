@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="FILE", help="SQuAD v1.1 json with answers")
     p.add_argument("--articles", default="0:32", metavar="A:B", help="articles to train on (default 0:32)")
     p.add_argument("--fp16", action="store_true", help="save the weights in fp16 (half the size)")
+    p.add_argument("--all-answers", action="store_true",
+                   help="train on every distinct gold answer of each question (dev-style files list several "
+                        "annotators' answers), not only the first")
     p.set_defaults(func=run_squad)
 
     c = subparsers.add_parser(
@@ -61,7 +64,7 @@ def run_squad(args: argparse.Namespace) -> int:
     from bertrt.tasks.train import train_squad
 
     log = train_squad(args.base, args.data, args.out, articles=parse_articles(args.articles), config=_config(args),
-                      save_dtype=torch.float16 if args.fp16 else None)
+                      save_dtype=torch.float16 if args.fp16 else None, all_answers=args.all_answers)
     print(json.dumps({k: log[k] for k in ("steps", "features", "seconds", "final_loss")}))
     print(f"saved to {args.out}")
     return 0

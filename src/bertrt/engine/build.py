@@ -20,7 +20,7 @@ import torch
 
 from bertrt.config import Precision
 from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, GemmChoices,
-                                  file_sha256, now_iso, write_atomically)
+                                  file_sha256, now_iso, parse_gemm_choices, write_atomically)
 from bertrt.weights.schema import Checkpoint
 
 DEFAULT_MAX_BATCH = 128
@@ -72,7 +72,7 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
         max_batch=max_batch, compute_capability=capability, device_name=name, heads=checkpoint.heads,
         has_pooler=checkpoint.has_pooler, has_vocab=checkpoint.vocab_file is not None,
         source=checkpoint.source, bertrt_version=__version__, created=now_iso(), torch_version=torch.__version__,
-        gemm_choices=dict(gemm_choices or {}),
+        gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"),
     )
 
 
@@ -169,7 +169,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
     if gemm_choices is None and device.type == "cuda":
         on_device = {k: tensors[k].to(device) for k in ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias")}
         gemm_choices = tune_gemm_choices(on_device, max_tokens=spec.max_tokens)
-    spec = dataclasses.replace(spec, gemm_choices=dict(gemm_choices or {}))
+    spec = dataclasses.replace(spec, gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"))
 
     def fill(folder: Path) -> None:
         weights = folder / WEIGHTS_FILE

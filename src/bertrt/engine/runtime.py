@@ -6,9 +6,11 @@ Per layer, on (T, H) packed tokens (no computation on padding)::
     ctx  = varlen_attention(q, k, v, cu_seqlens, max_seqlen)          fused flash attention
     x    = bias_residual_layernorm(F.linear(ctx, W_out), b_out, x)    bias + residual + LN in one kernel
     up   = bias_gelu(F.linear(x, W_in), b_in)                         bias + erf GELU in one kernel
+           or linear_bias_gelu(x, W_in, b_in)                          one Triton GEMM, GELU in its epilogue
     x    = bias_residual_layernorm(F.linear(up, W_ffn_out), b_ffn_out, x)
 
-framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits).
+framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits). Which of
+the two up-projections runs at a token count is data: ``spec.gemm_choices``, timed at build time.
 Each op falls back to its plain-PyTorch ``*_ref`` off the GPU, so an fp32 CPU engine gives the
 reference model's answers.
 """
@@ -24,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.config import Precision
-from bertrt.engine.format import (VOCAB_FILE, EngineError, EngineSpec, check_compute_capability, read_spec,
-                                  verify_weights)
+from bertrt.engine.format import (VOCAB_FILE, EngineError, EngineSpec, check_compute_capability, gemm_choice,
+                                  read_spec, verify_weights)
 from bertrt.ops.attention import varlen_attention
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
+from bertrt.ops.linear_gelu import linear_bias_gelu
 from bertrt.ops.qa_head import qa_head
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
@@ -144,15 +147,18 @@ class Engine:
     def from_checkpoint(cls, checkpoint: Checkpoint, *, precision: str | Precision | None = None,
                         device: str | torch.device | None = None, graphs: bool = True,
                         max_tokens: int | None = None, max_seq_length: int | None = None,
-                        max_batch: int = 128) -> "Engine":
-        """An engine built in memory (nothing saved). Precision defaults to fp16 on CUDA, fp32 on CPU."""
-        from bertrt.engine.build import make_spec, prepare_tensors
+                        max_batch: int = 128, gemm_choices: dict[str, dict[int, str]] | None = None) -> "Engine":
+        """An engine built in memory (nothing saved). Precision defaults to fp16 on CUDA, fp32 on CPU;
+        ``gemm_choices`` as for ``build`` (default: timed on CUDA, cuBLAS on the CPU)."""
+        from bertrt.engine.build import make_spec, prepare_tensors, tune_gemm_choices
 
         device = _resolve_device(device)
         precision = Precision(precision or ("fp16" if device.type == "cuda" else "fp32"))
-        spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
-                         max_batch=max_batch, device=device)
         tensors = {k: v.to(device) for k, v in prepare_tensors(checkpoint, precision).items()}
+        spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
+                         max_batch=max_batch, device=device, gemm_choices=gemm_choices)
+        if gemm_choices is None and device.type == "cuda":
+            spec = dataclasses.replace(spec, gemm_choices=tune_gemm_choices(tensors, max_tokens=spec.max_tokens))
         return cls(spec, tensors, device=device, graphs=graphs, vocab_file=checkpoint.vocab_file)
 
     # --- properties -----------------------------------------------------------------------
@@ -210,12 +216,16 @@ class Engine:
                             t["embeddings.position"], t["embeddings.token_type"], t["embeddings.ln.weight"],
                             t["embeddings.ln.bias"], eps)
         tokens = x.shape[0]
+        ffn_in_fused = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens) == "triton"
         for w in self._layers:
             q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
             ctx = varlen_attention(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
             x = bias_residual_layernorm(F.linear(ctx, w.out_w), w.out_b, x, w.attn_ln_w, w.attn_ln_b, eps)
-            up = F.linear(x, w.in_w)
-            up = bias_gelu(up, w.in_b, out=up)
+            if ffn_in_fused:
+                up = linear_bias_gelu(x, w.in_w, w.in_b)
+            else:
+                up = F.linear(x, w.in_w)
+                up = bias_gelu(up, w.in_b, out=up)
             x = bias_residual_layernorm(F.linear(up, w.ffn_out_w), w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps)
         return x
 

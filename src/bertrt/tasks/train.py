@@ -141,10 +141,27 @@ def _squad_loss(model: ReferenceBert, batch: PackedBatch, targets: torch.Tensor)
     return qa_loss(model.qa_logits(batch), batch, targets[:, 0], targets[:, 1])
 
 
+def every_answer(examples) -> list:
+    """One example per distinct gold answer: SQuAD's dev questions have up to ~3 annotators each,
+    and training on all of them teaches where annotators put answer boundaries."""
+    out = []
+    for example in examples:
+        seen = set()
+        for answer in example.answers:
+            key = (answer["text"], answer["answer_start"])
+            if key not in seen:
+                seen.add(key)
+                out.append(dataclasses.replace(example, answers=[answer]))
+    return out
+
+
 def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, articles: slice = slice(0, 32),
                 config: TrainConfig = TrainConfig(), feature_config=None, save_dtype: torch.dtype | None = None,
-                model_card: str | None = None) -> dict:
-    """Fine-tune ``base`` for extractive QA on the SQuAD articles ``articles`` and save to ``out``."""
+                model_card: str | None = None, all_answers: bool = False) -> dict:
+    """Fine-tune ``base`` for extractive QA on the SQuAD articles ``articles`` and save to ``out``.
+
+    ``all_answers``: train on every distinct gold answer of a question, not only the first.
+    """
     from bertrt.tasks.squad import FeatureConfig, make_features, read_squad
     from bertrt.tokenizer import BertTokenizer
 
@@ -155,11 +172,13 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     examples = read_squad(data, articles)
     if not examples:
         raise ValueError(f"{data}: no questions in articles {articles.start}:{articles.stop}")
-    features = make_features(examples, tokenizer, feature_config or FeatureConfig(), training=True, progress=True)
+    training_examples = every_answer(examples) if all_answers else examples
+    features = make_features(training_examples, tokenizer, feature_config or FeatureConfig(), training=True,
+                             progress=True)
     model = model_for_finetuning(checkpoint, "qa", seed=config.seed)
     log = train(model, squad_examples(features), _squad_loss, config, desc="train-squad")
     log.update(task="squad", data=str(data), articles=f"{articles.start}:{articles.stop}",
-               questions=len(examples), features=len(features))
+               questions=len(examples), answers_used=len(training_examples), features=len(features))
     trained = model.to_checkpoint(vocab_file=checkpoint.vocab_file, source=str(out))
     extra = {"training_log.json": json.dumps(log, indent=2) + "\n"}
     if model_card:

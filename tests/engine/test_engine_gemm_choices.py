@@ -1,0 +1,95 @@
+"""The GEMM backend choice as engine data: recorded by build, checked on load, honoured by the runtime."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import pytest
+import torch
+
+import bertrt.engine.runtime as runtime
+from bertrt.engine import Engine, EngineError, build
+from bertrt.engine.format import gemm_choice
+from bertrt.reference import ReferenceBert
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+CHOICES = {"ffn_in_gelu": {64: "cublas", 256: "triton"}}
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """Triton kernels on CPU through Triton's interpreter (as tests/ops' fixture of the same name)."""
+    if not HAS_TRITON or torch.cuda.is_available():
+        pytest.skip("needs triton and no GPU (on a GPU the kernels are tested compiled)")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if "triton" not in sys.modules:
+        import triton.language  # noqa: F401  (imported now, under TRITON_INTERPRET=1)
+    from bertrt.ops._triton import triton_interprets
+
+    if not triton_interprets():
+        pytest.skip("triton was imported in compiled mode earlier in this process")
+
+
+@pytest.fixture
+def count_fused(monkeypatch):
+    """Counts the engine's calls of linear_bias_gelu (still running the real op)."""
+    calls = []
+
+    def spy(x, weight, bias):
+        calls.append(x.shape[0])
+        return real(x, weight, bias)
+
+    real = runtime.linear_bias_gelu
+    monkeypatch.setattr(runtime, "linear_bias_gelu", spy)
+    return calls
+
+
+def test_lookup_takes_the_smallest_bound_that_holds_the_tokens():
+    assert gemm_choice({}, "ffn_in_gelu", 100) == "cublas"
+    assert [gemm_choice(CHOICES, "ffn_in_gelu", t) for t in (1, 64, 65, 256, 10_000)] == \
+        ["cublas", "cublas", "triton", "triton", "triton"]
+
+
+def test_cpu_build_records_cublas_only(tiny_engine_dir):
+    spec = json.loads((tiny_engine_dir / "engine.json").read_text())
+    assert spec["gemm_choices"] == {} and spec["gemm"]["tuned"] is False
+    assert Engine.load(tiny_engine_dir, device="cpu").spec.gemm_choices == {}
+
+
+def test_given_choices_are_recorded_and_loaded(tiny_checkpoint, tmp_path):
+    out = build(tiny_checkpoint, tmp_path / "e", precision="fp32", max_batch=4, device="cpu", gemm_choices=CHOICES)
+    spec = json.loads((out / "engine.json").read_text())
+    assert spec["gemm_choices"] == {"ffn_in_gelu": {"64": "cublas", "256": "triton"}}
+    assert spec["gemm"]["tuned"] is True
+    assert Engine.load(out, device="cpu").spec.gemm_choices == CHOICES
+
+
+@pytest.mark.parametrize("bad", [{"ffn_in_gelu": {"64": "cutlass"}}, {"ffn_in_gelu": {"many": "triton"}},
+                                 {"qkv": {"64": "triton"}}, ["triton"]])
+def test_a_bad_recorded_choice_is_refused_on_load(tiny_engine_dir, bad):
+    path = tiny_engine_dir / "engine.json"
+    spec = json.loads(path.read_text())
+    spec["gemm_choices"] = bad
+    path.write_text(json.dumps(spec))
+    with pytest.raises(EngineError, match="gemm_choices"):
+        Engine.load(tiny_engine_dir, device="cpu")
+
+
+def test_runtime_honours_a_recorded_triton_choice(interpret, count_fused, tiny_checkpoint, make_batch):
+    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
+                                    max_seq_length=64, gemm_choices=CHOICES)
+    reference = ReferenceBert.from_checkpoint(tiny_checkpoint)
+    layers = tiny_checkpoint.config.num_hidden_layers
+    small, large = make_batch(120, [30, 20]), make_batch(120, [64, 60, 50, 7], seed=1)  # 50 and 181 tokens
+    for batch, fused_calls in ((small, []), (large, [181] * layers)):
+        logits = engine.qa_logits(batch)
+        with torch.inference_mode():
+            expected = reference.qa_logits(batch)
+        assert (logits - expected).abs().max().item() <= 1e-4
+        assert count_fused == fused_calls
+        count_fused.clear()
+    from bertrt.ops import _triton, linear_gelu
+
+    assert (linear_gelu._linear_bias_gelu_kernel, True) in _triton._JITTED  # the interpreted kernel ran

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-import bertrt.engine.runtime as runtime
-from bertrt.engine import Engine, EngineError, build
+from bertrt.engine import Engine, EngineError, build, runtime
+from bertrt.engine.build import tune_gemm_choices
 from bertrt.engine.format import gemm_choice
 from bertrt.reference import ReferenceBert
 
@@ -93,3 +93,15 @@ def test_runtime_honours_a_recorded_triton_choice(interpret, count_fused, tiny_c
     from bertrt.ops import _triton, linear_gelu
 
     assert (linear_gelu._linear_bias_gelu_kernel, True) in _triton._JITTED  # the interpreted kernel ran
+
+
+def test_tuning_times_only_on_a_gpu(tiny_checkpoint):
+    assert tune_gemm_choices(dict(tiny_checkpoint.tensors), max_tokens=256) == {}
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and triton")
+def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint):
+    tensors = {k: v.to("cuda", torch.float16) for k, v in tiny_checkpoint.tensors.items()}
+    choices = tune_gemm_choices(tensors, max_tokens=2000, token_counts=(64, 1024, 4096))
+    assert list(choices) == ["ffn_in_gelu"] and sorted(choices["ffn_in_gelu"]) == [64, 1024, 2000]
+    assert set(choices["ffn_in_gelu"].values()) <= {"cublas", "triton"}

@@ -110,7 +110,7 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
         return {}
     counts = sorted({c for c in token_counts if c < max_tokens} | {max_tokens})
     table: dict[int, str] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.cuda.device(weight.device):  # events time that device's stream
         for count in counts:
             x = torch.randn(count, weight.shape[1], device=weight.device).to(weight.dtype)
 

@@ -82,7 +82,7 @@ def _linear_bias_gelu_kernel(
     w_ptrs = w_ptr + n_load[None, :] * w_stride + k_offs[:, None]      # (BLOCK_K, BLOCK_N) = W.T tile
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(tl.cdiv(K, BLOCK_K)):
         if EVEN_K:
             a = tl.load(x_ptrs)
             b = tl.load(w_ptrs)
@@ -130,10 +130,10 @@ def linear_bias_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
         return out
     cfg = config or config_for(m)
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
-    # fp32 inputs: full fp32 products, like F.linear without TF32 (ignored for fp16/bf16).
+    # fp32 inputs: full fp32 products, like F.linear without TF32 (fp16/bf16 take their tensor-core MMA).
     jit(_linear_bias_gelu_kernel)[grid](
         out, x, weight, bias, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        EVEN_K=k % cfg.block_k == 0, DOT_PRECISION="ieee",
+        EVEN_K=k % cfg.block_k == 0, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -12,13 +12,11 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bertrt.atomic import write_folder_atomically
 from bertrt.config import BertConfig, ConfigError, Precision
 
 FORMAT = "bertrt-engine"
@@ -249,36 +247,15 @@ def verify_weights(folder: Path, spec: EngineSpec) -> Path:
 
 
 def write_atomically(out: Path, fill: Callable[[Path], None]) -> Path:
-    """Create folder ``out`` by filling a temporary sibling and renaming it into place.
+    """Create engine folder ``out`` whole or not at all (an existing engine is replaced only once
+    the new one is complete; a folder that is not an engine is never overwritten)."""
+    def is_engine_or_empty(existing: Path) -> bool:
+        return existing.is_dir() and ((existing / SPEC_FILE).is_file() or not any(existing.iterdir()))
 
-    An interrupted build never leaves a half-written engine; an existing engine is replaced only
-    once the new one is complete.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        fill(tmp)
-        _normal_permissions(tmp)
-        if out.exists():
-            if not out.is_dir() or (not (out / SPEC_FILE).is_file() and any(out.iterdir())):
-                raise EngineError(f"{out}: exists and is not a bertrt engine; refusing to overwrite it")
-            backup = out.with_name(f".{out.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(out, backup)
-            os.replace(tmp, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _normal_permissions(folder: Path) -> None:
-    """mkdtemp makes the folder private (0700); give the engine the permissions of a normal folder."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for item in folder.iterdir():
-        os.chmod(item, 0o666 & ~umask)
+        return write_folder_atomically(out, fill, may_replace=is_engine_or_empty,
+                                       refuse_message="exists and is not a bertrt engine; refusing to overwrite it")
+    except EngineError:
+        raise
+    except ValueError as exc:
+        raise EngineError(str(exc)) from exc

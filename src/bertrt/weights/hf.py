@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from bertrt.atomic import write_folder_atomically
 from bertrt.config import BertConfig
 from bertrt.weights.schema import Checkpoint, CheckpointError, from_hf_names, to_hf_names
 
@@ -63,25 +61,18 @@ def save_hf_folder(checkpoint: Checkpoint, out: str | Path, *, dtype: torch.dtyp
     tensors = to_hf_names(checkpoint.tensors, checkpoint.config)
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
-              metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(checkpoint.config.to_hf_dict(arch), indent=2) + "\n")
-    if checkpoint.vocab_file is not None:
-        (tmp / "vocab.txt").write_bytes(Path(checkpoint.vocab_file).read_bytes())
-        (tmp / "tokenizer_config.json").write_text(json.dumps(
-            {"do_lower_case": checkpoint.config.do_lower_case, "tokenizer_class": "BertTokenizer",
-             "model_max_length": checkpoint.config.max_position_embeddings}, indent=2) + "\n")
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text, encoding="utf-8")
-    if out.exists():
-        # Swap the old folder out only once the new one is complete.
-        backup = out.with_name(f".{out.name}.old")
-        shutil.rmtree(backup, ignore_errors=True)
-        os.replace(out, backup)
-        os.replace(tmp, out)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+
+    def fill(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(checkpoint.config.to_hf_dict(arch), indent=2) + "\n")
+        if checkpoint.vocab_file is not None:
+            (tmp / "vocab.txt").write_bytes(Path(checkpoint.vocab_file).read_bytes())
+            (tmp / "tokenizer_config.json").write_text(json.dumps(
+                {"do_lower_case": checkpoint.config.do_lower_case, "tokenizer_class": "BertTokenizer",
+                 "model_max_length": checkpoint.config.max_position_embeddings}, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+
+    write_folder_atomically(out, fill)
     return out

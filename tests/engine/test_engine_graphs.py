@@ -54,3 +54,23 @@ def test_graphs_match_eager_on_gpu(tiny_checkpoint, make_batch):
         batch = make_batch(120, lengths).to("cuda")
         torch.testing.assert_close(graphed.qa_logits(batch), eager.qa_logits(batch), atol=2e-3, rtol=2e-3)
     assert graphed.graphs  # no fallback to eager happened
+
+
+def test_graph_max_tokens_runs_large_batches_eagerly(tiny_checkpoint, make_batch, monkeypatch):
+    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", max_batch=4, max_tokens=256)
+    replayed = []
+
+    class RecordingRunner:  # stands in for the CUDA graph runner, which needs a GPU
+        def run(self, batch):
+            replayed.append(batch.total_tokens)
+            return torch.zeros(batch.total_tokens, 2)
+
+    monkeypatch.setattr(engine, "_runner", lambda kind: RecordingRunner())
+    engine.graphs, engine.graph_max_tokens = True, 20
+    small, large = make_batch(120, [3, 5]), make_batch(120, [10, 30])
+    assert engine.qa_logits(small).abs().sum() == 0  # replayed through the (fake) graph
+    eager = engine.qa_logits(large)
+    assert replayed == [8] and eager.abs().sum() > 0
+    engine.graph_max_tokens = None
+    engine.qa_logits(large)
+    assert replayed == [8, 40]

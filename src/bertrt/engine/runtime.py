@@ -102,6 +102,9 @@ class Engine:
         self._tensors = tensors
         self._layers = [_Layer.from_tensors(tensors, i) for i in range(self.config.num_hidden_layers)]
         self.graphs = bool(graphs) and self._device.type == "cuda"
+        # Batches above this many tokens run eagerly: for tens of thousands of tokens launch overhead
+        # is negligible, and a graph per large bucket would cost memory and capture time.
+        self.graph_max_tokens: int | None = None
         self._runners: dict[str, object] = {}
 
     # --- construction ---------------------------------------------------------------------
@@ -262,7 +265,7 @@ class Engine:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _run_chunk(self, kind: str, batch: PackedBatch) -> torch.Tensor:
-        if self.graphs:
+        if self.graphs and (self.graph_max_tokens is None or batch.total_tokens <= self.graph_max_tokens):
             try:
                 return self._runner(kind).run(batch)
             except torch.cuda.OutOfMemoryError:

@@ -80,6 +80,8 @@ class PackedBackend:
         self.model, self.device, self.name = model, device, name
         self.graph_max_tokens = graph_max_tokens
         self.has_graphs = bool(getattr(model, "graphs", False))
+        if self.has_graphs:
+            model.graph_max_tokens = graph_max_tokens
 
     def capture_graphs(self) -> None:
         """Capture every graph bucket up to ``graph_max_tokens`` now, outside the timed run."""
@@ -115,15 +117,8 @@ class PackedBackend:
         batch = PackedBatch(input_ids=flat[:total].long(), token_type_ids=flat[total:2 * total].long(),
                             position_ids=position_ids_from_cu_seqlens(cu_seqlens, total),
                             cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
-        eager = self.has_graphs and total > self.graph_max_tokens
-        if eager:
-            self.model.graphs = False  # the engine's public switch; its captured graphs are kept
-        try:
-            with torch.inference_mode():
-                logits = self.model.qa_logits(batch).float()
-        finally:
-            if eager:
-                self.model.graphs = True
+        with torch.inference_mode():
+            logits = self.model.qa_logits(batch).float()
         if not overlap:
             return _Pending(logits.cpu().numpy())
         out = torch.empty(logits.shape, dtype=torch.float32, pin_memory=True)

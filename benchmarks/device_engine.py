@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from bertrt.config import STANDARD_CONFIGS  # noqa: E402
 from bertrt.engine import Engine, build  # noqa: E402
-from bertrt.harness import perf  # noqa: E402
+from bertrt.harness import perf, workload  # noqa: E402
 from bertrt.packed import pack_sequences, pad_packed  # noqa: E402
 from bertrt.weights import random_checkpoint  # noqa: E402
 
@@ -220,12 +220,12 @@ def squad(engine: Engine, data_arg: str | None, vocab_arg: str | None, out: Path
     vocab, kind = find_vocab(vocab_arg, data, out)
     print(f"data {data}, vocab {vocab} ({kind})", flush=True)
     t0 = time.perf_counter()
-    features = perf.squad_features(data, BertTokenizer(vocab), progress=False)
+    features = workload.squad_features(data, BertTokenizer(vocab), progress=False)
     featurize_s = time.perf_counter() - t0
     lengths = [len(f.input_ids) for f in features]
     errors: list[dict] = []
-    rows = perf.squad_workload(engine, features, peers=PEERS, peer_batch=64, progress=False, errors=errors)
-    print(perf.format_workload(rows), flush=True)
+    rows = workload.squad_workload(engine, features, peers=PEERS, peer_batch=64, progress=False, errors=errors)
+    print(workload.format_workload(rows), flush=True)
     for e in errors:
         print(f"skipped: {e}", flush=True)
     return {"data": str(data), "vocab": kind, "features": len(features), "featurize_s": round(featurize_s, 1),

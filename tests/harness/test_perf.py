@@ -11,7 +11,7 @@ import torch
 from bertrt.cli import main
 from bertrt.config import BertConfig
 from bertrt.engine import Engine, build
-from bertrt.harness import perf
+from bertrt.harness import perf, workload
 from bertrt.weights import random_checkpoint
 
 TINY = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -79,7 +79,7 @@ def test_packed_batches_respect_limits():
             self.input_ids = [0] * n
 
     features = [F(n) for n in (50, 10, 300, 120, 120, 5, 384)]
-    groups = perf.packed_batches(features, max_batch=3, max_tokens=400)
+    groups = workload.packed_batches(features, max_batch=3, max_tokens=400)
     assert sorted(i for g in groups for i in g) == list(range(len(features)))
     lengths = [[len(features[i].input_ids) for i in g] for g in groups]
     assert all(len(g) <= 3 and sum(g) <= 400 for g in lengths)
@@ -115,9 +115,9 @@ def test_squad_workload_on_real_features(tmp_path):
     engine = Engine.load(build(checkpoint, tmp_path / "e", precision="fp32", device="cpu", max_batch=8), device="cpu")
     report = perf.perf_report(engine, batches=[], seqs=[], iterations=1, warmup=0, peers=["hf"],
                               workload_data=SQUAD_DEV, max_features=12, peer_batch=6, progress=False)
-    rows = {r.system: r for r in perf.workload_from_report(report)}
+    rows = {r.system: r for r in workload.workload_from_report(report)}
     assert set(rows) == {"bertrt", "hf"} and not report["errors"]
     assert rows["bertrt"].features == rows["hf"].features == 12
     assert rows["hf"].computed_tokens == 12 * 384 > rows["bertrt"].computed_tokens == rows["bertrt"].tokens
     assert rows["hf"].max_abs_diff <= 1e-3
-    assert "features/s" in perf.format_workload(list(rows.values()))
+    assert "features/s" in workload.format_workload(list(rows.values()))

@@ -51,7 +51,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bertrt.cli import UserError
-    from bertrt.harness import perf
+    from bertrt.harness import perf, workload
     from bertrt.pipeline import resolve_device
 
     peers = [] if args.peers.strip().lower() in ("", "none") else [p.strip() for p in args.peers.split(",")]
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(perf.format_table(perf.rows_from_report(report)))
     if "workload" in report:
         print()
-        print(perf.format_workload(perf.workload_from_report(report)))
+        print(workload.format_workload(workload.workload_from_report(report)))
     for error in report["errors"]:
         print(f"skipped: {error}")
     if args.json:

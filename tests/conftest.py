@@ -6,9 +6,15 @@ TRITON_INTERPRET=1, so the kernel tests in tests/ops run through the interpreter
 process. The variable is restored at once: elsewhere the ops keep taking their plain-PyTorch refs.
 """
 
+import importlib.util
 import os
+import sys
 
+import pytest
 import torch
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+_INTERPRET_AT_START = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 if not torch.cuda.is_available():
     previous = os.environ.get("TRITON_INTERPRET")
@@ -22,3 +28,19 @@ if not torch.cuda.is_available():
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = previous
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    """Run Triton kernels on the CPU through Triton's interpreter for this test."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (optional `gpu` extra)")
+    if torch.cuda.is_available() and not _INTERPRET_AT_START:
+        pytest.skip("CUDA present: kernels are tested compiled; set TRITON_INTERPRET=1 to interpret")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    if "triton" not in sys.modules:
+        import triton.language  # noqa: F401  (imported now, under TRITON_INTERPRET=1)
+    from bertrt.ops._triton import triton_interprets
+
+    if not triton_interprets():
+        pytest.skip("triton was imported in compiled mode earlier in this process")

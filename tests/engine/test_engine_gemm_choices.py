@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 
 import pytest
 import torch
@@ -16,20 +15,6 @@ from bertrt.reference import ReferenceBert
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 CHOICES = {"ffn_in_gelu": {64: "cublas", 256: "triton"}}
-
-
-@pytest.fixture
-def interpret(monkeypatch):
-    """Triton kernels on CPU through Triton's interpreter (as tests/ops' fixture of the same name)."""
-    if not HAS_TRITON or torch.cuda.is_available():
-        pytest.skip("needs triton and no GPU (on a GPU the kernels are tested compiled)")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    if "triton" not in sys.modules:
-        import triton.language  # noqa: F401  (imported now, under TRITON_INTERPRET=1)
-    from bertrt.ops._triton import triton_interprets
-
-    if not triton_interprets():
-        pytest.skip("triton was imported in compiled mode earlier in this process")
 
 
 @pytest.fixture

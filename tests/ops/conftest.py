@@ -28,20 +28,6 @@ def _triton_interprets() -> bool:
 
 
 @pytest.fixture
-def interpret(monkeypatch):
-    """Run Triton kernels on CPU through Triton's interpreter for this test."""
-    if not HAS_TRITON:
-        pytest.skip("triton is not installed (optional `gpu` extra)")
-    if torch.cuda.is_available() and not _INTERPRET_AT_START:
-        pytest.skip("CUDA present: kernels are tested compiled; set TRITON_INTERPRET=1 to interpret")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    if "triton" not in sys.modules:
-        import triton.language  # noqa: F401  (imported now, under TRITON_INTERPRET=1)
-    if not _triton_interprets():
-        pytest.skip("triton was imported in compiled mode earlier in this process")
-
-
-@pytest.fixture
 def gpu(monkeypatch):
     """Run Triton kernels compiled on the GPU for this test."""
     if not (HAS_TRITON and torch.cuda.is_available()):

@@ -120,6 +120,11 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
 
             cublas_ms = _median_ms(unfused)
             try:
+                # A kernel that is fast but wrong must never be chosen: check it against cuBLAS first.
+                expected, got = unfused().float(), linear_bias_gelu(x, weight, bias).float()
+                error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+                if not error <= 1e-2:
+                    raise ValueError(f"relative error {error:.2e} against cuBLAS")
                 triton_ms = _median_ms(lambda x=x: linear_bias_gelu(x, weight, bias))
             except Exception as exc:  # noqa: BLE001  (any compile/launch failure: keep cuBLAS)
                 warnings.warn(f"linear_bias_gelu failed at {count} tokens ({exc}); using cuBLAS",

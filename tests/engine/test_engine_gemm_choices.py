@@ -33,6 +33,7 @@ def count_fused(monkeypatch):
 
 def test_lookup_takes_the_smallest_bound_that_holds_the_tokens():
     assert gemm_choice({}, "ffn_in_gelu", 100) == "cublas"
+    assert gemm_choice({}, "attention", 100) == "torch"
     assert [gemm_choice(CHOICES, "ffn_in_gelu", t) for t in (1, 64, 65, 256, 10_000)] == \
         ["cublas", "cublas", "triton", "triton", "triton"]
 
@@ -52,7 +53,7 @@ def test_given_choices_are_recorded_and_loaded(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"ffn_in_gelu": {"64": "cutlass"}}, {"ffn_in_gelu": {"many": "triton"}},
-                                 {"qkv": {"64": "triton"}}, ["triton"]])
+                                 {"qkv": {"64": "triton"}}, {"attention": {"64": "cublas"}}, ["triton"]])
 def test_a_bad_recorded_choice_is_refused_on_load(tiny_engine_dir, bad):
     path = tiny_engine_dir / "engine.json"
     spec = json.loads(path.read_text())
@@ -80,6 +81,30 @@ def test_runtime_honours_a_recorded_triton_choice(interpret, count_fused, tiny_c
     assert (linear_gelu._linear_bias_gelu_kernel, True) in _triton._JITTED  # the interpreted kernel ran
 
 
+def test_runtime_honours_a_recorded_triton_attention_choice(interpret, tiny_checkpoint, make_batch, monkeypatch):
+    calls = []
+    real = runtime.varlen_attention_triton
+
+    def spy(q, k, v, cu_seqlens, max_seqlen):
+        calls.append(q.shape[0])
+        return real(q, k, v, cu_seqlens, max_seqlen)
+
+    monkeypatch.setattr(runtime, "varlen_attention_triton", spy)
+    choices = {"attention": {64: "torch", 256: "triton"}}
+    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
+                                    max_seq_length=64, gemm_choices=choices)
+    reference = ReferenceBert.from_checkpoint(tiny_checkpoint)
+    layers = tiny_checkpoint.config.num_hidden_layers
+    for batch, expected_calls in ((make_batch(120, [30, 20]), []),
+                                  (make_batch(120, [64, 60, 50, 7], seed=1), [181] * layers)):
+        logits = engine.qa_logits(batch)
+        with torch.inference_mode():
+            expected = reference.qa_logits(batch)
+        assert (logits - expected).abs().max().item() <= 1e-4
+        assert calls == expected_calls
+        calls.clear()
+
+
 def test_tuning_times_only_on_a_gpu(tiny_checkpoint):
     assert tune_gemm_choices(dict(tiny_checkpoint.tensors), max_tokens=256) == {}
 
@@ -87,6 +112,8 @@ def test_tuning_times_only_on_a_gpu(tiny_checkpoint):
 @pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs a CUDA GPU and triton")
 def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint):
     tensors = {k: v.to("cuda", torch.float16) for k, v in tiny_checkpoint.tensors.items()}
-    choices = tune_gemm_choices(tensors, max_tokens=2000, token_counts=(64, 1024, 4096))
-    assert list(choices) == ["ffn_in_gelu"] and sorted(choices["ffn_in_gelu"]) == [64, 1024, 2000]
+    choices = tune_gemm_choices(tensors, max_tokens=2000, token_counts=(64, 1024, 4096),
+                                num_heads=tiny_checkpoint.config.num_attention_heads, max_seq_length=64)
+    assert list(choices) == ["ffn_in_gelu", "attention"] and sorted(choices["ffn_in_gelu"]) == [64, 1024, 2000]
     assert set(choices["ffn_in_gelu"].values()) <= {"cublas", "triton"}
+    assert sorted(choices["attention"]) == [64, 1024, 2000] and set(choices["attention"].values()) <= {"torch", "triton"}

@@ -10,6 +10,7 @@ the FFN up-projection + bias + GELU at a few token counts (``tune_gemm_choices``
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import statistics
 import warnings
@@ -92,16 +93,24 @@ def _median_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 3) -> 
 
 
 def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
-                      token_counts: tuple[int, ...] = TUNE_TOKENS) -> GemmChoices:
-    """Time cuBLAS (F.linear + bias_gelu) against Triton (linear_bias_gelu) on the FFN up-projection.
+                      token_counts: tuple[int, ...] = TUNE_TOKENS, num_heads: int | None = None,
+                      max_seq_length: int = 384) -> GemmChoices:
+    """Time the two ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
+    linear_bias_gelu) and, given ``num_heads``, of attention (PyTorch's varlen flash against the Triton
+    kernel), each at a few token counts; a Triton kernel must first agree with the other path.
 
     Args:
         tensors: the engine's tensors, on the GPU it is built for (layer 0's FFN weights are used).
         max_tokens: the engine's limit; counts above it are not timed, and it is always timed itself.
+        num_heads: attention heads (None: attention is not timed and keeps its default).
+        max_seq_length: sequences of this length make up the attention timing batches.
 
     Returns:
-        {"ffn_in_gelu": {token count: "cublas" | "triton"}}, or {} when the tensors are not on CUDA.
+        {"ffn_in_gelu": {token count: "cublas" | "triton"}, "attention": {...: "torch" | "triton"}},
+        or {} when the tensors are not on CUDA.
     """
+    from bertrt.ops.attention import varlen_attention
+    from bertrt.ops.attention_triton import varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
     from bertrt.ops.linear_gelu import linear_bias_gelu
 
@@ -109,30 +118,49 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     if weight.device.type != "cuda":
         return {}
     counts = sorted({c for c in token_counts if c < max_tokens} | {max_tokens})
-    table: dict[int, str] = {}
+    choices: GemmChoices = {"ffn_in_gelu": {}}
+    if num_heads:
+        choices["attention"] = {}
+    hidden = weight.shape[1]
     with torch.inference_mode(), torch.cuda.device(weight.device):  # events time that device's stream
         for count in counts:
-            x = torch.randn(count, weight.shape[1], device=weight.device).to(weight.dtype)
+            x = torch.randn(count, hidden, device=weight.device).to(weight.dtype)
 
             def unfused(x=x):
                 up = torch.nn.functional.linear(x, weight)
                 return bias_gelu(up, bias, out=up)
 
-            cublas_ms = _median_ms(unfused)
-            try:
-                # A kernel that is fast but wrong must never be chosen: check it against cuBLAS first.
-                expected, got = unfused().float(), linear_bias_gelu(x, weight, bias).float()
-                error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
-                if not error <= 1e-2:
-                    raise ValueError(f"relative error {error:.2e} against cuBLAS")
-                triton_ms = _median_ms(lambda x=x: linear_bias_gelu(x, weight, bias))
-            except Exception as exc:  # noqa: BLE001  (any compile/launch failure: keep cuBLAS)
-                warnings.warn(f"linear_bias_gelu failed at {count} tokens ({exc}); using cuBLAS",
-                              RuntimeWarning, stacklevel=2)
-                triton_ms = float("inf")
-            table[count] = "triton" if triton_ms < cublas_ms else "cublas"
+            choices["ffn_in_gelu"][count] = _faster(unfused, lambda x=x: linear_bias_gelu(x, weight, bias),
+                                                    ("cublas", "triton"), f"linear_bias_gelu at {count} tokens")
+            if num_heads:
+                qkv = x.new_empty(count, 3, num_heads, hidden // num_heads).normal_()
+                q, k, v = qkv.unbind(1)
+                lengths = [max_seq_length] * (count // max_seq_length) + [count % max_seq_length] * bool(
+                    count % max_seq_length)
+                cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=x.device)
+                seq = max(lengths)
+                choices["attention"][count] = _faster(
+                    lambda: varlen_attention(q, k, v, cu, seq), lambda: varlen_attention_triton(q, k, v, cu, seq),
+                    ("torch", "triton"), f"varlen_attention_triton at {count} tokens")
             del x
-    return {"ffn_in_gelu": table}
+    return choices
+
+
+def _faster(default: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor], names: tuple[str, str],
+            what: str) -> str:
+    """names[1] if ``candidate`` agrees with ``default`` (relative max error <= 1e-2) and is faster."""
+    default_ms = _median_ms(default)
+    try:
+        # A kernel that is fast but wrong must never be chosen: check it first.
+        expected, got = default().float(), candidate().float()
+        error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+        if not error <= 1e-2:
+            raise ValueError(f"relative error {error:.2e} against {names[0]}")
+        candidate_ms = _median_ms(candidate)
+    except Exception as exc:  # noqa: BLE001  (any compile/launch failure keeps the default)
+        warnings.warn(f"{what} failed ({exc}); using {names[0]}", RuntimeWarning, stacklevel=3)
+        return names[0]
+    return names[1] if candidate_ms < default_ms else names[0]
 
 
 def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precision: str | Precision = "fp16",
@@ -173,7 +201,9 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
     tensors = prepare_tensors(checkpoint, precision)
     if gemm_choices is None and device.type == "cuda":
         on_device = {k: tensors[k].to(device) for k in ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias")}
-        gemm_choices = tune_gemm_choices(on_device, max_tokens=spec.max_tokens)
+        gemm_choices = tune_gemm_choices(on_device, max_tokens=spec.max_tokens,
+                                         num_heads=spec.config.num_attention_heads,
+                                         max_seq_length=spec.max_seq_length)
     spec = dataclasses.replace(spec, gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"))
 
     def fill(folder: Path) -> None:

@@ -30,20 +30,22 @@ VOCAB_FILE = "vocab.txt"
 # no speed and would only make the file differ from the canonical schema.
 LAYOUT = {"linear_weight": "out_in", "qkv": "fused rows q|k|v", "dtype": "all tensors in the engine precision"}
 GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
-# GEMMs that have a Triton alternative: op -> {token-count upper bound: backend}, timed at build time
+# Ops that have a Triton alternative: op -> {token-count upper bound: backend}, timed at build time
 # on the GPU (see build.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
 # GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue).
-GEMM_BACKENDS = ("cublas", "triton")
-GEMM_OPS = ("ffn_in_gelu",)
+# "attention": "torch" = PyTorch's fused varlen flash kernel, "triton" = bertrt.ops.attention_triton.
+# The first backend of each op is its default where nothing was recorded.
+OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton"), "attention": ("torch", "triton")}
+GEMM_OPS = tuple(OP_BACKENDS)
 GemmChoices = dict[str, dict[int, str]]
 
 
 def gemm_choice(choices: GemmChoices, op: str, tokens: int) -> str:
     """The backend recorded for ``op`` at ``tokens`` tokens: that of the smallest recorded bound
-    >= tokens (the largest bound's beyond it); "cublas" when nothing was recorded."""
+    >= tokens (the largest bound's beyond it); the op's default when nothing was recorded."""
     table = choices.get(op) or {}
     if not table:
-        return "cublas"
+        return OP_BACKENDS[op][0]
     fitting = [bound for bound in table if bound >= tokens]
     return table[min(fitting) if fitting else max(table)]
 
@@ -60,9 +62,9 @@ def parse_gemm_choices(raw: Any, *, source: str) -> GemmChoices:
             parsed[op] = {int(bound): backend for bound, backend in table.items()}
         except ValueError as exc:
             raise EngineError(f"{source}: gemm_choices[{op!r}] keys must be token counts ({exc})") from exc
-        bad = [b for b in parsed[op].values() if b not in GEMM_BACKENDS]
+        bad = [b for b in parsed[op].values() if b not in OP_BACKENDS[op]]
         if bad or any(bound <= 0 for bound in parsed[op]):
-            raise EngineError(f"{source}: gemm_choices[{op!r}] = {table!r}: backends are {GEMM_BACKENDS} "
+            raise EngineError(f"{source}: gemm_choices[{op!r}] = {table!r}: backends are {OP_BACKENDS[op]} "
                               "at positive token counts; rebuild the engine")
     return parsed
 
@@ -84,7 +86,7 @@ class EngineSpec:
         compute_capability: (major, minor) of the GPU it was built for; None for a CPU build,
             which loads anywhere.
         weights_sha256 / weights_bytes: checksum and size of ``weights.safetensors``.
-        gemm_choices: op -> {token-count upper bound: "cublas" | "triton"} (see ``gemm_choice``);
+        gemm_choices: op -> {token-count upper bound: backend} (see ``OP_BACKENDS``, ``gemm_choice``);
             empty (cuBLAS everywhere) for a CPU build.
     """
 

@@ -29,6 +29,7 @@ from bertrt.config import Precision
 from bertrt.engine.format import (VOCAB_FILE, EngineError, EngineSpec, check_compute_capability, gemm_choice,
                                   read_spec, verify_weights)
 from bertrt.ops.attention import varlen_attention
+from bertrt.ops.attention_triton import varlen_attention_triton
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
 from bertrt.ops.linear_gelu import linear_bias_gelu
@@ -161,7 +162,9 @@ class Engine:
         spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
                          max_batch=max_batch, device=device, gemm_choices=gemm_choices)
         if gemm_choices is None and device.type == "cuda":
-            spec = dataclasses.replace(spec, gemm_choices=tune_gemm_choices(tensors, max_tokens=spec.max_tokens))
+            spec = dataclasses.replace(spec, gemm_choices=tune_gemm_choices(
+                tensors, max_tokens=spec.max_tokens, num_heads=spec.config.num_attention_heads,
+                max_seq_length=spec.max_seq_length))
         return cls(spec, tensors, device=device, graphs=graphs, vocab_file=checkpoint.vocab_file)
 
     # --- properties -----------------------------------------------------------------------
@@ -220,9 +223,11 @@ class Engine:
                             t["embeddings.ln.bias"], eps)
         tokens = x.shape[0]
         ffn_in_fused = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens) == "triton"
+        attend = (varlen_attention_triton if gemm_choice(self.spec.gemm_choices, "attention", tokens) == "triton"
+                  else varlen_attention)
         for w in self._layers:
             q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
-            ctx = varlen_attention(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
+            ctx = attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
             x = bias_residual_layernorm(F.linear(ctx, w.out_w), w.out_b, x, w.attn_ln_w, w.attn_ln_b, eps)
             if ffn_in_fused:
                 up = linear_bias_gelu(x, w.in_w, w.in_b)

@@ -174,3 +174,11 @@ def test_train_classifier_reports_dev_metrics(tmp_path, capsys):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "bertrt.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("bertrt ")
+
+
+def test_debug_mode_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("BERTRT_DEBUG", "1")
+    from bertrt.cli import UserError
+
+    with pytest.raises(UserError, match="context is empty"):
+        main(["qa", "--context", "", "--question", "What?"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module has ``register(subparsers)`` which adds its parser and sets ``func`` (args -> exit code).
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="bertrt",
         description="Fast inference for BERT encoders: load any checkpoint, answer questions, "
                     "score SQuAD, fine-tune, build GPU engines and benchmark them.",
+        epilog="Errors in your input print one line; set BERTRT_DEBUG=1 to see the full traceback.",
     )
     from bertrt import __version__
 
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UserError, CheckpointError, ConfigError, FileNotFoundError, IsADirectoryError,
             PermissionError, UnicodeDecodeError, ValueError) as exc:
+        if os.environ.get("BERTRT_DEBUG"):  # developers: the whole traceback
+            raise
         print(f"bertrt {args.command}: error: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

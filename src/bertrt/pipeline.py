@@ -42,7 +42,9 @@ def load_qa(model: str | Path | None = None, *, device: str | None = None, engin
     if dev.type == "cuda":
         from bertrt.engine import Engine
 
-        return Engine.from_checkpoint(checkpoint, device=dev), tokenizer
+        # No build-time kernel timing for an engine made on the fly: its default kernels serve a
+        # one-off question as well, and `bertrt build` records tuned choices for repeated use.
+        return Engine.from_checkpoint(checkpoint, device=dev, gemm_choices={}), tokenizer
     from bertrt.reference import ReferenceBert
 
     return ReferenceBert.from_checkpoint(checkpoint, device=dev), tokenizer

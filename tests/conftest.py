@@ -9,11 +9,14 @@ process. The variable is restored at once: elsewhere the ops keep taking their p
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+# The project's data sits beside the checkout (CI has it); tests that need it skip without it.
+SQUAD_DEV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dev-v1.1.json"
 _INTERPRET_AT_START = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 if not torch.cuda.is_available():
@@ -44,3 +47,11 @@ def interpret(monkeypatch):
 
     if not triton_interprets():
         pytest.skip("triton was imported in compiled mode earlier in this process")
+
+
+@pytest.fixture(scope="session")
+def squad_dev() -> Path:
+    """The official SQuAD v1.1 dev set from ../shared/data."""
+    if not SQUAD_DEV.is_file():
+        pytest.skip(f"SQuAD v1.1 dev set not found at {SQUAD_DEV} (the shared data folder)")
+    return SQUAD_DEV

@@ -16,16 +16,8 @@ from bertrt.harness.loadgen.accuracy import read_accuracy_log  # noqa: E402
 from bertrt.harness.loadgen.report import format_table, parse_summary  # noqa: E402
 from bertrt.harness.loadgen.runner import prepare, run_test  # noqa: E402
 
-SQUAD_DEV = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dev-v1.1.json"
 LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json")
 COUNT = 16  # samples: the first 16 features of article 0
-
-
-@pytest.fixture(scope="module")
-def squad_dev() -> Path:
-    if not SQUAD_DEV.is_file():
-        pytest.skip(f"SQuAD v1.1 dev set not found at {SQUAD_DEV} (the shared data folder)")
-    return SQUAD_DEV
 
 
 @pytest.fixture(scope="module")

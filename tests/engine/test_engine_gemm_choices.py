@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 
@@ -10,21 +11,23 @@ import torch
 
 from bertrt.engine import Engine, EngineError, build, runtime
 from bertrt.engine.build import tune_gemm_choices
-from bertrt.engine.format import gemm_choice
+from bertrt.engine.format import OP_BACKENDS, gemm_choice
 from bertrt.reference import ReferenceBert
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+build_module = importlib.import_module("bertrt.engine.build")  # the module; bertrt.engine.build is the function
 CHOICES = {"ffn_in_gelu": {64: "cublas", 256: "triton"}}
 
 
 @pytest.fixture
 def count_fused(monkeypatch):
-    """Counts the engine's calls of linear_bias_gelu (still running the real op)."""
+    """Counts the engine's calls of linear_bias_gelu (still running the real op): token counts, or
+    (token count, tiling) when the engine names a tiling."""
     calls = []
 
-    def spy(x, weight, bias):
-        calls.append(x.shape[0])
-        return real(x, weight, bias)
+    def spy(x, weight, bias, config=None):
+        calls.append(x.shape[0] if config is None else (x.shape[0], config))
+        return real(x, weight, bias, config=config)
 
     real = runtime.linear_bias_gelu
     monkeypatch.setattr(runtime, "linear_bias_gelu", spy)
@@ -81,6 +84,19 @@ def test_runtime_honours_a_recorded_triton_choice(interpret, count_fused, tiny_c
     assert (linear_gelu._linear_bias_gelu_kernel, True) in _triton._JITTED  # the interpreted kernel ran
 
 
+def test_a_named_tiling_reaches_the_kernel(interpret, count_fused, tiny_checkpoint, make_batch):
+    from bertrt.ops.linear_gelu import TILINGS
+
+    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
+                                    max_seq_length=64, gemm_choices={"ffn_in_gelu": {256: "triton-overlapped"}})
+    reference = ReferenceBert.from_checkpoint(tiny_checkpoint)
+    batch = make_batch(120, [30, 20])
+    logits = engine.qa_logits(batch)
+    with torch.inference_mode():
+        assert (logits - reference.qa_logits(batch)).abs().max().item() <= 1e-4
+    assert count_fused == [(50, TILINGS["triton-overlapped"])] * tiny_checkpoint.config.num_hidden_layers
+
+
 def test_runtime_honours_a_recorded_triton_attention_choice(interpret, tiny_checkpoint, make_batch, monkeypatch):
     calls = []
     real = runtime.varlen_attention_triton
@@ -115,5 +131,33 @@ def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint)
     choices = tune_gemm_choices(tensors, max_tokens=2000, token_counts=(64, 1024, 4096),
                                 num_heads=tiny_checkpoint.config.num_attention_heads, max_seq_length=64)
     assert list(choices) == ["ffn_in_gelu", "attention"] and sorted(choices["ffn_in_gelu"]) == [64, 1024, 2000]
-    assert set(choices["ffn_in_gelu"].values()) <= {"cublas", "triton"}
+    assert set(choices["ffn_in_gelu"].values()) <= set(OP_BACKENDS["ffn_in_gelu"])
     assert sorted(choices["attention"]) == [64, 1024, 2000] and set(choices["attention"].values()) <= {"torch", "triton"}
+
+
+def test_fastest_never_picks_a_wrong_or_broken_candidate(monkeypatch):
+    # Timings are faked (no GPU here): what is tested is the choice among them.
+    speed = {"good": 2.0, "faster_but_wrong": 0.5, "broken": 0.1, "default": 3.0}
+    monkeypatch.setattr(build_module, "_median_ms", lambda fn: speed[fn.__name__])
+    right = torch.arange(10.0)
+
+    def default():
+        return right
+
+    def good():
+        return right + 1e-4
+
+    def faster_but_wrong():
+        return right * 1.5
+
+    def broken():
+        raise RuntimeError("no kernel image for this GPU")
+
+    with pytest.warns(RuntimeWarning) as caught:
+        chosen = build_module._fastest("default", default, {f.__name__: f for f in (faster_but_wrong, broken, good)},
+                                       "test op")
+    assert chosen == "good"
+    assert len(caught) == 2 and "relative error" in str(caught[0].message) and "no kernel" in str(caught[1].message)
+    speed["default"] = 1.0
+    with pytest.warns(RuntimeWarning):
+        assert build_module._fastest("default", default, {"good": good, "broken": broken}, "test op") == "default"

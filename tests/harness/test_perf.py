@@ -118,3 +118,20 @@ def test_squad_workload_on_real_features(tmp_path, squad_dev):
     assert rows["hf"].computed_tokens == 12 * 384 > rows["bertrt"].computed_tokens == rows["bertrt"].tokens
     assert rows["hf"].max_abs_diff <= 1e-3
     assert "features/s" in workload.format_workload(list(rows.values()))
+
+
+def test_peers_get_an_attention_mask_by_default():
+    # Without one, transformers runs fp32 math attention inside a CUDA graph: an unfairly slow peer.
+    seen = {}
+
+    def model(**kwargs):
+        seen.update(kwargs)
+        return kwargs
+
+    ids, types = perf.synthetic_inputs(2, 5, 100, device=torch.device("cpu"))
+    run, _ = perf.peer_runner("hf", model, ids, types)
+    run()
+    assert torch.equal(seen["attention_mask"], torch.ones_like(ids))
+    padded = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    perf.peer_runner("hf", model, ids, types, padded)[0]()
+    assert torch.equal(seen["attention_mask"], padded)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertrt.ops.attention import varlen_attention_ref
-from bertrt.ops.attention_triton import varlen_attention_triton
+from bertrt.ops.attention_triton import AttentionConfig, attention_config_for, varlen_attention_triton
 from bertrt.packed import cu_seqlens_from_lengths
 from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
 
@@ -21,10 +21,10 @@ def torch_math(inputs, dtype):
     return varlen_attention_ref(q.to(dtype), k.to(dtype), v.to(dtype), cu, max_len)
 
 
-def check(inputs, dtype):
+def check(inputs, dtype, config=None):
     q = inputs[0]
     out = poisoned(q.shape, dtype, q.device)
-    got = varlen_attention_triton(*inputs, out=out)
+    got = varlen_attention_triton(*inputs, out=out, config=config)
     assert got is out and got.dtype == dtype
     assert_like_torch(got, torch_math(inputs, dtype), torch_math(inputs, torch.float64), dtype)
 
@@ -40,6 +40,21 @@ INTERPRETABLE = [pytest.param(d, marks=pytest.mark.skip(reason="interpreter tl.d
 def test_kernel_matches_fp64_like_torch(interpret, head_dim, dtype):
     # Lengths 1, 7 and 97 cut the 64-wide query and key blocks unevenly.
     check(make_inputs([7, 1, 97], 2, head_dim, dtype=dtype), dtype)
+
+
+@pytest.mark.parametrize("programs", [1, 200, 5000], ids=["one_sequence", "few", "many"])
+def test_every_chosen_tiling_is_correct(interpret, programs):
+    # Each tiling attention_config_for can pick, on lengths that cut its query and key blocks unevenly.
+    config = attention_config_for(programs, 64)
+    check(make_inputs([1, 130, 65, 200], 2, 64, dtype=torch.float16), torch.float16, config=config)
+
+
+def test_tiling_grows_with_the_launch():
+    small, mid, big = (attention_config_for(p, 64) for p in (96, 256, 6144))
+    assert small.block_n > small.block_m  # one sequence: few programs, fewer serial key steps
+    assert big.block_m == 128 and big.num_warps == 8
+    assert attention_config_for(6144, 128) == AttentionConfig(64, 32, num_warps=8)  # wide heads: smaller tiles
+    assert mid != big
 
 
 def test_sequences_do_not_attend_to_each_other(interpret):

@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops.linear_gelu import (LARGE_M, MEDIUM_M, SMALL_M, GemmConfig, config_for, linear_bias_gelu,
+from bertrt.ops.linear_gelu import (MEDIUM_M, SMALL_M, GemmConfig, _tma_usable, config_for, linear_bias_gelu,
                                     linear_bias_gelu_ref)
 from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
 
@@ -43,11 +44,24 @@ def test_kernel_matches_fp64_like_torch(interpret, m, n, k, dtype):
     check(make_inputs(m, n, k, dtype=dtype), dtype)
 
 
-@pytest.mark.parametrize("config", [SMALL_M, MEDIUM_M, LARGE_M, GemmConfig(32, 64, 32, group_m=2)],
-                         ids=["small", "medium", "large", "grouped"])
-def test_every_tiling_covers_the_output(interpret, config):
-    # 200 x 300 with group_m=2 gives partial groups and edge tiles on both axes; K=160 is 2.5 blocks of 64.
-    check(make_inputs(200, 300, 160, dtype=torch.float16, seed=1), torch.float16, config=config)
+TILINGS = [SMALL_M, MEDIUM_M, dataclasses.replace(MEDIUM_M, tma=False), GemmConfig(32, 64, 32, group_m=2),
+           GemmConfig(32, 64, 32, group_m=2, tma=True)]
+
+
+@pytest.mark.parametrize("n", [300, 320], ids=["rows_unaligned", "rows_tma_aligned"])
+@pytest.mark.parametrize("config", TILINGS, ids=["small", "medium_tma", "medium_pointers", "grouped", "grouped_tma"])
+def test_every_tiling_covers_the_output(interpret, config, n):
+    # 200 x N with group_m=2 gives partial groups and edge tiles on both axes; K=160 is 2.5 blocks of 64.
+    # N=320 keeps output rows 16-byte aligned, so TMA tilings take the persistent descriptor kernel
+    # (zero-filled loads and clipped stores at the edges); N=300 sends them to the pointer kernel.
+    check(make_inputs(200, n, 160, dtype=torch.float16, seed=1), torch.float16, config=config)
+
+
+def test_tma_kernel_is_taken_when_rows_are_aligned(interpret):
+    x, w, _ = make_inputs(8, 320, 160, dtype=torch.float16)
+    assert _tma_usable(x, w, torch.empty(8, 320, dtype=torch.float16))
+    assert not _tma_usable(x, w, torch.empty(8, 300, dtype=torch.float16))
+    assert not _tma_usable(x[:, 1:], w[:, 1:], torch.empty(8, 320, dtype=torch.float16))  # base off by 2 bytes
 
 
 def test_strided_input_rows(interpret):
@@ -83,7 +97,7 @@ def test_rejects_mismatched_arguments(no_interpret):
 def test_config_choice_is_a_pure_function_of_m():
     assert config_for(1) == config_for(384) == SMALL_M
     assert config_for(3072) == MEDIUM_M
-    assert config_for(49152) == LARGE_M
+    assert config_for(49152) == MEDIUM_M and MEDIUM_M.tma
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

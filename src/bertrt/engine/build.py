@@ -106,13 +106,14 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
         max_seq_length: sequences of this length make up the attention timing batches.
 
     Returns:
-        {"ffn_in_gelu": {token count: "cublas" | "triton"}, "attention": {...: "torch" | "triton"}},
+        {"ffn_in_gelu": {token count: "cublas" | "triton" | a name in linear_gelu.TILINGS},
+        "attention": {...: "torch" | "triton"}},
         or {} when the tensors are not on CUDA.
     """
     from bertrt.ops.attention import varlen_attention
     from bertrt.ops.attention_triton import varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
-    from bertrt.ops.linear_gelu import linear_bias_gelu
+    from bertrt.ops.linear_gelu import TILINGS, linear_bias_gelu
 
     weight, bias = tensors["layers.0.ffn.in.weight"], tensors["layers.0.ffn.in.bias"]
     if weight.device.type != "cuda":
@@ -130,8 +131,11 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                 up = torch.nn.functional.linear(x, weight)
                 return bias_gelu(up, bias, out=up)
 
-            choices["ffn_in_gelu"][count] = _faster(unfused, lambda x=x: linear_bias_gelu(x, weight, bias),
-                                                    ("cublas", "triton"), f"linear_bias_gelu at {count} tokens")
+            candidates = {"triton": lambda x=x: linear_bias_gelu(x, weight, bias)}
+            candidates |= {name: lambda x=x, cfg=cfg: linear_bias_gelu(x, weight, bias, config=cfg)
+                           for name, cfg in TILINGS.items()}
+            choices["ffn_in_gelu"][count] = _fastest("cublas", unfused, candidates,
+                                                     f"linear_bias_gelu at {count} tokens")
             if num_heads:
                 qkv = x.new_empty(count, 3, num_heads, hidden // num_heads).normal_()
                 q, k, v = qkv.unbind(1)
@@ -139,28 +143,31 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                     count % max_seq_length)
                 cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=x.device)
                 seq = max(lengths)
-                choices["attention"][count] = _faster(
-                    lambda: varlen_attention(q, k, v, cu, seq), lambda: varlen_attention_triton(q, k, v, cu, seq),
-                    ("torch", "triton"), f"varlen_attention_triton at {count} tokens")
+                choices["attention"][count] = _fastest(
+                    "torch", lambda: varlen_attention(q, k, v, cu, seq),
+                    {"triton": lambda: varlen_attention_triton(q, k, v, cu, seq)},
+                    f"varlen_attention_triton at {count} tokens")
             del x
     return choices
 
 
-def _faster(default: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor], names: tuple[str, str],
-            what: str) -> str:
-    """names[1] if ``candidate`` agrees with ``default`` (relative max error <= 1e-2) and is faster."""
-    default_ms = _median_ms(default)
-    try:
-        # A kernel that is fast but wrong must never be chosen: check it first.
-        expected, got = default().float(), candidate().float()
-        error = float((got - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
-        if not error <= 1e-2:
-            raise ValueError(f"relative error {error:.2e} against {names[0]}")
-        candidate_ms = _median_ms(candidate)
-    except Exception as exc:  # noqa: BLE001  (any compile/launch failure keeps the default)
-        warnings.warn(f"{what} failed ({exc}); using {names[0]}", RuntimeWarning, stacklevel=3)
-        return names[0]
-    return names[1] if candidate_ms < default_ms else names[0]
+def _fastest(default_name: str, default: Callable[[], torch.Tensor],
+             candidates: dict[str, Callable[[], torch.Tensor]], what: str) -> str:
+    """The name of the fastest of ``default`` and the candidates that agree with it (relative max
+    error <= 1e-2); a candidate that fails to compile, run or agree is skipped with a warning."""
+    timings = {default_name: _median_ms(default)}
+    expected = default().float()
+    scale = expected.abs().max().clamp_min(1e-6)
+    for name, candidate in candidates.items():
+        try:
+            # A kernel that is fast but wrong must never be chosen: check it first.
+            error = float((candidate().float() - expected).abs().max() / scale)
+            if not error <= 1e-2:
+                raise ValueError(f"relative error {error:.2e} against {default_name}")
+            timings[name] = _median_ms(candidate)
+        except Exception as exc:  # noqa: BLE001  (any compile/launch failure keeps the others)
+            warnings.warn(f"{what} ({name}) failed ({exc}); not chosen", RuntimeWarning, stacklevel=3)
+    return min(timings, key=timings.get)
 
 
 def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precision: str | Precision = "fp16",

@@ -32,10 +32,11 @@ LAYOUT = {"linear_weight": "out_in", "qkv": "fused rows q|k|v", "dtype": "all te
 GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # Ops that have a Triton alternative: op -> {token-count upper bound: backend}, timed at build time
 # on the GPU (see build.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
-# GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue).
+# GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue)
+# with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling.
 # "attention": "torch" = PyTorch's fused varlen flash kernel, "triton" = bertrt.ops.attention_triton.
 # The first backend of each op is its default where nothing was recorded.
-OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton"), "attention": ("torch", "triton")}
+OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"), "attention": ("torch", "triton")}
 GEMM_OPS = tuple(OP_BACKENDS)
 GemmChoices = dict[str, dict[int, str]]
 

@@ -32,7 +32,7 @@ from bertrt.ops.attention import varlen_attention
 from bertrt.ops.attention_triton import varlen_attention_triton
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
-from bertrt.ops.linear_gelu import linear_bias_gelu
+from bertrt.ops.linear_gelu import TILINGS, linear_bias_gelu
 from bertrt.ops.qa_head import qa_head
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
@@ -222,15 +222,16 @@ class Engine:
                             t["embeddings.position"], t["embeddings.token_type"], t["embeddings.ln.weight"],
                             t["embeddings.ln.bias"], eps)
         tokens = x.shape[0]
-        ffn_in_fused = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens) == "triton"
+        ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
+        ffn_in_tiling = TILINGS.get(ffn_in)  # None: config_for's
         attend = (varlen_attention_triton if gemm_choice(self.spec.gemm_choices, "attention", tokens) == "triton"
                   else varlen_attention)
         for w in self._layers:
             q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
             ctx = attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
             x = bias_residual_layernorm(F.linear(ctx, w.out_w), w.out_b, x, w.attn_ln_w, w.attn_ln_b, eps)
-            if ffn_in_fused:
-                up = linear_bias_gelu(x, w.in_w, w.in_b)
+            if ffn_in != "cublas":
+                up = linear_bias_gelu(x, w.in_w, w.in_b, config=ffn_in_tiling)
             else:
                 up = F.linear(x, w.in_w)
                 up = bias_gelu(up, w.in_b, out=up)

@@ -153,8 +153,15 @@ def _graphed(fn: Callable[[], object], device: torch.device) -> tuple[Callable[[
 
 def peer_runner(name: str, model: torch.nn.Module, ids: torch.Tensor, types: torch.Tensor,
                 mask: torch.Tensor | None = None, *, compiled: dict | None = None) -> tuple[Callable[[], object], Any]:
-    """A no-argument callable running peer ``name`` on these static inputs, plus objects to keep alive."""
+    """A no-argument callable running peer ``name`` on these static inputs, plus objects to keep alive.
+
+    ``mask`` defaults to all ones, as a server passes it: without a mask, transformers 5 captured in
+    a CUDA graph falls back to fp32 math attention (2x slower at b1 s384, 3.5x at b8 s384 on an
+    H100; benchmarks/results/explore_h100.json), which would flatter bertrt's ratios.
+    """
     device = ids.device
+    if mask is None:
+        mask = torch.ones_like(ids)
     if name == "hf":
         return (lambda: hf_call(model, ids, types, mask)), None
     if name == "hf-graph":

@@ -8,6 +8,7 @@ no padding is ever read. ``varlen_attention_ref`` in ``bertrt.ops.attention`` is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -18,6 +19,33 @@ from bertrt.ops.attention import varlen_attention_ref
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 _LOG2E = 1.4426950408889634
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """BLOCK_M queries per program, keys in BLOCK_N steps, and the launch's warps and pipeline depth."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def attention_config_for(programs_at_64: int, head_dim: int) -> AttentionConfig:
+    """The tiling for a launch that would have ``programs_at_64`` programs with 64-query blocks.
+
+    From timings on an H100 (benchmarks/results/explore_h100.json, head_dim 64): a single sequence
+    (under 128 such programs) wants 64 queries against 128-key steps; a few sequences want 64 x 64
+    with a deeper pipeline; from about 512 programs on, 128-query blocks on 8 warps win (280 TFLOP/s
+    at 128 x 384 tokens, against 230 for PyTorch's flash kernel).
+    """
+    if head_dim > 64:
+        return AttentionConfig(64, 32, num_warps=8)
+    if programs_at_64 < 128:
+        return AttentionConfig(64, 128, num_warps=4, num_stages=2)
+    if programs_at_64 < 512:
+        return AttentionConfig(64, 64, num_warps=4, num_stages=3)
+    return AttentionConfig(128, 64, num_warps=8, num_stages=3)
 
 
 def _varlen_attention_kernel(
@@ -66,7 +94,7 @@ def _varlen_attention_kernel(
 
 def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                             max_seqlen: int, scale: float | None = None, *,
-                            out: torch.Tensor | None = None) -> torch.Tensor:
+                            out: torch.Tensor | None = None, config: AttentionConfig | None = None) -> torch.Tensor:
     """softmax(q k^T * scale) v within each sequence of a packed batch (no mask across sequences).
 
     Args:
@@ -76,6 +104,7 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         max_seqlen: length of the longest sequence.
         scale: multiplier of q k^T; 1/sqrt(head_dim) when None.
         out: optional (T, heads, head_dim) tensor of q's dtype to write into.
+        config: a tiling to use instead of ``attention_config_for``'s (benchmarks).
 
     Returns:
         (T, heads, head_dim) in q's dtype; softmax and accumulation in fp32 (fp32 inputs use
@@ -92,13 +121,13 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     if total == 0 or batch == 0:
         return out
     block_d = max(next_pow2(head_dim), 16)  # tl.dot needs dimensions of at least 16
-    block_m, block_n = (64, 64) if block_d <= 64 else (64, 32)
-    grid = (cdiv(max_seqlen, block_m), batch, heads)
+    cfg = config or attention_config_for(cdiv(max_seqlen, 64) * batch * heads, block_d)
+    grid = (cdiv(max_seqlen, cfg.block_m), batch, heads)
     jit(_varlen_attention_kernel)[grid](
         out, q, k, v, cu_seqlens.to(q.device, torch.int32), scale * _LOG2E, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4 if block_d <= 64 else 8, num_stages=2)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -1,0 +1,323 @@
+"""Kernel exploration on the lent GPU: which tilings and backends to choose, before wiring them in.
+
+    PYTHONPATH=src python benchmarks/device_explore.py $OUT/explore.json
+
+BERT-Large fp16 shapes throughout. Sections (each caught on its own; the JSON is rewritten after each):
+
+1. attention: PyTorch varlen flash (and FA3 when ``activate_flash_attention_impl`` offers it) against
+   the Triton kernel at several tilings, for batches of equal lengths and a SQuAD-like ragged batch;
+   every Triton result is checked against PyTorch's before it is timed.
+2. gemm: the four projections at M = 384 .. 49152 tokens: cuBLAS (F.linear; the FFN up-projection
+   followed by bias_gelu as the engine runs it) against the Triton GEMM (pointer and TMA-persistent
+   tilings; the up-projection with GELU in its epilogue), each result checked first.
+3. hf_graph: why our "Hugging Face + CUDA graph" peer is slower than eager: the same model timed eager,
+   captured under inference_mode and under no_grad, with and without an attention mask, and the top
+   kernels of each captured graph.
+4. engine: random BERT-Large engines with the default choices and with every Triton choice forced,
+   timed at b1 s384 and b128 s384, with a per-kernel profile of b1 s384.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from bertrt.harness.perf import environment  # noqa: E402
+
+DTYPE = torch.float16
+HEADS, HEAD_DIM, HIDDEN, INTER = 16, 64, 1024, 4096
+
+
+def bench(fn) -> float:
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+
+def cu_of(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+
+
+def attention_shapes() -> dict[str, list[int]]:
+    g = torch.Generator().manual_seed(0)
+    squad_like = (torch.randint(100, 385, (256,), generator=g)).tolist()  # ~ the dev set's 178 +/- spread
+    shapes = {f"b{b}_s{s}": [s] * b for b in (1, 8, 32, 128) for s in (128, 384)}
+    shapes["squad_like_256"] = squad_like
+    return shapes
+
+
+def attention_configs():
+    from bertrt.ops.attention_triton import AttentionConfig
+
+    out = {}
+    for bm, bn, w, st in [(16, 64, 2, 2), (32, 64, 4, 2), (32, 128, 4, 2), (64, 64, 4, 2), (64, 64, 4, 3),
+                          (64, 128, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2),
+                          (64, 32, 4, 2), (128, 32, 4, 2)]:
+        out[f"{bm}x{bn}_w{w}_s{st}"] = AttentionConfig(bm, bn, w, st)
+    return out
+
+
+def section_attention() -> dict:
+    from bertrt.ops.attention import varlen_attention
+    from bertrt.ops.attention_triton import varlen_attention_triton
+
+    rows = {}
+    fa3 = None
+    try:
+        from torch.nn.attention import activate_flash_attention_impl, list_flash_attention_impls
+
+        fa3 = {"impls": list(list_flash_attention_impls())}
+    except Exception as exc:  # noqa: BLE001
+        fa3 = {"error": f"{type(exc).__name__}: {exc}"}
+    for name, lengths in attention_shapes().items():
+        torch.manual_seed(0)
+        tokens = sum(lengths)
+        qkv = torch.randn(tokens, 3, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+        q, k, v = qkv.unbind(1)
+        cu, seq = cu_of(lengths), max(lengths)
+        flops = sum(4 * n * n * HEAD_DIM * HEADS for n in lengths)
+        expected = varlen_attention(q, k, v, cu, seq)
+        row = {"tokens": tokens, "sequences": len(lengths), "max_seqlen": seq, "gflop": flops / 1e9}
+        ms = bench(lambda: varlen_attention(q, k, v, cu, seq))
+        row["torch"] = {"ms": ms, "tflops": flops / ms / 1e9}
+        if "impls" in fa3 and "FA3" in fa3["impls"]:
+            try:
+                from torch.nn.attention import activate_flash_attention_impl, restore_flash_attention_impl
+
+                activate_flash_attention_impl("FA3")
+                got = varlen_attention(q, k, v, cu, seq)
+                err = (got.float() - expected.float()).abs().max().item()
+                ms = bench(lambda: varlen_attention(q, k, v, cu, seq))
+                row["torch_fa3"] = {"ms": ms, "tflops": flops / ms / 1e9, "max_err": err}
+                restore_flash_attention_impl()
+            except Exception as exc:  # noqa: BLE001
+                row["torch_fa3"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        row["triton"] = {}
+        for cname, cfg in attention_configs().items():
+            try:
+                got = varlen_attention_triton(q, k, v, cu, seq, config=cfg)
+                err = (got.float() - expected.float()).abs().max().item()
+                ms = bench(lambda cfg=cfg: varlen_attention_triton(q, k, v, cu, seq, config=cfg))
+                row["triton"][cname] = {"ms": ms, "tflops": flops / ms / 1e9, "max_err": err, "ok": err < 5e-3}
+            except Exception as exc:  # noqa: BLE001
+                row["triton"][cname] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        best = min((c for c in row["triton"].items() if c[1].get("ok")), key=lambda c: c[1]["ms"], default=None)
+        row["best_triton"] = best[0] if best else None
+        rows[name] = row
+        print(f"attention {name}: torch {row['torch']['ms']:.4f} ms; best triton {best[0] if best else None} "
+              f"{best[1]['ms'] if best else float('nan'):.4f} ms", flush=True)
+    return {"fa3": fa3, "rows": rows}
+
+
+GEMM_SHAPES = {"qkv": (3 * HIDDEN, HIDDEN), "out": (HIDDEN, HIDDEN), "ffn_in_gelu": (INTER, HIDDEN),
+               "ffn_out": (HIDDEN, INTER)}
+
+
+def gemm_configs():
+    from bertrt.ops.linear_gelu import GemmConfig
+
+    out = {}
+    for bm, bn, bk, w, st, tma in [(64, 64, 64, 4, 4, False), (64, 128, 64, 4, 4, False), (128, 64, 64, 4, 4, False),
+                                   (128, 128, 64, 8, 4, False), (128, 256, 64, 8, 3, False),
+                                   (64, 64, 64, 4, 4, True), (64, 128, 64, 4, 4, True), (128, 128, 64, 4, 4, True),
+                                   (128, 128, 64, 8, 4, True), (128, 256, 64, 8, 3, True), (128, 256, 64, 8, 4, True)]:
+        out[f"{'tma_' if tma else ''}{bm}x{bn}x{bk}_w{w}_s{st}"] = GemmConfig(bm, bn, bk, 8, w, st, tma)
+    return out
+
+
+def section_gemm() -> dict:
+    from bertrt.ops.bias_gelu import bias_gelu
+    from bertrt.ops.linear_gelu import _launch
+
+    rows = {}
+    for m in (384, 1536, 3072, 12288, 49152):
+        for op, (n, k) in GEMM_SHAPES.items():
+            torch.manual_seed(0)
+            x = torch.randn(m, k, device="cuda").to(DTYPE)
+            w = (torch.randn(n, k, device="cuda") * (1.5 / math.sqrt(k))).to(DTYPE)
+            b = (torch.randn(n, device="cuda") * 0.5).to(DTYPE)
+            gelu = op == "ffn_in_gelu"
+            flops = 2 * m * n * k
+            if gelu:
+                def cublas():
+                    up = F.linear(x, w)
+                    return bias_gelu(up, b, out=up)
+                expected = F.gelu(F.linear(x, w, b))
+            elif op == "qkv":
+                cublas = lambda: F.linear(x, w, b)  # noqa: E731
+                expected = cublas()
+            else:
+                cublas = lambda: F.linear(x, w)  # noqa: E731  (the engine adds this bias in the LN kernel)
+                expected = F.linear(x, w, b)
+            ms = bench(cublas)
+            row = {"M": m, "N": n, "K": k, "cublas": {"ms": ms, "tflops": flops / ms / 1e9}, "triton": {}}
+            scale = expected.float().abs().max().item()
+            for cname, cfg in gemm_configs().items():
+                try:
+                    out = torch.empty(m, n, device="cuda", dtype=DTYPE)
+                    _launch(x, w, b, out, cfg, gelu=gelu)
+                    err = (out.float() - expected.float()).abs().max().item() / scale
+                    ms = bench(lambda cfg=cfg, out=out: _launch(x, w, b, out, cfg, gelu=gelu))
+                    row["triton"][cname] = {"ms": ms, "tflops": flops / ms / 1e9, "rel_err": err, "ok": err < 1e-2}
+                except Exception as exc:  # noqa: BLE001
+                    row["triton"][cname] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            best = min((c for c in row["triton"].items() if c[1].get("ok")), key=lambda c: c[1]["ms"], default=None)
+            row["best_triton"] = best[0] if best else None
+            rows[f"{op}_M{m}"] = row
+            print(f"gemm {op} M={m}: cublas {row['cublas']['ms']:.4f} ms ({row['cublas']['tflops']:.0f}); best "
+                  f"{best[0] if best else None} {best[1]['ms'] if best else float('nan'):.4f} ms "
+                  f"({best[1]['tflops'] if best else 0:.0f})", flush=True)
+            del x, w, b, expected
+        torch.cuda.empty_cache()
+    return {"rows": rows}
+
+
+def top_kernels(fn, n=12) -> list:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+    stats = {}
+    for e in prof.key_averages():
+        if e.device_type.name == "CUDA" or getattr(e, "self_device_time_total", 0):
+            stats[e.key] = getattr(e, "self_device_time_total", 0) / 3 / 1000
+    return sorted(([k[:120], round(v, 4)] for k, v in stats.items() if v > 0), key=lambda r: -r[1])[:n]
+
+
+def section_hf_graph() -> dict:
+    import transformers
+
+    from bertrt.config import STANDARD_CONFIGS
+    from bertrt.harness.perf import _graphed, synthetic_inputs
+
+    config = STANDARD_CONFIGS["large"]
+    hf_config = transformers.BertConfig(**config.to_hf_dict("BertForQuestionAnswering"))
+    with torch.device("cuda"):
+        model = transformers.BertForQuestionAnswering(hf_config).to(DTYPE).eval()
+    result = {"attn_implementation": getattr(model.config, "_attn_implementation", None)}
+    for batch, seq in ((1, 384), (8, 384), (32, 128)):
+        ids, types = synthetic_inputs(batch, seq, config.vocab_size, device=torch.device("cuda"))
+        mask = torch.ones_like(ids)
+        row = {}
+        with torch.inference_mode():
+            row["eager_ms"] = bench(lambda: model(input_ids=ids, token_type_ids=types))
+            row["eager_mask_ms"] = bench(lambda: model(input_ids=ids, token_type_ids=types, attention_mask=mask))
+        variants = {
+            "graph_inference_mode": lambda: _graphed(lambda: model(input_ids=ids, token_type_ids=types),
+                                                     torch.device("cuda")),
+            "graph_inference_mode_mask": lambda: _graphed(
+                lambda: model(input_ids=ids, token_type_ids=types, attention_mask=mask), torch.device("cuda")),
+        }
+
+        def graphed_no_grad(with_mask):
+            def fn():
+                return model(input_ids=ids, token_type_ids=types, attention_mask=mask if with_mask else None)
+
+            with torch.no_grad():
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        fn()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = fn()
+            return graph.replay, (graph, out)
+
+        variants["graph_no_grad"] = lambda: graphed_no_grad(False)
+        variants["graph_no_grad_mask"] = lambda: graphed_no_grad(True)
+        for vname, make in variants.items():
+            try:
+                replay, keep = make()
+                row[vname + "_ms"] = bench(replay)
+                if (batch, seq) == (8, 384):
+                    row[vname + "_top"] = top_kernels(replay)
+                del keep
+            except Exception as exc:  # noqa: BLE001
+                row[vname + "_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            torch.cuda.empty_cache()
+        if (batch, seq) == (8, 384):
+            with torch.inference_mode():
+                row["eager_top"] = top_kernels(lambda: model(input_ids=ids, token_type_ids=types))
+        result[f"b{batch}_s{seq}"] = row
+        print(f"hf b{batch} s{seq}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("_ms")),
+              flush=True)
+    return result
+
+
+def section_engine() -> dict:
+    from bertrt.config import STANDARD_CONFIGS
+    from bertrt.engine import Engine
+    from bertrt.packed import pack_sequences
+    from bertrt.weights import random_checkpoint
+
+    checkpoint = random_checkpoint(STANDARD_CONFIGS["large"], seed=0)
+    result = {}
+    all_triton = {"ffn_in_gelu": {49152: "triton"}, "attention": {49152: "triton"}}
+    for label, choices in (("default", {}), ("all_triton", all_triton), ("tuned", None)):
+        t0 = time.perf_counter()
+        engine = Engine.from_checkpoint(checkpoint, precision="fp16", device="cuda", gemm_choices=choices)
+        row = {"build_s": time.perf_counter() - t0, "gemm_choices": {k: {str(a): b for a, b in v.items()}
+                                                                      for k, v in engine.spec.gemm_choices.items()}}
+        for batch, seq in ((1, 384), (1, 128), (8, 384), (128, 384)):
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(1000, 30000, (batch, seq), generator=g).tolist()
+            packed = pack_sequences(ids, [[0] * seq] * batch).to("cuda")
+            row[f"b{batch}_s{seq}_ms"] = bench(lambda packed=packed: engine.qa_logits(packed))
+            if (batch, seq) == (1, 384):
+                row["b1_s384_top"] = top_kernels(lambda packed=packed: engine.qa_logits(packed), n=20)
+                engine.graphs = False
+                row["b1_s384_top_eager"] = top_kernels(lambda packed=packed: engine.qa_logits(packed), n=20)
+                engine.graphs = True
+        result[label] = row
+        print(f"engine {label}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items() if k.endswith("_ms")), flush=True)
+        del engine
+        torch.cuda.empty_cache()
+    return result
+
+
+def main(argv: list[str]) -> int:
+    os.environ.pop("TRITON_INTERPRET", None)
+    out = Path(argv[1]) if len(argv) > 1 else Path(os.environ.get("OUT", ".")) / "explore.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    only = set(argv[2].split(",")) if len(argv) > 2 else None
+    report = {"kind": "bertrt-device-explore", "environment": environment(torch.device("cuda")), "sections": {}}
+    start = time.perf_counter()
+    for name, fn in (("attention", section_attention), ("gemm", section_gemm), ("hf_graph", section_hf_graph),
+                     ("engine", section_engine)):
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        print(f"\n== {name} (t={t0 - start:.0f}s)", flush=True)
+        try:
+            report["sections"][name] = {"ok": True, "result": fn()}
+        except Exception as exc:  # noqa: BLE001
+            report["sections"][name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                                        "traceback": traceback.format_exc()[-3000:]}
+            print(f"!! {name}: {type(exc).__name__}: {exc}", flush=True)
+        report["sections"][name]["seconds"] = round(time.perf_counter() - t0, 1)
+        out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out} in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

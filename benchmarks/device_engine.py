@@ -100,7 +100,8 @@ def build_engine(name: str, folder: Path) -> tuple[Engine, dict]:
     spec = engine.spec
     info = {"random_weights_s": round(t1 - t0, 2), "build_s": round(t2 - t1, 2), "load_s": round(t3 - t2, 2),
             "weights_mib": round(spec.weights_bytes / 2**20, 1), "compute_capability": spec.compute_capability,
-            "max_tokens": spec.max_tokens, "max_batch": spec.max_batch, "max_seq_length": spec.max_seq_length}
+            "max_tokens": spec.max_tokens, "max_batch": spec.max_batch, "max_seq_length": spec.max_seq_length,
+            "gemm_choices": {op: {str(k): v for k, v in table.items()} for op, table in spec.gemm_choices.items()}}
     print(f"{name}: weights {info['random_weights_s']} s, build {info['build_s']} s, load {info['load_s']} s, "
           f"{info['weights_mib']} MiB", flush=True)
     return engine, info

@@ -49,6 +49,15 @@ def test_every_chosen_tiling_is_correct(interpret, programs):
     check(make_inputs([1, 130, 65, 200], 2, 64, dtype=torch.float16), torch.float16, config=config)
 
 
+@pytest.mark.parametrize("lengths", [[5, 0, 70, 1, 0, 0], [3] * 40 + [130], [0, 64, 128, 0]],
+                         ids=["empty_sequences", "programs_loop_over_many_short_ones", "exact_blocks"])
+def test_block_numbering_covers_every_query(interpret, lengths):
+    # Empty sequences (a CUDA graph's unused slots), more sequences than programs (each program then
+    # takes several blocks) and lengths that are exact multiples of the block.
+    inputs = make_inputs(lengths, 2, 32, dtype=torch.float16)
+    check(inputs, torch.float16, config=AttentionConfig(64, 64, 4, 2))
+
+
 def test_tiling_grows_with_the_launch():
     small, mid, big = (attention_config_for(p, 64) for p in (96, 256, 6144))
     assert small.block_n > small.block_m  # one sequence: few programs, fewer serial key steps

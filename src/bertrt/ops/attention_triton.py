@@ -1,9 +1,10 @@
 """Flash-attention forward on packed tokens, in Triton: for GPUs or PyTorch builds that lack
 ``torch.nn.attention.varlen`` (see ``bertrt.ops.attention``).
 
-One program computes BLOCK_M queries of one head of one sequence, streaming that sequence's keys
-and values in BLOCK_N blocks with the online softmax, so the (S, S) scores never reach memory and
-no padding is ever read. ``varlen_attention_ref`` in ``bertrt.ops.attention`` is the oracle.
+A program computes BLOCK_M queries of one head of one sequence at a time, streaming that
+sequence's keys and values in BLOCK_N blocks with the online softmax, so the (S, S) scores never
+reach memory and no padding is ever read. The grid is sized by the tokens, not by batch x longest
+sequence: programs walk a numbering of all query blocks. ``varlen_attention_ref`` in ``bertrt.ops.attention`` is the oracle.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class AttentionConfig:
 
 
 def attention_config_for(programs_at_64: int, head_dim: int) -> AttentionConfig:
-    """The tiling for a launch that would have ``programs_at_64`` programs with 64-query blocks.
+    """The tiling for ``programs_at_64`` (query blocks of 64 tokens x heads) of work.
 
     From timings on an H100 (benchmarks/results/explore_h100.json, head_dim 64): a single sequence
     (under 128 such programs) wants 64 queries against 128-key steps; a few sequences want 64 x 64
@@ -49,47 +50,58 @@ def attention_config_for(programs_at_64: int, head_dim: int) -> AttentionConfig:
 
 
 def _varlen_attention_kernel(
-    out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, qk_scale, head_dim,
+    out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, num_seqs, qk_scale, head_dim,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    m_block, seq, head = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    start = tl.load(cu_seqlens_ptr + seq).to(tl.int64)
-    seq_len = (tl.load(cu_seqlens_ptr + seq + 1) - tl.load(cu_seqlens_ptr + seq)).to(tl.int32)
-    if m_block * BLOCK_M >= seq_len:  # the grid covers the longest sequence; shorter ones stop here
-        return
-    m_offs = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+    # The query blocks of all sequences are numbered in order (sequence i owns counts[i] of them)
+    # and programs take every num_programs-th: the grid follows the tokens, not batch x longest
+    # sequence, so a CUDA graph sized for 129 sequences launches no programs for absent ones.
+    head = tl.program_id(1)
+    b_offs = tl.arange(0, BLOCK_B)
+    b_mask = b_offs < num_seqs
+    lengths = tl.load(cu_seqlens_ptr + b_offs + 1, mask=b_mask, other=0) - tl.load(
+        cu_seqlens_ptr + b_offs, mask=b_mask, other=0)
+    counts = (lengths + BLOCK_M - 1) // BLOCK_M
+    ends = tl.cumsum(counts, 0)  # one past each sequence's last block
     n_range = tl.arange(0, BLOCK_N)
     d_offs = tl.arange(0, BLOCK_D)
-    m_mask = m_offs < seq_len
     d_mask = d_offs < head_dim
+    for item in range(tl.program_id(0), tl.sum(counts, 0), tl.num_programs(0)):
+        seq = tl.sum((ends <= item).to(tl.int32), 0)
+        m_block = item - tl.sum(tl.where(b_offs < seq, counts, 0), 0)
+        start = tl.load(cu_seqlens_ptr + seq).to(tl.int64)
+        seq_len = (tl.load(cu_seqlens_ptr + seq + 1) - tl.load(cu_seqlens_ptr + seq)).to(tl.int32)
+        m_offs = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_mask = m_offs < seq_len
 
-    q_ptrs = q_ptr + (start + m_offs)[:, None] * q_stride_t + head * q_stride_h + d_offs[None, :]
-    q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        q_ptrs = q_ptr + (start + m_offs)[:, None] * q_stride_t + head * q_stride_h + d_offs[None, :]
+        q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
 
-    # Running max (log2 domain), running sum and unnormalised output of the online softmax.
-    row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-    row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    for n0 in range(0, seq_len, BLOCK_N):
-        n_offs = n0 + n_range
-        n_mask = n_offs < seq_len
-        kt_ptrs = k_ptr + (start + n_offs)[None, :] * k_stride_t + head * k_stride_h + d_offs[:, None]
-        kt = tl.load(kt_ptrs, mask=d_mask[:, None] & n_mask[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
-        scores = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        scores = tl.where(n_mask[None, :], scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
-        alpha = tl.exp2(row_max - new_max)
-        p = tl.exp2(scores - new_max[:, None])
-        row_sum = row_sum * alpha + tl.sum(p, axis=1)
-        v_ptrs = v_ptr + (start + n_offs)[:, None] * v_stride_t + head * v_stride_h + d_offs[None, :]
-        v = tl.load(v_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        row_max = new_max
+        # Running max (log2 domain), running sum and unnormalised output of the online softmax.
+        row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+        for n0 in range(0, seq_len, BLOCK_N):
+            n_offs = n0 + n_range
+            n_mask = n_offs < seq_len
+            kt_ptrs = k_ptr + (start + n_offs)[None, :] * k_stride_t + head * k_stride_h + d_offs[:, None]
+            kt = tl.load(kt_ptrs, mask=d_mask[:, None] & n_mask[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
+            scores = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+            scores = tl.where(n_mask[None, :], scores, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
+            alpha = tl.exp2(row_max - new_max)
+            p = tl.exp2(scores - new_max[:, None])
+            row_sum = row_sum * alpha + tl.sum(p, axis=1)
+            v_ptrs = v_ptr + (start + n_offs)[:, None] * v_stride_t + head * v_stride_h + d_offs[None, :]
+            v = tl.load(v_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            row_max = new_max
 
-    out = acc / row_sum[:, None]
-    out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
-    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+        out = acc / row_sum[:, None]
+        out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
 def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -121,13 +133,16 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     if total == 0 or batch == 0:
         return out
     block_d = max(next_pow2(head_dim), 16)  # tl.dot needs dimensions of at least 16
-    cfg = config or attention_config_for(cdiv(max_seqlen, 64) * batch * heads, block_d)
-    grid = (cdiv(max_seqlen, cfg.block_m), batch, heads)
+    cfg = config or attention_config_for(cdiv(total, 64) * heads, block_d)
+    # Enough programs for every query block: full blocks of the tokens, plus at most one partial
+    # block per sequence (programs past the last block exit at once; short sequences may loop).
+    full = cdiv(total, cfg.block_m)
+    grid = (full + min(batch, full), heads)
     jit(_varlen_attention_kernel)[grid](
-        out, q, k, v, cu_seqlens.to(q.device, torch.int32), scale * _LOG2E, head_dim,
+        out, q, k, v, cu_seqlens.to(q.device, torch.int32), batch, scale * _LOG2E, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), 16),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

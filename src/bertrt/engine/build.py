@@ -28,6 +28,8 @@ DEFAULT_MAX_BATCH = 128
 DEFAULT_MAX_SEQ_LENGTH = 384
 # Token counts at which the GEMM backends are timed; each is the upper bound of the range it decides.
 TUNE_TOKENS = (384, 1536, 3072, 12288, 49152)
+# A backend replaces the default only when at least this much faster.
+MARGIN = 0.03
 
 
 def resolve_build_device(device: str | torch.device | None) -> torch.device:
@@ -77,15 +79,30 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
     )
 
 
-def _median_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 3) -> float:
-    """Median over ``rounds`` of the mean time of ``reps`` back-to-back calls (CUDA events), in ms."""
+def _median_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 5) -> float:
+    """Median over ``rounds`` of the mean GPU time of ``reps`` back-to-back calls, in ms.
+
+    The calls are replayed from a CUDA graph where they can be captured, as the engine runs them:
+    timed eagerly, small problems would measure Python launch overhead (tens of microseconds) rather
+    than the kernels, and pick by noise.
+    """
     fn(), fn()  # compile / pick algorithms
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+        run = graph.replay
+    except RuntimeError:  # not capturable: time it eagerly
+        def run():
+            for _ in range(reps):
+                fn()
+    run()
     times = []
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(reps):
-            fn()
+        run()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / reps)
@@ -154,7 +171,8 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
 def _fastest(default_name: str, default: Callable[[], torch.Tensor],
              candidates: dict[str, Callable[[], torch.Tensor]], what: str) -> str:
     """The name of the fastest of ``default`` and the candidates that agree with it (relative max
-    error <= 1e-2); a candidate that fails to compile, run or agree is skipped with a warning."""
+    error <= 1e-2); a candidate must beat the default by ``MARGIN`` (timing noise must not flip a
+    choice), and one that fails to compile, run or agree is skipped with a warning."""
     timings = {default_name: _median_ms(default)}
     expected = default().float()
     scale = expected.abs().max().clamp_min(1e-6)
@@ -167,6 +185,7 @@ def _fastest(default_name: str, default: Callable[[], torch.Tensor],
             timings[name] = _median_ms(candidate)
         except Exception as exc:  # noqa: BLE001  (any compile/launch failure keeps the others)
             warnings.warn(f"{what} ({name}) failed ({exc}); not chosen", RuntimeWarning, stacklevel=3)
+    timings[default_name] *= 1 - MARGIN
     return min(timings, key=timings.get)
 
 

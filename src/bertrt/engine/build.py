@@ -27,7 +27,13 @@ from bertrt.weights.schema import Checkpoint
 DEFAULT_MAX_BATCH = 128
 DEFAULT_MAX_SEQ_LENGTH = 384
 # Token counts at which the GEMM backends are timed; each is the upper bound of the range it decides.
-TUNE_TOKENS = (384, 1536, 3072, 12288, 49152)
+TUNE_TOKENS = (384, 1024, 1536, 3072, 12288, 49152)
+# The fused up-projection is offered up to this many tokens only. Above it, it won isolated timings
+# by a few percent at some counts but lost inside the engine: on an H100 a LoadGen Server run at
+# 3,300 samples/s went from VALID (p99 62 ms at 3,500) to INVALID (p99 477 ms) when the build picked
+# it at 1.5k-12k tokens (benchmarks/results/loadgen_h100_s2/). Below it, its 64 x 64 tiles fill the
+# SMs where cuBLAS' do not (384 tokens: 15.8 us against 24.4).
+FUSED_MAX_TOKENS = 1024
 # A backend replaces the default only when at least this much faster.
 MARGIN = 0.03
 
@@ -151,6 +157,8 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
             candidates = {"triton": lambda x=x: linear_bias_gelu(x, weight, bias)}
             candidates |= {name: lambda x=x, cfg=cfg: linear_bias_gelu(x, weight, bias, config=cfg)
                            for name, cfg in TILINGS.items()}
+            if count > FUSED_MAX_TOKENS:
+                candidates = {}
             choices["ffn_in_gelu"][count] = _fastest("cublas", unfused, candidates,
                                                      f"linear_bias_gelu at {count} tokens")
             if num_heads:
@@ -173,6 +181,8 @@ def _fastest(default_name: str, default: Callable[[], torch.Tensor],
     """The name of the fastest of ``default`` and the candidates that agree with it (relative max
     error <= 1e-2); a candidate must beat the default by ``MARGIN`` (timing noise must not flip a
     choice), and one that fails to compile, run or agree is skipped with a warning."""
+    if not candidates:
+        return default_name
     timings = {default_name: _median_ms(default)}
     expected = default().float()
     scale = expected.abs().max().clamp_min(1e-6)

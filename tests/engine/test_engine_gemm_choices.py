@@ -36,7 +36,7 @@ def count_fused(monkeypatch):
 
 def test_lookup_takes_the_smallest_bound_that_holds_the_tokens():
     assert gemm_choice({}, "ffn_in_gelu", 100) == "cublas"
-    assert gemm_choice({}, "attention", 100) == "torch"
+    assert gemm_choice({}, "attention", 100) == "triton"
     assert [gemm_choice(CHOICES, "ffn_in_gelu", t) for t in (1, 64, 65, 256, 10_000)] == \
         ["cublas", "cublas", "triton", "triton", "triton"]
 
@@ -119,6 +119,12 @@ def test_runtime_honours_a_recorded_triton_attention_choice(interpret, tiny_chec
         assert (logits - expected).abs().max().item() <= 1e-4
         assert calls == expected_calls
         calls.clear()
+    # Nothing recorded (a CPU build): the Triton kernel is the default, falling back to the reference
+    # where Triton cannot run.
+    plain = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
+                                   max_seq_length=64, gemm_choices={})
+    plain.qa_logits(make_batch(120, [30, 20]))
+    assert calls == [50] * layers
 
 
 def test_tuning_times_only_on_a_gpu(tiny_checkpoint):

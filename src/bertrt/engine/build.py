@@ -130,7 +130,7 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
 
     Returns:
         {"ffn_in_gelu": {token count: "cublas" | "triton" | a name in linear_gelu.TILINGS},
-        "attention": {...: "torch" | "triton"}},
+        "attention": {...: "triton" | "torch"}},
         or {} when the tensors are not on CUDA.
     """
     from bertrt.ops.attention import varlen_attention
@@ -169,9 +169,8 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                 cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=x.device)
                 seq = max(lengths)
                 choices["attention"][count] = _fastest(
-                    "torch", lambda: varlen_attention(q, k, v, cu, seq),
-                    {"triton": lambda: varlen_attention_triton(q, k, v, cu, seq)},
-                    f"varlen_attention_triton at {count} tokens")
+                    "triton", lambda: varlen_attention_triton(q, k, v, cu, seq),
+                    {"torch": lambda: varlen_attention(q, k, v, cu, seq)}, f"varlen_attention at {count} tokens")
             del x
     return choices
 

@@ -34,9 +34,10 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # on the GPU (see build.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
 # GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue)
 # with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling.
-# "attention": "torch" = PyTorch's fused varlen flash kernel, "triton" = bertrt.ops.attention_triton.
+# "attention": "triton" = bertrt.ops.attention_triton (faster than PyTorch's at every shape timed on an
+# H100, benchmarks/results/explore_h100.json), "torch" = PyTorch's fused varlen flash kernel.
 # The first backend of each op is its default where nothing was recorded.
-OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"), "attention": ("torch", "triton")}
+OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"), "attention": ("triton", "torch")}
 GEMM_OPS = tuple(OP_BACKENDS)
 GemmChoices = dict[str, dict[int, str]]
 

@@ -224,8 +224,8 @@ class Engine:
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
         ffn_in_tiling = TILINGS.get(ffn_in)  # None: config_for's
-        attend = (varlen_attention_triton if gemm_choice(self.spec.gemm_choices, "attention", tokens) == "triton"
-                  else varlen_attention)
+        attend = (varlen_attention if gemm_choice(self.spec.gemm_choices, "attention", tokens) == "torch"
+                  else varlen_attention_triton)
         for w in self._layers:
             q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
             ctx = attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)

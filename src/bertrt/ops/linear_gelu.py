@@ -44,7 +44,9 @@ class GemmConfig:
 # Tiles by M, from timings on an H100 (benchmarks/results/explore_h100.json, K=1024, N=4096, fp16):
 # up to ~1k tokens 64 x 64 tiles fill the 132 SMs (M=384: 192 programs; 15.8 us against cuBLAS +
 # bias_gelu's 24.4); beyond that a persistent 128 x 128 TMA kernel (49152 tokens: 0.86 ms against
-# 0.93). Without TMA (pre-Hopper, the interpreter, unaligned rows) the same tile through pointers.
+# 0.93 in isolation, though not inside the engine, whose builds therefore use this op only up to
+# engine.build.FUSED_MAX_TOKENS). Without TMA (pre-Hopper, the interpreter, unaligned rows) the
+# same tile through pointers.
 SMALL_M = GemmConfig(64, 64, 64, group_m=8, num_warps=4, num_stages=4)
 MEDIUM_M = GemmConfig(128, 128, 64, group_m=8, num_warps=8, num_stages=4, tma=True)
 # A candidate the engine build times against MEDIUM_M and cuBLAS (see TILINGS).

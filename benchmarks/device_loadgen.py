@@ -32,7 +32,6 @@ import dataclasses
 import glob
 import importlib
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -82,9 +81,10 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/bertrt-loadgen")  # LoadGen's full logs stay here; only summaries come back
-    env = {"loadgen": ensure_loadgen(Path(args.wheels)), "torch": torch.__version__,
-           "python": platform.python_version(),
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    from bertrt.harness.perf import environment
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    env = {"loadgen": ensure_loadgen(Path(args.wheels)), **environment(device)}
     print(json.dumps(env), flush=True)
 
     from bertrt.harness.loadgen import BackendName, HarnessOptions, Mode, Scenario

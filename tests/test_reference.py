@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bertrt.packed import pack_sequences
+from bertrt.packed import pack_sequences, pad_sequences
 from bertrt.reference import ReferenceBert
 from bertrt.tokenizer import BertTokenizer
 from bertrt.weights import load_checkpoint
@@ -35,13 +35,8 @@ def random_sequences(vocab_size: int, lengths: tuple[int, ...], seed: int = 0):
 
 
 def padded(ids, types) -> dict[str, torch.Tensor]:
-    width = max(map(len, ids))
-    out = {k: torch.zeros(len(ids), width, dtype=torch.long) for k in ("input_ids", "token_type_ids", "attention_mask")}
-    for row, (i, t) in enumerate(zip(ids, types)):
-        out["input_ids"][row, :len(i)] = torch.tensor(i)
-        out["token_type_ids"][row, :len(t)] = torch.tensor(t)
-        out["attention_mask"][row, :len(i)] = 1
-    return out
+    """Hugging Face keyword inputs for ragged sequences."""
+    return dict(zip(("input_ids", "attention_mask", "token_type_ids"), pad_sequences(ids, types)))
 
 
 def random_hf(cls_name: str, seed: int = 0, **config):

@@ -81,6 +81,29 @@ def pack_sequences(input_ids: Sequence[Sequence[int]],
     return PackedBatch(flat, types, position_ids_from_cu_seqlens(cu, flat.numel()), cu, max(lengths))
 
 
+def pad_sequences(input_ids: Sequence[Sequence[int]], token_type_ids: Sequence[Sequence[int]], *,
+                  width: int | None = None, rows: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, width) int64 ids, attention mask and token types of ragged sequences, real tokens
+    first in each row: the padded layout Hugging Face models take (for peers and ONNX exports).
+
+    Args:
+        input_ids, token_type_ids: one list or 1-D array per sequence, of equal lengths pairwise.
+        width: row length (default the longest sequence; a longer sequence is an error).
+        rows: number of rows (default one per sequence); rows past the sequences are all zeros.
+    """
+    lengths = [len(s) for s in input_ids]
+    width = max(lengths, default=0) if width is None else width
+    rows = len(lengths) if rows is None else rows
+    if max(lengths, default=0) > width or len(lengths) > rows:
+        raise ValueError(f"{len(lengths)} sequences of up to {max(lengths, default=0)} tokens do not fit "
+                         f"{rows} rows of {width}")
+    ids, types, mask = (torch.zeros(rows, width, dtype=torch.long) for _ in range(3))
+    for row, (i, t, n) in enumerate(zip(input_ids, token_type_ids, lengths)):
+        ids[row, :n], types[row, :n], mask[row, :n] = torch.as_tensor(i), torch.as_tensor(t), 1
+    return ids, mask, types
+
+
 def unpad_indices(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """From a (B, S) attention mask (1 = real token, left-aligned), the flat indices of real tokens,
     cu_seqlens and max_seqlen."""

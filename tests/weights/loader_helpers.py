@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from bertrt.packed import pack_sequences
+from bertrt.packed import pack_sequences, pad_sequences
 from bertrt.reference import ReferenceBert
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -46,14 +46,9 @@ def sample_sequences(vocab_size: int, lengths=(7, 13, 3), seed: int = 0) -> tupl
     return ids, types
 
 
-def padded(ids: list[list[int]], types: list[list[int]]) -> dict[str, torch.Tensor]:
-    width = max(map(len, ids))
-    out = {k: torch.zeros(len(ids), width, dtype=torch.long) for k in ("input_ids", "token_type_ids", "attention_mask")}
-    for row, (i, t) in enumerate(zip(ids, types)):
-        out["input_ids"][row, :len(i)] = torch.tensor(i)
-        out["token_type_ids"][row, :len(t)] = torch.tensor(t)
-        out["attention_mask"][row, :len(i)] = 1
-    return out
+def padded(ids, types) -> dict[str, torch.Tensor]:
+    """Hugging Face keyword inputs for ragged sequences."""
+    return dict(zip(("input_ids", "attention_mask", "token_type_ids"), pad_sequences(ids, types)))
 
 
 def qa_max_diff(hf_model, checkpoint, lengths=(7, 13, 3)) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from bertrt.harness.perf import BERTRT, hf_call, hf_model, peer_runner, synchronize
-from bertrt.packed import PackedBatch, pack_sequences
+from bertrt.packed import PackedBatch, pack_sequences, pad_sequences
 
 
 @dataclasses.dataclass
@@ -68,16 +68,9 @@ def _packed(features, indices: Sequence[int]) -> PackedBatch:
 
 def _padded(features, indices: Sequence[int], batch: int, seq: int, device) -> tuple[torch.Tensor, ...]:
     """(batch, seq) ids, types, mask for these features; missing rows are one-token dummies."""
-    ids = torch.zeros(batch, seq, dtype=torch.long)
-    types = torch.zeros(batch, seq, dtype=torch.long)
-    mask = torch.zeros(batch, seq, dtype=torch.long)
-    mask[:, 0] = 1
-    for row, i in enumerate(indices):
-        f = features[i]
-        n = len(f.input_ids)
-        ids[row, :n] = torch.tensor(f.input_ids)
-        types[row, :n] = torch.tensor(f.token_type_ids)
-        mask[row, :n] = 1
+    ids, mask, types = pad_sequences([features[i].input_ids for i in indices],
+                                     [features[i].token_type_ids for i in indices], width=seq, rows=batch)
+    mask[len(indices):, 0] = 1
     return ids.to(device), types.to(device), mask.to(device)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bertrt.cli import UserError
-from bertrt.packed import PackedBatch, position_ids_from_cu_seqlens
+from bertrt.packed import PackedBatch, pad_sequences, position_ids_from_cu_seqlens
 
 
 def resolve_device(device: str) -> torch.device:
@@ -41,19 +41,6 @@ def require_qa_head(checkpoint) -> None:
     if "qa" not in checkpoint.heads:
         raise UserError(f"{checkpoint.source}: the model has no question-answering head "
                         "(fine-tune it first with `bertrt train`)")
-
-
-def _padded(input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(B, S) int64 ids, mask and types, real tokens first in each row."""
-    lengths = [len(x) for x in input_ids]
-    batch, seq = len(lengths), max(lengths)
-    ids = np.zeros((batch, seq), dtype=np.int64)
-    types = np.zeros((batch, seq), dtype=np.int64)
-    mask = np.zeros((batch, seq), dtype=np.int64)
-    for row, (i, t, n) in enumerate(zip(input_ids, token_type_ids, lengths)):
-        ids[row, :n], types[row, :n], mask[row, :n] = i, t, 1
-    return ids, mask, types
 
 
 # Batches up to this many tokens replay the engine's CUDA graphs; larger ones run eagerly. Graphs
@@ -154,7 +141,7 @@ class TorchBackend:
         self.model, self.device = model, device
 
     def run(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> np.ndarray:
-        ids, mask, types = (torch.from_numpy(a).to(self.device) for a in _padded(input_ids, token_type_ids))
+        ids, mask, types = (t.to(self.device) for t in pad_sequences(input_ids, token_type_ids))
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types)
             logits = torch.stack([out.start_logits, out.end_logits], dim=-1)[mask.bool()]
@@ -172,7 +159,7 @@ class OnnxBackend:
         self.providers = session.get_providers()
 
     def run(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> np.ndarray:
-        ids, mask, types = _padded(input_ids, token_type_ids)
+        ids, mask, types = (t.numpy() for t in pad_sequences(input_ids, token_type_ids))
         start, end = self.session.run(["start_logits", "end_logits"],
                                       {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
         return np.stack([start, end], axis=-1)[mask.astype(bool)].astype(np.float32, copy=False)

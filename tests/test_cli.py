@@ -147,6 +147,24 @@ def test_train_squad_output_is_loadable_by_every_path(tmp_path, capsys):
                            "What colour is the sky?", capsys=capsys)
     assert code == 0 and out.strip()
 
+    # The trained model as the teacher of a distilled student.
+    student = tmp_path / "student"
+    code, out, _ = run_cli("train-squad", "--base", str(gt.get_model_path()), "--data", str(data), "--articles",
+                           "0:2", "--out", str(student), "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+                           "--teacher", str(out_dir), "--distill-weight", "0.7", capsys=capsys)
+    assert code == 0, out
+    log = json.loads((student / "training_log.json").read_text())
+    assert log["distillation"] == {"teachers": [str(out_dir)], "weight": 0.7, "temperature": 2.0}
+
+
+def test_train_squad_rejects_bad_distillation_settings(tmp_path, capsys):
+    data = tmp_path / "small.json"
+    data.write_text(json.dumps(SMALL_SQUAD))
+    code, _, err = run_cli("train-squad", "--base", str(tmp_path), "--data", str(data), "--out",
+                           str(tmp_path / "o"), "--teacher", str(tmp_path), "--distill-weight", "2", capsys=capsys)
+    assert code == 2 and "weight" in err
+    assert not (tmp_path / "o").exists()
+
 
 @pytest.mark.slow
 def test_train_classifier_reports_dev_metrics(tmp_path, capsys):

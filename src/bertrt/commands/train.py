@@ -31,6 +31,13 @@ def register(subparsers) -> None:
     p.add_argument("--all-answers", action="store_true",
                    help="train on every distinct gold answer of each question (dev-style files list several "
                         "annotators' answers), not only the first")
+    p.add_argument("--teacher", action="append", default=[], metavar="PATH",
+                   help="distil from this fine-tuned QA model (repeat for an ensemble: the student also learns "
+                        "the mean of the teachers' start/end logits)")
+    p.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
+                   help="with --teacher: weight of the teachers' soft targets against the gold span (default 0.5)")
+    p.add_argument("--distill-temperature", type=float, default=2.0, metavar="T",
+                   help="with --teacher: softmax temperature of the soft targets (default 2)")
     p.set_defaults(func=run_squad)
 
     c = subparsers.add_parser(
@@ -60,11 +67,20 @@ def _config(args):
 def run_squad(args: argparse.Namespace) -> int:
     import torch
 
+    from bertrt.cli import UserError
     from bertrt.commands.evaluate import parse_articles
-    from bertrt.tasks.train import train_squad
+    from bertrt.tasks.train import Distillation, train_squad
 
+    distill = None
+    if args.teacher:
+        try:
+            distill = Distillation(tuple(args.teacher), weight=args.distill_weight,
+                                   temperature=args.distill_temperature)
+        except ValueError as exc:
+            raise UserError(f"--distill-weight/--distill-temperature: {exc}") from exc
     log = train_squad(args.base, args.data, args.out, articles=parse_articles(args.articles), config=_config(args),
-                      save_dtype=torch.float16 if args.fp16 else None, all_answers=args.all_answers)
+                      save_dtype=torch.float16 if args.fp16 else None, all_answers=args.all_answers,
+                      distill=distill)
     print(json.dumps({k: log[k] for k in ("steps", "features", "seconds", "final_loss")}))
     print(f"saved to {args.out}")
     return 0

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -50,6 +51,28 @@ class Example:
     input_ids: list[int]
     token_type_ids: list[int]
     targets: tuple[int, ...]
+    teacher: torch.Tensor | None = None  # (len(input_ids), 2) teacher start/end logits, for distillation
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """Train a QA student on an ensemble's soft start/end distributions as well as the gold span.
+
+    loss = (1 - weight) * cross-entropy(gold) + weight * T^2 * KL(teacher_T || student_T), where
+    ``_T`` is a softmax at temperature ``temperature`` over each sequence's tokens and the teacher
+    logits are the mean of the ``teachers``' logits (checkpoints bertrt loads).
+    """
+
+    teachers: tuple[str, ...]
+    weight: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self):
+        if not self.teachers:
+            raise ValueError("distillation needs at least one teacher")
+        if not 0.0 <= self.weight <= 1.0 or self.temperature <= 0:
+            raise ValueError(f"distillation weight must be in [0, 1] and temperature > 0, got "
+                             f"{self.weight}, {self.temperature}")
 
 
 def model_for_finetuning(base: Checkpoint, head: str, *, num_labels: int = 2, seed: int = 0) -> ReferenceBert:
@@ -87,10 +110,27 @@ def qa_loss(logits: torch.Tensor, batch: PackedBatch, starts: torch.Tensor, ends
     return (F.cross_entropy(padded[..., 0], starts) + F.cross_entropy(padded[..., 1], ends)) / 2
 
 
+def soft_qa_loss(logits: torch.Tensor, teacher: torch.Tensor, batch: PackedBatch, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), per sequence, mean of start and end.
+
+    ``logits`` and ``teacher`` are both packed (total_tokens, 2); padding never enters a softmax.
+    """
+    student = pad_packed(logits.float() / temperature, batch.cu_seqlens, batch.max_seqlen, fill=float("-inf"))
+    target = pad_packed(teacher.float() / temperature, batch.cu_seqlens, batch.max_seqlen, fill=float("-inf"))
+    log_p, log_q = F.log_softmax(target, dim=1), F.log_softmax(student, dim=1)  # (B, S, 2) over S
+    real = torch.isfinite(target)
+    kl = torch.where(real, log_p.exp() * (log_p - log_q), 0.0).sum(dim=1)  # (B, 2)
+    return kl.mean() * temperature ** 2
+
+
 def train(model: ReferenceBert, examples: Sequence[Example],
-          loss_fn: Callable[[ReferenceBert, PackedBatch, torch.Tensor], torch.Tensor],
+          loss_fn: Callable[[ReferenceBert, PackedBatch, torch.Tensor, torch.Tensor | None], torch.Tensor],
           config: TrainConfig, *, desc: str = "train") -> dict:
-    """Run the optimisation loop; returns a log of the run (steps, losses, seconds)."""
+    """Run the optimisation loop; returns a log of the run (steps, losses, seconds).
+
+    ``loss_fn(model, batch, targets, teacher)``: ``teacher`` is the packed (total_tokens, 2) teacher
+    logits when the examples carry them, else None.
+    """
     if not examples:
         raise ValueError("no training examples")
     device = config.resolved_device()
@@ -112,8 +152,11 @@ def train(model: ReferenceBert, examples: Sequence[Example],
         for chunk in _batches(examples, config.batch_size, rng):
             batch = pack_sequences([e.input_ids for e in chunk], [e.token_type_ids for e in chunk]).to(device)
             targets = torch.tensor([e.targets for e in chunk], device=device)
+            teacher = None
+            if chunk[0].teacher is not None:
+                teacher = torch.cat([e.teacher for e in chunk]).to(device)
             with autocast:
-                loss = loss_fn(model, batch, targets)
+                loss = loss_fn(model, batch, targets, teacher)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -133,12 +176,39 @@ def train(model: ReferenceBert, examples: Sequence[Example],
 
 # --- SQuAD ----------------------------------------------------------------------------
 
-def squad_examples(features) -> list[Example]:
-    return [Example(f.input_ids, f.token_type_ids, (f.start_position, f.end_position)) for f in features]
+def squad_examples(features, teacher_logits: Sequence[torch.Tensor] | None = None) -> list[Example]:
+    teachers = teacher_logits if teacher_logits is not None else [None] * len(features)
+    return [Example(f.input_ids, f.token_type_ids, (f.start_position, f.end_position), t)
+            for f, t in zip(features, teachers)]
 
 
-def _squad_loss(model: ReferenceBert, batch: PackedBatch, targets: torch.Tensor) -> torch.Tensor:
+def _squad_loss(model: ReferenceBert, batch: PackedBatch, targets: torch.Tensor,
+                teacher: torch.Tensor | None) -> torch.Tensor:
     return qa_loss(model.qa_logits(batch), batch, targets[:, 0], targets[:, 1])
+
+
+def _distill_loss(distill: Distillation):
+    def loss(model: ReferenceBert, batch: PackedBatch, targets: torch.Tensor, teacher: torch.Tensor | None):
+        logits = model.qa_logits(batch)
+        hard = qa_loss(logits, batch, targets[:, 0], targets[:, 1])
+        return (1 - distill.weight) * hard + distill.weight * soft_qa_loss(logits, teacher, batch,
+                                                                             distill.temperature)
+    return loss
+
+
+def ensemble_logits(teachers: Sequence[str | Path], features, device: torch.device,
+                    batch_size: int = 64) -> list[torch.Tensor]:
+    """Per feature, the mean over ``teachers`` of their (len, 2) fp32 start/end logits (on the CPU)."""
+    from bertrt.tasks.squad import run_qa_model
+
+    total = None
+    for path in teachers:
+        model = ReferenceBert.from_checkpoint(load_checkpoint(path), device=device)
+        starts, ends = run_qa_model(model, features, batch_size=batch_size)
+        logits = [torch.from_numpy(np.stack([s, e], axis=1)) for s, e in zip(starts, ends)]
+        total = logits if total is None else [a + b for a, b in zip(total, logits)]
+        del model
+    return [t / len(teachers) for t in total]
 
 
 def every_answer(examples) -> list:
@@ -157,10 +227,12 @@ def every_answer(examples) -> list:
 
 def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, articles: slice = slice(0, 32),
                 config: TrainConfig = TrainConfig(), feature_config=None, save_dtype: torch.dtype | None = None,
-                model_card: str | None = None, all_answers: bool = False) -> dict:
+                model_card: str | None = None, all_answers: bool = False,
+                distill: Distillation | None = None) -> dict:
     """Fine-tune ``base`` for extractive QA on the SQuAD articles ``articles`` and save to ``out``.
 
     ``all_answers``: train on every distinct gold answer of a question, not only the first.
+    ``distill``: also learn the soft start/end distributions of an ensemble of fine-tuned teachers.
     """
     from bertrt.tasks.squad import FeatureConfig, make_features, read_squad
     from bertrt.tokenizer import BertTokenizer
@@ -175,10 +247,16 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     training_examples = every_answer(examples) if all_answers else examples
     features = make_features(training_examples, tokenizer, feature_config or FeatureConfig(), training=True,
                              progress=True)
+    teacher_logits, loss_fn = None, _squad_loss
+    if distill is not None:
+        teacher_logits = ensemble_logits(distill.teachers, features, config.resolved_device())
+        loss_fn = _distill_loss(distill)
     model = model_for_finetuning(checkpoint, "qa", seed=config.seed)
-    log = train(model, squad_examples(features), _squad_loss, config, desc="train-squad")
+    log = train(model, squad_examples(features, teacher_logits), loss_fn, config, desc="train-squad")
     log.update(task="squad", data=str(data), articles=f"{articles.start}:{articles.stop}",
                questions=len(examples), answers_used=len(training_examples), features=len(features))
+    if distill is not None:
+        log["distillation"] = {**dataclasses.asdict(distill), "teachers": [str(t) for t in distill.teachers]}
     trained = model.to_checkpoint(vocab_file=checkpoint.vocab_file, source=str(out))
     extra = {"training_log.json": json.dumps(log, indent=2) + "\n"}
     if model_card:
@@ -237,7 +315,8 @@ def encode_pairs(pairs: Sequence[PairExample], tokenizer, max_seq_length: int = 
     return out
 
 
-def _classifier_loss(model: ReferenceBert, batch: PackedBatch, targets: torch.Tensor) -> torch.Tensor:
+def _classifier_loss(model: ReferenceBert, batch: PackedBatch, targets: torch.Tensor,
+                     teacher: torch.Tensor | None) -> torch.Tensor:
     return F.cross_entropy(model.classify(batch).float(), targets[:, 0])
 
 

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from bertrt.engine import Engine, EngineError, build, runtime
-from bertrt.engine.build import tune_gemm_choices
-from bertrt.engine.format import OP_BACKENDS, gemm_choice
+from bertrt.config import BertConfig
+from bertrt.engine.build import SPLITK_MAX_TOKENS, tune_gemm_choices
+from bertrt.engine.format import OP_BACKENDS, SPLITK_BACKENDS, gemm_choice
 from bertrt.reference import ReferenceBert
+from bertrt.weights import random_checkpoint
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 build_module = importlib.import_module("bertrt.engine.build")  # the module; bertrt.engine.build is the function
@@ -37,6 +39,7 @@ def count_fused(monkeypatch):
 def test_lookup_takes_the_smallest_bound_that_holds_the_tokens():
     assert gemm_choice({}, "ffn_in_gelu", 100) == "cublas"
     assert gemm_choice({}, "attention", 100) == "triton"
+    assert gemm_choice({}, "attn_out", 100) == gemm_choice(CHOICES, "ffn_out", 100) == "cublas"
     assert [gemm_choice(CHOICES, "ffn_in_gelu", t) for t in (1, 64, 65, 256, 10_000)] == \
         ["cublas", "cublas", "triton", "triton", "triton"]
 
@@ -56,7 +59,8 @@ def test_given_choices_are_recorded_and_loaded(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("bad", [{"ffn_in_gelu": {"64": "cutlass"}}, {"ffn_in_gelu": {"many": "triton"}},
-                                 {"qkv": {"64": "triton"}}, {"attention": {"64": "cublas"}}, ["triton"]])
+                                 {"qkv": {"64": "triton"}}, {"attention": {"64": "cublas"}}, ["triton"],
+                                 {"attn_out": {"64": "splitk3"}}, {"ffn_out": {"64": "triton"}}])
 def test_a_bad_recorded_choice_is_refused_on_load(tiny_engine_dir, bad):
     path = tiny_engine_dir / "engine.json"
     spec = json.loads(path.read_text())
@@ -136,10 +140,12 @@ def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint)
     tensors = {k: v.to("cuda", torch.float16) for k, v in tiny_checkpoint.tensors.items()}
     choices = tune_gemm_choices(tensors, max_tokens=2000, token_counts=(64, 1024, 4096),
                                 num_heads=tiny_checkpoint.config.num_attention_heads, max_seq_length=64)
-    assert list(choices) == ["ffn_in_gelu", "attention"] and sorted(choices["ffn_in_gelu"]) == [64, 1024, 2000]
+    assert list(choices) == ["ffn_in_gelu", "attn_out", "ffn_out", "attention"]
+    assert all(sorted(table) == [64, 1024, 2000] for table in choices.values())
     assert set(choices["ffn_in_gelu"].values()) <= set(OP_BACKENDS["ffn_in_gelu"])
     assert choices["ffn_in_gelu"][2000] == "cublas"  # above FUSED_MAX_TOKENS the fused GEMM is not offered
-    assert sorted(choices["attention"]) == [64, 1024, 2000] and set(choices["attention"].values()) <= {"torch", "triton"}
+    assert set(choices["attention"].values()) <= {"torch", "triton"}
+    assert set(choices["attn_out"].values()) | set(choices["ffn_out"].values()) <= {"cublas", *SPLITK_BACKENDS}
 
 
 def test_fastest_never_picks_a_wrong_or_broken_candidate(monkeypatch):
@@ -168,3 +174,53 @@ def test_fastest_never_picks_a_wrong_or_broken_candidate(monkeypatch):
     speed["default"] = 1.0
     with pytest.warns(RuntimeWarning):
         assert build_module._fastest("default", default, {"good": good, "broken": broken}, "test op") == "default"
+
+
+# Wider than TINY, so that the 64-wide K blocks of linear_splitk really split: K=128 in 2 slices, K=512 in 4.
+WIDE = BertConfig(vocab_size=120, hidden_size=128, num_hidden_layers=1, num_attention_heads=2, intermediate_size=512,
+                  max_position_embeddings=64)
+
+
+@pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-4), ("fp16", 3e-2)])
+def test_splitk_projections_give_the_cublas_logits(interpret, make_batch, monkeypatch, precision, tolerance):
+    calls = []
+    real = runtime.linear_splitk
+
+    def spy(x, weight, splits):
+        calls.append((x.shape[1], splits))
+        return real(x, weight, splits)
+
+    monkeypatch.setattr(runtime, "linear_splitk", spy)
+    checkpoint = random_checkpoint(WIDE, std=0.2)
+    limits = dict(device="cpu", precision=precision, max_batch=4, max_tokens=256, max_seq_length=64)
+    torch_attention = {"attention": {256: "torch"}}  # the interpreted attention kernel would only add time
+    split = Engine.from_checkpoint(checkpoint, gemm_choices={"attn_out": {64: "cublas", 256: "splitk2"},
+                                                             "ffn_out": {256: "splitk4"}, **torch_attention}, **limits)
+    # As an engine.json from before split-K existed records it: cuBLAS for both projections.
+    plain = Engine.from_checkpoint(checkpoint, gemm_choices=torch_attention, **limits)
+    batch = make_batch(120, [40, 30, 7], seed=1)  # 77 tokens
+    expected = plain.qa_logits(batch)
+    assert calls == [] and expected.abs().max().item() > 0.1
+    logits = split.qa_logits(batch)
+    assert (logits - expected).abs().max().item() <= tolerance
+    assert calls == [(128, 2), (512, 4)] * WIDE.num_hidden_layers
+    calls.clear()
+    split.qa_logits(make_batch(120, [30, 20]))  # 50 tokens: attn_out is cuBLAS there
+    assert calls == [(512, 4)] * WIDE.num_hidden_layers
+
+
+def test_tuning_offers_splitk_up_to_its_bound(tiny_checkpoint, monkeypatch):
+    # The timing itself needs a GPU: here, which candidates are offered, and that they agree.
+    offered = []
+
+    def fastest(default_name, default, candidates, what):
+        for candidate in candidates.values():
+            torch.testing.assert_close(candidate(), default(), rtol=1e-5, atol=1e-5)
+        offered.append(list(candidates))
+        return default_name
+
+    monkeypatch.setattr(build_module, "_fastest", fastest)
+    tensors = dict(tiny_checkpoint.tensors)
+    assert build_module._projection_choice(tensors, "layers.0.attn.", 64) == "cublas"
+    assert build_module._projection_choice(tensors, "layers.0.ffn.", SPLITK_MAX_TOKENS + 1) == "cublas"
+    assert offered == [list(SPLITK_BACKENDS)]  # none above the bound, where "cublas" is recorded untimed

@@ -13,6 +13,7 @@ CALL_EVERY_OP = """
 import torch
 from bertrt.ops.bias_gelu import bias_gelu, bias_gelu_ref
 from bertrt.ops.embed_layernorm import embed_layernorm, embed_layernorm_ref
+from bertrt.ops.linear_splitk import linear_splitk, linear_splitk_ref
 from bertrt.ops.qa_head import qa_head, qa_head_ref
 from bertrt.ops.residual_layernorm import bias_residual_layernorm, bias_residual_layernorm_ref
 
@@ -24,6 +25,7 @@ results = {
     "residual": (bias_residual_layernorm(x, b, res, w, b, 1e-12), bias_residual_layernorm_ref(x, b, res, w, b, 1e-12)),
     "gelu": (bias_gelu(x, b), bias_gelu_ref(x, b)),
     "qa": (qa_head(x, head, b[:2]), qa_head_ref(x, head, b[:2])),
+    "splitk": (linear_splitk(x, table, 3), linear_splitk_ref(x, table, 3)),
 }
 """
 
@@ -62,7 +64,7 @@ def test_importing_ops_does_not_import_triton_and_late_interpret_is_a_clear_erro
     proc = run_python("""
         import os, sys
         import bertrt.ops.bias_gelu, bertrt.ops.embed_layernorm, bertrt.ops.qa_head
-        import bertrt.ops.residual_layernorm
+        import bertrt.ops.linear_splitk, bertrt.ops.residual_layernorm
         assert "triton" not in sys.modules, "importing an op imported triton"
         import triton  # compiled mode: TRITON_INTERPRET is unset here
         os.environ["TRITON_INTERPRET"] = "1"

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.ops.residual_layernorm import bias_residual_layernorm, bias_residual_layernorm_ref
-from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
+from ops_testing import ATOL, DTYPES, assert_like_torch, gen, poisoned, randn
 
 EPS = 1e-12
 
@@ -59,5 +59,61 @@ def test_ref_is_layernorm_of_sum(no_interpret):
                                expected * gamma + beta)
 
 
+def split(x, splits, seed=1):
+    """fp32 partials (splits, T, H) that sum to ``x`` (random shares, not equal ones)."""
+    shares = torch.randn((splits, *x.shape), generator=gen(seed)).to(x.device)
+    shares[-1] = x.float() - shares[:-1].sum(0)
+    return shares
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("splits", [1, 2, 3])
+@pytest.mark.parametrize("tokens,hidden", [(1, 48), (7, 100), (97, 96)])
+def test_partials_are_summed_in_the_kernel(interpret, tokens, hidden, splits, dtype):
+    inputs = make_inputs(tokens, hidden, dtype=dtype)  # the 2-D test's inputs, x cut into partials
+    partials = split(inputs[0], splits, seed=splits)
+    out = poisoned((tokens, hidden), dtype)
+    got = bias_residual_layernorm(partials, *inputs[1:], EPS, out=out)
+    assert got is out and got.dtype == dtype  # residual's dtype: the partials are fp32
+    # Up to one rounding step of the output dtype apart from the ref (summation order differs).
+    torch.testing.assert_close(got, bias_residual_layernorm_ref(partials, *inputs[1:], EPS),
+                               rtol=2 * torch.finfo(dtype).eps, atol=ATOL[dtype])
+    assert_like_torch(got, torch_math(inputs, dtype), torch_math(inputs, torch.float64), dtype)
+
+
+def test_partials_strided_and_in_place(interpret):
+    # Partials as a slice of a larger buffer (split and row strides both non-trivial), written over residual.
+    inputs = make_inputs(11, 100, dtype=torch.float16)
+    big = torch.zeros(5, 13, 160)
+    big[1:4, :11, 30:130] = split(inputs[0], 3)
+    expected = bias_residual_layernorm_ref(big[1:4, :11, 30:130], *inputs[1:], EPS)
+    residual = inputs[2].clone()
+    got = bias_residual_layernorm(big[1:4, :11, 30:130], inputs[1], residual, *inputs[3:], EPS, out=residual)
+    assert got is residual
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-3)
+
+
+def test_ref_sums_the_partials(no_interpret):
+    x, bias, residual, gamma, beta = make_inputs(5, 48, dtype=torch.float16)
+    got = bias_residual_layernorm(split(x, 3), bias, residual, gamma, beta, EPS)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got, bias_residual_layernorm(x, bias, residual, gamma, beta, EPS), rtol=0, atol=2e-3)
+
+
+def test_rejects_mismatched_shapes(no_interpret):
+    x, bias, residual, gamma, beta = make_inputs(5, 48)
+    for bad in (x[:4], x.unsqueeze(0)[:0], x[None, None]):
+        with pytest.raises(ValueError, match="want x"):
+            bias_residual_layernorm(bad, bias, residual, gamma, beta, EPS)
+
+
 def test_bert_large_on_gpu(gpu):
     check(make_inputs(384 * 8, 1024, dtype=torch.float16, device="cuda"), torch.float16)
+
+
+@pytest.mark.parametrize("splits", [2, 4])
+def test_bert_large_partials_on_gpu(gpu, splits):
+    inputs = make_inputs(384 * 8, 1024, dtype=torch.float16, device="cuda")
+    got = bias_residual_layernorm(split(inputs[0], splits), *inputs[1:], EPS)
+    assert got.dtype == torch.float16
+    assert_like_torch(got, torch_math(inputs, torch.float16), torch_math(inputs, torch.float64), torch.float16)

@@ -3,8 +3,8 @@
 Building is cheap on purpose (seconds, not the minutes-to-hours of TensorRT): there is nothing
 to compile ahead of time. The runtime captures CUDA graphs lazily per token bucket, so a new
 request shape never needs a rebuild. The one measurement a GPU build makes is which backend runs
-the FFN up-projection + bias + GELU at a few token counts (``tune_gemm_choices``), recorded in
-``engine.json``.
+the FFN up-projection + bias + GELU, attention and the two projections back to hidden width at a
+few token counts (``tune_gemm_choices``), recorded in ``engine.json``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from bertrt.config import Precision
-from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, GemmChoices,
-                                  file_sha256, now_iso, parse_gemm_choices, write_atomically)
+from bertrt.engine.format import (SPEC_FILE, SPLITK_BACKENDS, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec,
+                                  GemmChoices, file_sha256, now_iso, parse_gemm_choices, write_atomically)
 from bertrt.weights.schema import Checkpoint
 
 DEFAULT_MAX_BATCH = 128
@@ -34,6 +34,14 @@ TUNE_TOKENS = (384, 1024, 1536, 3072, 12288, 49152)
 # it at 1.5k-12k tokens (benchmarks/results/loadgen_h100_s2/). Below it, its 64 x 64 tiles fill the
 # SMs where cuBLAS' do not (384 tokens: 15.8 us against 24.4).
 FUSED_MAX_TOKENS = 1024
+# Split-K for the projections back to hidden width (N=1024 for BERT-Large) is offered up to this
+# many tokens only: beyond it cuBLAS' 128 x 128 tiles number 8 x 24 = 192 or more, enough for the
+# 132 SMs of an H100 without splitting K.
+SPLITK_MAX_TOKENS = 3072
+# op -> name prefix of layer 0's projection and LayerNorm tensors, which the timing uses.
+PROJECTIONS = {"attn_out": "layers.0.attn.", "ffn_out": "layers.0.ffn."}
+TUNED_TENSORS = ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias",
+                 *(p + n for p in PROJECTIONS.values() for n in ("out.weight", "out.bias", "ln.weight", "ln.bias")))
 # A backend replaces the default only when at least this much faster.
 MARGIN = 0.03
 
@@ -119,17 +127,20 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                       token_counts: tuple[int, ...] = TUNE_TOKENS, num_heads: int | None = None,
                       max_seq_length: int = 384) -> GemmChoices:
     """Time the two ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
-    linear_bias_gelu) and, given ``num_heads``, of attention (PyTorch's varlen flash against the Triton
-    kernel), each at a few token counts; a Triton kernel must first agree with the other path.
+    linear_bias_gelu), of the attention output and FFN down projections with their bias + residual +
+    LayerNorm (cuBLAS against linear_splitk, up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of
+    attention (PyTorch's varlen flash against the Triton kernel), each at a few token counts; a Triton
+    kernel must first agree with the other path.
 
     Args:
-        tensors: the engine's tensors, on the GPU it is built for (layer 0's FFN weights are used).
+        tensors: the engine's tensors, on the GPU it is built for (layer 0's ``TUNED_TENSORS`` are used).
         max_tokens: the engine's limit; counts above it are not timed, and it is always timed itself.
         num_heads: attention heads (None: attention is not timed and keeps its default).
         max_seq_length: sequences of this length make up the attention timing batches.
 
     Returns:
         {"ffn_in_gelu": {token count: "cublas" | "triton" | a name in linear_gelu.TILINGS},
+        "attn_out": {...: "cublas" | a name in SPLITK_BACKENDS}, "ffn_out": {...},
         "attention": {...: "triton" | "torch"}},
         or {} when the tensors are not on CUDA.
     """
@@ -142,7 +153,7 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     if weight.device.type != "cuda":
         return {}
     counts = sorted({c for c in token_counts if c < max_tokens} | {max_tokens})
-    choices: GemmChoices = {"ffn_in_gelu": {}}
+    choices: GemmChoices = {"ffn_in_gelu": {}, "attn_out": {}, "ffn_out": {}}
     if num_heads:
         choices["attention"] = {}
     hidden = weight.shape[1]
@@ -161,6 +172,8 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                 candidates = {}
             choices["ffn_in_gelu"][count] = _fastest("cublas", unfused, candidates,
                                                      f"linear_bias_gelu at {count} tokens")
+            for op, prefix in PROJECTIONS.items():
+                choices[op][count] = _projection_choice(tensors, prefix, count)
             if num_heads:
                 qkv = x.new_empty(count, 3, num_heads, hidden // num_heads).normal_()
                 q, k, v = qkv.unbind(1)
@@ -173,6 +186,27 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                     {"torch": lambda: varlen_attention(q, k, v, cu, seq)}, f"varlen_attention at {count} tokens")
             del x
     return choices
+
+
+def _projection_choice(tensors: dict[str, torch.Tensor], prefix: str, count: int) -> str:
+    """cuBLAS or a split-K count for one projection back to hidden width and its LayerNorm, timed
+    at ``count`` tokens as the engine runs them ("cublas", untimed, above SPLITK_MAX_TOKENS)."""
+    from bertrt.ops.linear_splitk import linear_splitk
+    from bertrt.ops.residual_layernorm import bias_residual_layernorm
+
+    if count > SPLITK_MAX_TOKENS:  # recorded all the same: the last bound's choice holds beyond it
+        return "cublas"
+    weight, bias = tensors[prefix + "out.weight"], tensors[prefix + "out.bias"]
+    gamma, beta = tensors[prefix + "ln.weight"], tensors[prefix + "ln.bias"]
+    x = torch.randn(count, weight.shape[1], device=weight.device).to(weight.dtype)
+    residual = torch.randn(count, weight.shape[0], device=weight.device).to(weight.dtype)
+
+    def norm(product):
+        return bias_residual_layernorm(product, bias, residual, gamma, beta, 1e-12)
+
+    candidates = {name: lambda s=s: norm(linear_splitk(x, weight, s)) for name, s in SPLITK_BACKENDS.items()}
+    return _fastest("cublas", lambda: norm(torch.nn.functional.linear(x, weight)), candidates,
+                    f"linear_splitk ({prefix}out) at {count} tokens")
 
 
 def _fastest(default_name: str, default: Callable[[], torch.Tensor],
@@ -235,7 +269,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
                      max_batch=max_batch, device=device)
     tensors = prepare_tensors(checkpoint, precision)
     if gemm_choices is None and device.type == "cuda":
-        on_device = {k: tensors[k].to(device) for k in ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias")}
+        on_device = {k: tensors[k].to(device) for k in TUNED_TENSORS}
         gemm_choices = tune_gemm_choices(on_device, max_tokens=spec.max_tokens,
                                          num_heads=spec.config.num_attention_heads,
                                          max_seq_length=spec.max_seq_length)

@@ -36,8 +36,13 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling.
 # "attention": "triton" = bertrt.ops.attention_triton (faster than PyTorch's at every shape timed on an
 # H100, benchmarks/results/explore_h100.json), "torch" = PyTorch's fused varlen flash kernel.
+# "attn_out" / "ffn_out": the attention output and FFN down projections, each followed by its bias +
+# residual + LayerNorm kernel: "cublas" = F.linear, "splitk<S>" = linear_splitk with S slices of K,
+# whose fp32 partials that LayerNorm kernel sums (SPLITK_BACKENDS).
 # The first backend of each op is its default where nothing was recorded.
-OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"), "attention": ("triton", "torch")}
+SPLITK_BACKENDS = {"splitk2": 2, "splitk4": 4}
+OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"), "attention": ("triton", "torch"),
+               "attn_out": ("cublas", *SPLITK_BACKENDS), "ffn_out": ("cublas", *SPLITK_BACKENDS)}
 GEMM_OPS = tuple(OP_BACKENDS)
 GemmChoices = dict[str, dict[int, str]]
 

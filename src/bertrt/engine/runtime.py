@@ -5,12 +5,14 @@ Per layer, on (T, H) packed tokens (no computation on padding)::
     qkv  = F.linear(x, W_qkv, b_qkv).view(T, 3, heads, head_dim)     cuBLAS, bias in its epilogue
     ctx  = varlen_attention(q, k, v, cu_seqlens, max_seqlen)          fused flash attention
     x    = bias_residual_layernorm(F.linear(ctx, W_out), b_out, x)    bias + residual + LN in one kernel
+           or with linear_splitk(ctx, W_out, S) for F.linear          S fp32 split-K partials, summed by the LN
     up   = bias_gelu(F.linear(x, W_in), b_in)                         bias + erf GELU in one kernel
            or linear_bias_gelu(x, W_in, b_in)                          one Triton GEMM, GELU in its epilogue
-    x    = bias_residual_layernorm(F.linear(up, W_ffn_out), b_ffn_out, x)
+    x    = bias_residual_layernorm(F.linear(up, W_ffn_out), b_ffn_out, x)    the same, or split-K
 
-framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits). Which of
-the two up-projections runs at a token count is data: ``spec.gemm_choices``, timed at build time.
+framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits). Which
+up-projection, attention kernel and output projections (cuBLAS or split-K, for both projections
+back to hidden width) run at a token count is data: ``spec.gemm_choices``, timed at build time.
 Each op falls back to its plain-PyTorch ``*_ref`` off the GPU, so an fp32 CPU engine gives the
 reference model's answers.
 """
@@ -26,13 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.config import Precision
-from bertrt.engine.format import (VOCAB_FILE, EngineError, EngineSpec, check_compute_capability, gemm_choice,
-                                  read_spec, verify_weights)
+from bertrt.engine.format import (SPLITK_BACKENDS, VOCAB_FILE, EngineError, EngineSpec, check_compute_capability,
+                                  gemm_choice, read_spec, verify_weights)
 from bertrt.ops.attention import varlen_attention
 from bertrt.ops.attention_triton import varlen_attention_triton
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
 from bertrt.ops.linear_gelu import TILINGS, linear_bias_gelu
+from bertrt.ops.linear_splitk import linear_splitk
 from bertrt.ops.qa_head import qa_head
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
@@ -226,16 +229,21 @@ class Engine:
         ffn_in_tiling = TILINGS.get(ffn_in)  # None: config_for's
         attend = (varlen_attention if gemm_choice(self.spec.gemm_choices, "attention", tokens) == "torch"
                   else varlen_attention_triton)
+        # Split-K slices of the two projections back to hidden width; None: cuBLAS.
+        attn_out = SPLITK_BACKENDS.get(gemm_choice(self.spec.gemm_choices, "attn_out", tokens))
+        ffn_out = SPLITK_BACKENDS.get(gemm_choice(self.spec.gemm_choices, "ffn_out", tokens))
         for w in self._layers:
             q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
             ctx = attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
-            x = bias_residual_layernorm(F.linear(ctx, w.out_w), w.out_b, x, w.attn_ln_w, w.attn_ln_b, eps)
+            x = bias_residual_layernorm(_project(ctx, w.out_w, attn_out), w.out_b, x, w.attn_ln_w, w.attn_ln_b,
+                                        eps)
             if ffn_in != "cublas":
                 up = linear_bias_gelu(x, w.in_w, w.in_b, config=ffn_in_tiling)
             else:
                 up = F.linear(x, w.in_w)
                 up = bias_gelu(up, w.in_b, out=up)
-            x = bias_residual_layernorm(F.linear(up, w.ffn_out_w), w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps)
+            x = bias_residual_layernorm(_project(up, w.ffn_out_w, ffn_out), w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b,
+                                        eps)
         return x
 
     def _qa(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
@@ -354,6 +362,11 @@ class Engine:
             return pad_packed(logits, batch.cu_seqlens.to(logits.device), input_ids.shape[1])
         batch = pack_sequences(input_ids, token_type_ids)
         return batch.split(self.qa_logits(batch))
+
+
+def _project(x: torch.Tensor, weight: torch.Tensor, splits: int | None) -> torch.Tensor:
+    """x @ weight.T for bias_residual_layernorm: cuBLAS' (T, N), or (splits, T, N) fp32 partials."""
+    return F.linear(x, weight) if splits is None else linear_splitk(x, weight, splits)
 
 
 def _slice(batch: PackedBatch, offsets: list[int], first: int, last: int) -> PackedBatch:

@@ -1,7 +1,8 @@
 """The end of every BERT sub-layer in one kernel: LayerNorm(x + bias + residual).
 
-``x`` is a GEMM output whose bias was left out of the GEMM so that it is added here for free.
-``bias_residual_layernorm`` runs the Triton kernel on CUDA (or under ``TRITON_INTERPRET=1``) and
+``x`` is a GEMM output whose bias was left out of the GEMM so that it is added here for free, or the
+(splits, T, H) fp32 partial products of a split-K GEMM (``linear_splitk``), summed here as they are
+read. ``bias_residual_layernorm`` runs the Triton kernel on CUDA (or under ``TRITON_INTERPRET=1``) and
 ``bias_residual_layernorm_ref`` elsewhere.
 """
 
@@ -18,14 +19,15 @@ tl = None  # triton.language, bound by jit() on first use: importing this module
 def bias_residual_layernorm_ref(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
                                 gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
     """Plain PyTorch, fp32 math inside; same arguments and result as ``bias_residual_layernorm``."""
-    s = x.float() + bias.float() + residual.float()
-    return F.layer_norm(s, s.shape[-1:], gamma.float(), beta.float(), eps).to(x.dtype)
+    partials = x.dim() == 3
+    s = (x.float().sum(0) if partials else x.float()) + bias.float() + residual.float()
+    return F.layer_norm(s, s.shape[-1:], gamma.float(), beta.float(), eps).to(residual.dtype if partials else x.dtype)
 
 
 def _bias_residual_layernorm_kernel(
     out_ptr, x_ptr, bias_ptr, res_ptr, gamma_ptr, beta_ptr,
-    n_tokens, hidden, out_stride, x_stride, res_stride, eps,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    n_tokens, hidden, out_stride, x_stride, x_split_stride, res_stride, eps,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, SPLITS: tl.constexpr,
 ):
     # One program normalises BLOCK_T tokens; a row of BLOCK_H >= hidden columns stays in registers.
     t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -35,7 +37,13 @@ def _bias_residual_layernorm_kernel(
     mask = t_mask[:, None] & h_mask[None, :]
     rows = t_offs.to(tl.int64)[:, None]
 
-    x = tl.load(x_ptr + rows * x_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_ptrs = x_ptr + rows * x_stride + h_offs[None, :]
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+    # Split-K partials: the other SPLITS - 1 slices, unrolled so that their loads are all in flight
+    # together (SPLITS=1, a plain (T, H) x, compiles to the single load above).
+    for _ in tl.static_range(SPLITS - 1):
+        x_ptrs += x_split_stride
+        x += tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
     x += tl.load(res_ptr + rows * res_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
     x += tl.load(bias_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)[None, :]
 
@@ -54,30 +62,38 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
     """LayerNorm(x + bias + residual) over the last dimension.
 
     Args:
-        x: (T, H) fp32/fp16/bf16 GEMM output without its bias.
+        x: (T, H) fp32/fp16/bf16 GEMM output without its bias, or (S, T, H) partial products of it
+            (``linear_splitk``'s fp32 output), whose sum over S is taken.
         bias: (H,) the GEMM's bias, any float dtype.
         residual: (T, H) the sub-layer's input, any float dtype.
         gamma, beta: (H,) LayerNorm scale and shift, any float dtype.
         eps: LayerNorm epsilon.
-        out: optional (T, H) tensor of ``x``'s dtype to write into; may be ``x`` or ``residual``
-            (each program reads its rows before writing them).
+        out: optional (T, H) tensor of the output dtype to write into; may be a 2-D ``x`` or
+            ``residual`` (each program reads its rows before writing them).
 
     Returns:
-        (T, H) in ``x``'s dtype; the sum and the normalisation are computed in fp32.
+        (T, H) in ``x``'s dtype for a 2-D ``x``, in ``residual``'s dtype for (S, T, H) partials
+        (which are fp32 whatever the model's precision); the sums and the normalisation are
+        computed in fp32.
     """
+    if x.dim() not in (2, 3) or x.shape[-2:] != residual.shape or (x.dim() == 3 and x.shape[0] == 0):
+        raise ValueError(f"want x (T, H) or (S >= 1, T, H) and residual (T, H); got {tuple(x.shape)}, "
+                         f"{tuple(residual.shape)}")
     if not use_triton(x, bias, residual, gamma, beta):
         result = bias_residual_layernorm_ref(x, bias, residual, gamma, beta, eps)
         return result if out is None else out.copy_(result)
-    n_tokens, hidden = x.shape
+    n_tokens, hidden = residual.shape
+    has_splits = x.dim() == 3
     x, residual = rows_contiguous(x), rows_contiguous(residual)
     bias, gamma, beta = bias.contiguous(), gamma.contiguous(), beta.contiguous()
-    out = check_out(out, (n_tokens, hidden), x.dtype, x.device)
+    out = check_out(out, (n_tokens, hidden), residual.dtype if has_splits else x.dtype, x.device)
     if n_tokens == 0:
         return out
     block_h = next_pow2(hidden)
     block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
     jit(_bias_residual_layernorm_kernel)[(cdiv(n_tokens, block_t),)](
         out, x, bias, residual, gamma, beta,
-        n_tokens, hidden, out.stride(0), x.stride(0), residual.stride(0), eps,
-        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))
+        n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0), eps,
+        BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1,
+        num_warps=num_warps_for(block_t * block_h))
     return out

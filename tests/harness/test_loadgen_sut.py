@@ -123,3 +123,48 @@ def test_backend_failure_ends_the_run_with_the_error(tmp_path):
     options = HarnessOptions(scenario=Scenario.OFFLINE, mode=Mode.ACCURACY)
     sut = _run(tmp_path, qsl, FakeBackend(fail=True), options, budget=1000)
     assert isinstance(sut.error, RuntimeError) and "device lost" in str(sut.error)
+
+
+class AsyncFakeBackend(FakeBackend):
+    """``submit`` launches at once and answers on ``result()``; every launch and result is logged."""
+
+    def __init__(self, events: list):
+        super().__init__()
+        self.events = events
+
+    def submit(self, input_ids, token_type_ids):
+        first = int(input_ids[0][0]) // 1000
+        self.events.append(("launch", first))
+        logits = self.run(input_ids, token_type_ids)
+        events = self.events
+
+        class Pending:
+            def result(self):
+                events.append(("result", first))
+                return logits
+        return Pending()
+
+
+def _order(pending_samples: int, budget: int) -> list:
+    qsl, events = FakeQSL(40), []
+    sut = BatchingSUT(AsyncFakeBackend(events), qsl, scenario=Scenario.SERVER, max_batch_tokens=budget,
+                      latency_target_s=10.0)
+    sut._complete = lambda batch, lengths, pending, start: pending.result()  # no LoadGen session here
+    sut._pending = [(i, i) for i in range(pending_samples)]
+    sut.start()
+    sut.stop()
+    return events
+
+
+def test_server_overlaps_batches_only_while_a_backlog_waits():
+    # 40 samples of 5-60 tokens, 150-token batches: a backlog, so the next batch is launched
+    # before the running one's result is taken (its host work overlaps the device's).
+    events = _order(40, budget=150)
+    launches = [i for i, (kind, _) in enumerate(events) if kind == "launch"]
+    results = [i for i, (kind, _) in enumerate(events) if kind == "result"]
+    assert len(launches) == len(results) > 3
+    assert launches[1] < results[0]
+    # Each batch's result still comes back, in order.
+    assert [b for kind, b in events if kind == "result"] == [b for kind, b in events if kind == "launch"]
+    # No backlog (everything fits in one batch): launch, then its result, nothing in between.
+    assert _order(3, budget=10_000) == [("launch", 0), ("result", 0)]

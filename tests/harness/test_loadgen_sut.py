@@ -168,3 +168,18 @@ def test_server_overlaps_batches_only_while_a_backlog_waits():
     assert [b for kind, b in events if kind == "result"] == [b for kind, b in events if kind == "launch"]
     # No backlog (everything fits in one batch): launch, then its result, nothing in between.
     assert _order(3, budget=10_000) == [("launch", 0), ("result", 0)]
+
+
+def test_warm_up_runs_mixed_batches_within_the_backend_limits():
+    from bertrt.harness.loadgen.runner import warm_up
+
+    qsl, backend = FakeQSL(300), FakeBackend()
+    backend.max_batch_samples = 16
+    warm_up(backend, qsl, 400, full_batch=True, mixed_batches=4)
+    sizes = [sum(b) for b in backend.batches]
+    assert len(backend.batches) == 1 + 3 + 3 * 4
+    assert all(len(b) <= 16 for b in backend.batches) and all(s <= 400 for s in sizes)
+    # Random batches, not only the longest samples: their token totals fall on several residues mod 16.
+    assert len({s % 16 for s in sizes[4:]}) >= 3
+    warm_up(backend := FakeBackend(), qsl, 400, full_batch=False)
+    assert len(backend.batches) == 1  # on the CPU only the first-call cost of one sample

@@ -33,12 +33,14 @@ TUNE_TOKENS = (128, 384, 1024, 1536, 3072, 12288, 49152)
 # by a few percent at some counts but lost inside the engine: on an H100 a LoadGen Server run at
 # 3,300 samples/s went from VALID (p99 62 ms at 3,500) to INVALID (p99 477 ms) when the build picked
 # it at 1.5k-12k tokens (benchmarks/results/loadgen_h100_s2/). Below it, its 64 x 64 tiles fill the
-# SMs where cuBLAS' do not (384 tokens: 15.8 us against 24.4).
+# SMs where cuBLAS' do not; timed as graph replays, H100 builds pick it at 128 tokens (cuBLAS and the
+# GELU kernel from 384 on: the eager 15.8 us against 24.4 at 384 was mostly launch overhead).
 FUSED_MAX_TOKENS = 1024
 # Split-K for the projections back to hidden width (N=1024 for BERT-Large) is offered up to this
-# many tokens only: beyond it cuBLAS' 128 x 128 tiles number 8 x 24 = 192 or more, enough for the
-# 132 SMs of an H100 without splitting K.
-SPLITK_MAX_TOKENS = 3072
+# many tokens only. On an H100 (benchmarks/results/splitk_h100.json) it won only where cuBLAS has
+# very few tiles: the FFN down-projection at 128 tokens (8.7 us against 10.2, with the LayerNorm);
+# from 384 tokens on cuBLAS was 10% or more faster, so timing it there only lengthened builds.
+SPLITK_MAX_TOKENS = 384
 # op -> name prefix of layer 0's projection and LayerNorm tensors, which the timing uses.
 PROJECTIONS = {"attn_out": "layers.0.attn.", "ffn_out": "layers.0.ffn."}
 TUNED_TENSORS = ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias",

@@ -48,10 +48,11 @@ DRY_TOKENS, DRY_SHAPES = (3, 37), {"attn_out": (80, 96), "ffn_out": (200, 96)}
 
 
 def tilings(m: int) -> dict:
-    from bertrt.ops.linear_splitk import LARGE_M, MEDIUM_M, SMALL_M, SplitKConfig, config_for
+    from bertrt.ops._triton import GemmConfig
+    from bertrt.ops.linear_splitk import LARGE_M, MEDIUM_M, SMALL_M, config_for
 
     named = {"64x64": SMALL_M, "64x128": MEDIUM_M, "128x128": LARGE_M,
-             "128x64": SplitKConfig(128, 64, 64, num_warps=4, num_stages=4)}
+             "128x64": GemmConfig(128, 64, 64, num_warps=4, num_stages=4)}
     return {"default": config_for(m)} | {name: cfg for name, cfg in named.items() if cfg != config_for(m)}
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops.linear_splitk import (LARGE_M, MEDIUM_M, SMALL_M, SplitKConfig, config_for, k_per_split, linear_splitk,
+from bertrt.ops._triton import GemmConfig
+from bertrt.ops.linear_splitk import (LARGE_M, MEDIUM_M, SMALL_M, config_for, k_per_split, linear_splitk,
                                       linear_splitk_ref)
 from ops_testing import assert_like_torch, gen, poisoned, randn
 
@@ -37,7 +38,7 @@ def test_kernel_matches_ref(interpret, m, n, k, splits, dtype):
     check(*make_inputs(m, n, k, dtype=dtype, seed=k + splits), splits)
 
 
-@pytest.mark.parametrize("config", [SMALL_M, MEDIUM_M, LARGE_M, SplitKConfig(32, 32, 32, group_m=2)],
+@pytest.mark.parametrize("config", [SMALL_M, MEDIUM_M, LARGE_M, GemmConfig(32, 32, 32, group_m=2)],
                          ids=["small", "medium", "large", "grouped"])
 def test_every_tiling_covers_the_output(interpret, config):
     # 200 rows with group_m=2 gives partial groups and edge tiles on both axes; K=336 is 10.5 blocks of 32.
@@ -82,6 +83,8 @@ def test_rejects_mismatched_arguments(no_interpret):
         linear_splitk(x, w, 0)
     with pytest.raises(ValueError, match="out must be"):
         linear_splitk(x, w, 2, out=torch.empty(2, 3, 12, dtype=torch.float16))
+    with pytest.raises(ValueError, match="tma=False"):
+        linear_splitk(x, w, 2, config=GemmConfig(64, 64, 64, tma=True))
 
 
 def test_config_choice_is_a_pure_function_of_m():

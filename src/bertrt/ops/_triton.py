@@ -13,6 +13,7 @@ kernel call is enough. ``jit`` raises a clear error when the two disagree.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -23,6 +24,25 @@ import torch
 
 # Kernels compute in fp32 and store in the input dtype; anything else (fp64, ints) takes the ref.
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+@dataclasses.dataclass(frozen=True)
+class GemmConfig:
+    """One tiling of a GEMM kernel (linear_gelu, linear_splitk): a (block_m x block_n) output tile per program, K in block_k steps;
+    ``group_m`` row-tiles share their column-tiles of W while those stay in L2."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int = 8
+    num_warps: int = 8
+    num_stages: int = 3
+    # Persistent grid (one program per SM walking tiles) loading through Hopper's tensor-memory
+    # accelerator (TMA descriptors); needs compute capability >= 9 and 16-byte aligned rows.
+    tma: bool = False
+    # Persistent programs per SM (TMA only): with two, one program's epilogue (the erf GELU is
+    # costly next to a K=1024 main loop) can overlap the other's loads and MMAs.
+    programs_per_sm: int = 1
+
 
 _JITTED: dict[tuple[Callable, bool], Any] = {}
 

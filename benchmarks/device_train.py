@@ -155,6 +155,8 @@ RECIPES = {
 # and the held-out articles are never looked at.
 REQUIRE_DEMO = os.environ.get("REQUIRE_DEMO") == "1"
 DEMO_PHRASE = os.environ.get("DEMO_PHRASE", "high performance deep learning inference platform")
+# FINAL_SEEDS="42,1,2": see final_stage.
+FINAL_SEEDS = [int(s) for s in os.environ.get("FINAL_SEEDS", "").split(",") if s.strip()]
 BASELINE = os.environ.get("BASELINE")  # "name=f1": a recipe scored in an earlier round on the same split
 if os.environ.get("RECIPES"):  # a round compares only the named recipes (and trains their teachers)
     import fnmatch  # names may be patterns: RECIPES='single_*'
@@ -304,22 +306,40 @@ def select(results: dict, base: Path, data: Path, work: Path, save) -> str:
 
 
 def final_stage(results: dict, chosen: str, base: Path, data: Path, work: Path, out: Path, save) -> None:
-    """Train ``chosen`` on articles 0-31, save it in fp16 (in parts) and score it on 32-47."""
-    final = work / "default"
-    finals = train_members(RECIPES[chosen], base, data, slice(0, 32), work, "final")
-    soup(list(finals.values()), final, dtype=torch.float16)
-    log = json.loads((next(iter(finals.values())) / "training_log.json").read_text())
-    log.update(recipe=chosen, soup_members=[dataclasses.asdict(m) for m in RECIPES[chosen]])
+    """Train ``chosen`` on articles 0-31, save it in fp16 (in parts) and score it on 32-47.
+
+    With REQUIRE_DEMO and FINAL_SEEDS, a single-member recipe is trained once per seed; the first
+    seed in that order whose fp16 model answers the demo with DEMO_PHRASE ships. Every seed's
+    held-out score is recorded too, so the spread shows the choice did not look at it."""
+    recipe = RECIPES[chosen]
+    if REQUIRE_DEMO and FINAL_SEEDS and len(recipe) == 1:
+        tries = [[dataclasses.replace(recipe[0], seed=s)] for s in FINAL_SEEDS]
+    else:
+        tries = [recipe]
+    results["final_tries"] = []
+    for members in tries:
+        final = work / f"default-{members[0].name()}"
+        finals = train_members(members, base, data, slice(0, 32), work, "final")
+        soup(list(finals.values()), final, dtype=torch.float16)  # fp16: what ships is what is scored
+        entry = {"members": [dataclasses.asdict(m) for m in members], "demo": demo_answer([final]),
+                 "heldout_32_48_fp16_weights_fp32_compute": squad_score([final], data, slice(32, 48))}
+        entry["demo_has_phrase"] = DEMO_PHRASE in entry["demo"]
+        results["final_tries"].append(entry)
+        print("final try:", entry, flush=True)
+        save()
+    shipped = next((t for t in results["final_tries"] if t["demo_has_phrase"] or not REQUIRE_DEMO), None)
+    if shipped is None:
+        print(f"no final model's demo answer contains {DEMO_PHRASE!r}; nothing ships", flush=True)
+        return
+    members = [Member(**m) for m in shipped["members"]]
+    final = work / f"default-{members[0].name()}"
+    log = json.loads((work / f"final-{members[0].name()}" / "training_log.json").read_text())
+    log.update(recipe=chosen if len(tries) == 1 else f"{chosen} reseeded: first of seeds {FINAL_SEEDS} "
+               f"whose demo answer has the phrase", soup_members=shipped["members"])
     log.pop("config", None)
     log.pop("distillation", None)  # a member's teacher paths; the recipe says it
     (final / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    results["final"] = {"recipe": chosen, "members": [dataclasses.asdict(m) for m in RECIPES[chosen]],
-                        "train": log,
-                        # The saved folder is fp16: this is the score of exactly what ships.
-                        "heldout_32_48_fp16_weights_fp32_compute": squad_score([final], data, slice(32, 48)),
-                        "demo": demo_answer([final])}
-    results["final"]["demo_has_phrase"] = DEMO_PHRASE in results["final"]["demo"]
-    print("final:", results["final"], flush=True)
+    results["final"] = {"recipe": chosen, "train": log, **shipped}
     blob = (final / "model.safetensors").read_bytes()
     part = 12 * 1024 * 1024
     for i in range(0, len(blob), part):

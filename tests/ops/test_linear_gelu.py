@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops.linear_gelu import (MEDIUM_M, SMALL_M, GemmConfig, _tma_usable, config_for, linear_bias_gelu,
+from bertrt.ops.linear_gelu import (LARGE_M, MEDIUM_M, SMALL_M, GemmConfig, _tma_usable, config_for, linear_bias_gelu,
                                     linear_bias_gelu_ref)
 from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
 
@@ -44,12 +44,13 @@ def test_kernel_matches_fp64_like_torch(interpret, m, n, k, dtype):
     check(make_inputs(m, n, k, dtype=dtype), dtype)
 
 
-TILINGS = [SMALL_M, MEDIUM_M, dataclasses.replace(MEDIUM_M, tma=False), GemmConfig(32, 64, 32, group_m=2),
-           GemmConfig(32, 64, 32, group_m=2, tma=True)]
+TILINGS = [SMALL_M, MEDIUM_M, dataclasses.replace(MEDIUM_M, tma=False), LARGE_M, GemmConfig(32, 64, 32, group_m=2),
+           GemmConfig(32, 64, 32, group_m=2, tma=True), GemmConfig(32, 64, 32, group_m=2, tma=True, epilogue_split=2)]
 
 
 @pytest.mark.parametrize("n", [300, 320], ids=["rows_unaligned", "rows_tma_aligned"])
-@pytest.mark.parametrize("config", TILINGS, ids=["small", "medium_tma", "medium_pointers", "grouped", "grouped_tma"])
+@pytest.mark.parametrize("config", TILINGS, ids=["small", "medium_tma", "medium_pointers", "large_tma", "grouped", "grouped_tma",
+                                                   "grouped_tma_split_epilogue"])
 def test_every_tiling_covers_the_output(interpret, config, n):
     # 200 x N with group_m=2 gives partial groups and edge tiles on both axes; K=160 is 2.5 blocks of 64.
     # N=320 keeps output rows 16-byte aligned, so TMA tilings take the persistent descriptor kernel
@@ -96,11 +97,29 @@ def test_rejects_mismatched_arguments(no_interpret):
 
 def test_config_choice_is_a_pure_function_of_m():
     assert config_for(1) == config_for(384) == SMALL_M
-    assert config_for(3072) == MEDIUM_M
-    assert config_for(49152) == MEDIUM_M and MEDIUM_M.tma
+    assert config_for(2048) == MEDIUM_M and MEDIUM_M.tma
+    assert config_for(3072) == config_for(49152) == LARGE_M and LARGE_M.tma
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [384, 3072, 49152 // 4 + 13])
 def test_bert_large_on_gpu(gpu, m, dtype):
     check(make_inputs(m, 4096, 1024, dtype=dtype, device="cuda"), dtype)
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+def test_epilogue_gelu_is_erf_exact_to_fp32(interpret, tma):
+    # The kernels' erf is an approximation (Abramowitz & Stegun 7.1.26): over the whole range an
+    # activation can take it must agree with the exact erf GELU to fp32's resolution. x @ I + 0
+    # passes x through the GEMM exactly, so only the epilogue is measured.
+    x = torch.linspace(-12, 12, 64 * 64, dtype=torch.float64).reshape(-1, 64)
+    eye, zero = torch.eye(64), torch.zeros(64)
+    if tma:  # fp16 inputs take the descriptor kernel; its error is then fp16 rounding of the output
+        got = linear_bias_gelu(x.half(), eye.half(), zero.half(), config=GemmConfig(32, 64, 32, tma=True))
+        exact = F.gelu(x.half().double())
+        assert ((got.double() - exact).abs() <= exact.abs() * 2.0 ** -11 + 1e-7).all()
+    else:
+        got = linear_bias_gelu(x.float(), eye, zero)
+        exact = F.gelu(x.float().double())
+        # |erf error| <= 3e-7 (A&S's 1.5e-7, plus the fast reciprocal and exp2) times |x| / 2, plus rounding
+        assert ((got.double() - exact).abs() <= 1.5e-7 * x.abs() + 2.4e-7 * exact.abs() + 1e-30).all()

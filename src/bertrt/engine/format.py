@@ -33,9 +33,9 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # Ops that have a Triton alternative: op -> {token-count upper bound: backend}, timed at build time
 # on the GPU (see build.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
 # GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue)
-# with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling.
-# "attention": "triton" = bertrt.ops.attention_triton (the faster up to 3,072 tokens in H100 builds'
-# graph-replay timing), "torch" = PyTorch's fused varlen flash kernel (the faster above).
+# with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling
+# (no longer timed by builds; engines that recorded it still load).
+# "attention": "triton" = bertrt.ops.attention_triton, "torch" = PyTorch's fused varlen flash kernel.
 # "attn_out" / "ffn_out": the attention output and FFN down projections, each followed by its bias +
 # residual + LayerNorm kernel: "cublas" = F.linear, "splitk<S>" = linear_splitk with S slices of K,
 # whose fp32 partials that LayerNorm kernel sums (SPLITK_BACKENDS).

@@ -42,6 +42,11 @@ class GemmConfig:
     # Persistent programs per SM (TMA only): with two, one program's epilogue (the erf GELU is
     # costly next to a K=1024 main loop) can overlap the other's loads and MMAs.
     programs_per_sm: int = 1
+    # TMA only: the epilogue (bias, GELU, store) in this many column slices of the tile, so fewer
+    # fp32 values are live at once next to the erf; and Triton's warp specialization of the tile
+    # loop (producer warps load while consumer warps multiply and run the epilogue).
+    epilogue_split: int = 1
+    warp_specialize: bool = False
 
 
 _JITTED: dict[tuple[Callable, bool], Any] = {}
@@ -78,10 +83,15 @@ def triton_interprets() -> bool:
     return type(tl.sum).__name__ == "InterpretedFunction"
 
 
-def jit(fn: Callable) -> Any:
-    """``triton.jit(fn)`` for the current mode (compiled or interpreted), built once per mode."""
+def jit(fn: Callable, helpers: dict[str, Callable] | None = None) -> Any:
+    """``triton.jit(fn)`` for the current mode (compiled or interpreted), built once per mode.
+
+    ``helpers``: name -> plain function for the device functions fn calls; each is jitted for the
+    same mode and bound under that name in fn's module, where Triton looks it up when compiling fn."""
     interpret = interpret_requested()
     key = (fn, interpret)
+    for name, helper in (helpers or {}).items():
+        fn.__globals__[name] = jit(helper)
     if key not in _JITTED:
         import triton
         import triton.language as tl

@@ -35,16 +35,18 @@ class AttentionConfig:
 def attention_config_for(programs_at_64: int, head_dim: int) -> AttentionConfig:
     """The tiling for ``programs_at_64`` (query blocks of 64 tokens x heads) of work.
 
-    From timings on an H100 (benchmarks/results/explore_h100.json, head_dim 64): a single sequence
-    (under 128 such programs) wants 64 queries against 128-key steps; a few sequences want 64 x 64
-    with a deeper pipeline; from about 512 programs on, 128-query blocks on 8 warps win (280 TFLOP/s
-    at 128 x 384 tokens, against 230 for PyTorch's flash kernel).
+    From timings on an H100 (head_dim 64; benchmarks/results/explore_h100.json, and CUDA-graph
+    replays in explore_h100_s4.json): a single sequence (under 128 such programs) wants 64 queries
+    against 128-key steps; a few sequences want 64 x 64 with a deeper pipeline; from about 512
+    programs, 128-query blocks on 8 warps (12k tokens: 74 us against 80 for 64 x 64 and 92 for
+    PyTorch's flash kernel); from 8,192 programs (32k tokens at 16 heads) 64 x 64 again (49k tokens:
+    318 us against 439 for 128 x 64; ragged SQuAD-like 63k tokens: 381 against 593, PyTorch 529).
     """
     if head_dim > 64:
         return AttentionConfig(64, 32, num_warps=8)
     if programs_at_64 < 128:
         return AttentionConfig(64, 128, num_warps=4, num_stages=2)
-    if programs_at_64 < 512:
+    if programs_at_64 < 512 or programs_at_64 >= 8192:
         return AttentionConfig(64, 64, num_warps=4, num_stages=3)
     return AttentionConfig(128, 64, num_warps=8, num_stages=3)
 

@@ -18,17 +18,19 @@ import torch.nn.functional as F
 from bertrt.ops._triton import GemmConfig, cdiv, check_out, interpret_requested, jit, rows_contiguous, use_triton
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
+_add_bias_gelu = None  # the kernels' jitted epilogue (_add_bias_gelu_impl), bound by jit() with them
 
 
-# Tiles by M, from timings on an H100 (benchmarks/results/explore_h100.json, K=1024, N=4096, fp16):
-# up to ~1k tokens 64 x 64 tiles fill the 132 SMs (M=384: 192 programs; 15.8 us against cuBLAS +
-# bias_gelu's 24.4); beyond that a persistent 128 x 128 TMA kernel (49152 tokens: 0.86 ms against
-# 0.93 in isolation, though not inside the engine, whose builds therefore use this op only up to
-# engine.build.FUSED_MAX_TOKENS). Without TMA (pre-Hopper, the interpreter, unaligned rows) the
-# same tile through pointers.
+# Tiles by M, from CUDA-graph timings on an H100 (benchmarks/results/explore_h100_s4.json, K=1024,
+# N=4096, fp16, against cuBLAS + the bias_gelu kernel): up to ~1k tokens 64 x 64 tiles fill the 132
+# SMs; to ~2k a persistent 128 x 128 TMA kernel (1,536 tokens: 27.8 us against 31.2); beyond, 128 x 256
+# TMA tiles (3,072: 50.1 against 61.2; 49,152: 750 against 903, 550 TFLOP/s with the epilogue).
+# Without TMA (pre-Hopper, the interpreter, unaligned rows) the same tiles through pointers.
 SMALL_M = GemmConfig(64, 64, 64, group_m=8, num_warps=4, num_stages=4)
 MEDIUM_M = GemmConfig(128, 128, 64, group_m=8, num_warps=8, num_stages=4, tma=True)
-# A candidate the engine build times against MEDIUM_M and cuBLAS (see TILINGS).
+LARGE_M = GemmConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3, tma=True)
+# Two programs per SM: timed by session-3 builds, it never won (explore_h100_s4.json: slowest at
+# every M); kept so that engines which recorded it still load.
 OVERLAPPED = GemmConfig(128, 128, 64, group_m=8, num_warps=4, num_stages=3, tma=True, programs_per_sm=2)
 # Named tilings an engine may record for the up-projection: "triton" follows config_for.
 TILINGS = {"triton-overlapped": OVERLAPPED}
@@ -36,12 +38,31 @@ TILINGS = {"triton-overlapped": OVERLAPPED}
 
 def config_for(m: int) -> GemmConfig:
     """The tiling for an M-row problem (deterministic: no timing, safe during graph capture)."""
-    return SMALL_M if m <= 1024 else MEDIUM_M
+    return SMALL_M if m <= 1024 else MEDIUM_M if m <= 2048 else LARGE_M
 
 
 def linear_bias_gelu_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Plain PyTorch, fp32 math inside; same arguments and result as ``linear_bias_gelu``."""
     return F.gelu(F.linear(x.float(), weight.float(), bias.float())).to(x.dtype)
+
+
+def _add_bias_gelu_impl(acc, bias_ptr, n0, N, BLOCK_N: tl.constexpr, APPLY_GELU: tl.constexpr):
+    """The epilogue of a (rows, BLOCK_N) fp32 tile starting at column n0: + bias, then GELU.
+
+    erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, fp32's own resolution): one fast
+    reciprocal, one exp2 and five FMAs, where libdevice's erff costs several times that. Over a
+    K=1024 main loop the epilogue is not small: on an H100 at 49k tokens the exact erf made the
+    fused kernel 40% slower than the same GEMM without it."""
+    n_offs = n0 + tl.arange(0, BLOCK_N)
+    acc += tl.load(bias_ptr + n_offs, mask=n_offs < N, other=0.0).to(tl.float32)[None, :]
+    if APPLY_GELU:
+        z = tl.abs(acc) * 0.7071067811865476  # |x| / sqrt(2)
+        t = tl.fdiv(tl.full(acc.shape, 1.0, tl.float32), 1.0 + 0.3275911 * z, ieee_rounding=False)
+        poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+        half_erfc = 0.5 * poly * tl.exp2(-1.4426950408889634 * z * z)  # (1 - erf(|x| / sqrt(2))) / 2
+        # GELU(x) = x (1 + erf(x / sqrt 2)) / 2 = x - x * half_erfc for x >= 0, x * half_erfc below.
+        acc = tl.where(acc >= 0, acc - acc * half_erfc, acc * half_erfc)
+    return acc
 
 
 def _linear_bias_gelu_kernel(
@@ -82,24 +103,23 @@ def _linear_bias_gelu_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    n_mask = n_offs < N
-    acc += tl.load(bias_ptr + n_offs, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-    if APPLY_GELU:
-        acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))  # 1/sqrt(2)
+    acc = _add_bias_gelu(acc, bias_ptr, pid_n * BLOCK_N, N, BLOCK_N, APPLY_GELU)
     out_ptrs = out_ptr + m_offs.to(tl.int64)[:, None] * out_stride + n_offs[None, :]
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(m_offs < M)[:, None] & n_mask[None, :])
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(m_offs < M)[:, None] & (n_offs < N)[None, :])
 
 
 def _linear_bias_gelu_tma_kernel(
     x_desc, w_desc, out_desc, bias_ptr, M, N, K,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_PROGRAMS: tl.constexpr, APPLY_GELU: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr, APPLY_GELU: tl.constexpr, EPILOGUE_SPLIT: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     # Persistent: program p computes tiles p, p + NUM_PROGRAMS, ... in the same grouped order as
     # above. Descriptor loads past the edges read zeros and stores past them are dropped, so no masks.
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * tiles_n
-    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True):
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True,
+                         warp_specialize=WARP_SPECIALIZE):
         first_m = (tile // per_group) * GROUP_M
         group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
         m0 = (first_m + (tile % per_group) % group_rows) * BLOCK_M
@@ -109,11 +129,15 @@ def _linear_bias_gelu_tma_kernel(
             a = x_desc.load([m0, k * BLOCK_K])
             b = w_desc.load([n0, k * BLOCK_K])
             acc = tl.dot(a, b.T, acc)
-        n_offs = n0 + tl.arange(0, BLOCK_N)
-        acc += tl.load(bias_ptr + n_offs, mask=n_offs < N, other=0.0).to(tl.float32)[None, :]
-        if APPLY_GELU:
-            acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
-        out_desc.store([m0, n0], acc.to(out_desc.dtype))
+        if EPILOGUE_SPLIT == 2:  # two (BLOCK_M, BLOCK_N / 2) halves, one after the other
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+            left = _add_bias_gelu(left, bias_ptr, n0, N, BLOCK_N // 2, APPLY_GELU)
+            out_desc.store([m0, n0], left.to(out_desc.dtype))
+            right = _add_bias_gelu(right, bias_ptr, n0 + BLOCK_N // 2, N, BLOCK_N // 2, APPLY_GELU)
+            out_desc.store([m0, n0 + BLOCK_N // 2], right.to(out_desc.dtype))
+        else:
+            acc = _add_bias_gelu(acc, bias_ptr, n0, N, BLOCK_N, APPLY_GELU)
+            out_desc.store([m0, n0], acc.to(out_desc.dtype))
 
 
 def linear_bias_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
@@ -164,16 +188,17 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
 
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
         programs = min(sms * cfg.programs_per_sm, cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
-        jit(_linear_bias_gelu_tma_kernel)[(programs,)](
+        jit(_linear_bias_gelu_tma_kernel, helpers={"_add_bias_gelu": _add_bias_gelu_impl})[(programs,)](
             TensorDescriptor.from_tensor(x, [cfg.block_m, cfg.block_k]),
             TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k]),
-            TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n]), bias, m, n, k,
+            TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n // cfg.epilogue_split]), bias, m, n, k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            NUM_PROGRAMS=programs, APPLY_GELU=gelu, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            NUM_PROGRAMS=programs, APPLY_GELU=gelu, EPILOGUE_SPLIT=cfg.epilogue_split,
+            WARP_SPECIALIZE=cfg.warp_specialize, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
     # fp32 inputs: full fp32 products, like F.linear without TF32 (fp16/bf16 take their tensor-core MMA).
-    jit(_linear_bias_gelu_kernel)[grid](
+    jit(_linear_bias_gelu_kernel, helpers={"_add_bias_gelu": _add_bias_gelu_impl})[grid](
         out, x, weight, bias, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         EVEN_K=k % cfg.block_k == 0, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",

@@ -113,6 +113,8 @@ def main() -> int:
             report["step"] = name
             report["wall_s"] = round(time.monotonic() - t0, 1)
             report["summary_text"] = (options.out / "mlperf_log_summary.txt").read_text()
+            if (options.out / "batches.json").is_file():  # the SUT's per-batch trace
+                (out / f"{name}_batches.json").write_bytes((options.out / "batches.json").read_bytes())
             results.append(report)
             reports.append(report)
             print(format_table([report]), flush=True)

@@ -83,6 +83,13 @@ def test_single_stream_performance(tmp_path, qa_model, squad_dev, reference):
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     # SingleStream issues one sample per query and waits for it: one batch per query.
     assert report["batches"] == report["samples_completed"] >= 8
+    # batches.json: one row per batch, in completion order, each back after its launch.
+    trace = json.loads((options.out / "batches.json").read_text())
+    rows = [dict(zip(trace["columns"], row)) for row in trace["rows"]]
+    assert len(rows) == report["batches"] and sum(r["samples"] for r in rows) == report["samples_completed"]
+    assert all(0 <= r["launched_s"] < r["done_s"] for r in rows)
+    assert all(a["done_s"] <= b["done_s"] for a, b in zip(rows, rows[1:]))
+    assert all(r["samples"] == 1 and r["tokens"] > 0 for r in rows)
 
 
 def test_server_and_multistream(tmp_path, qa_model, squad_dev, reference):

@@ -149,7 +149,7 @@ def _order(pending_samples: int, budget: int) -> list:
     qsl, events = FakeQSL(40), []
     sut = BatchingSUT(AsyncFakeBackend(events), qsl, scenario=Scenario.SERVER, max_batch_tokens=budget,
                       latency_target_s=10.0)
-    sut._complete = lambda batch, lengths, pending, start: pending.result()  # no LoadGen session here
+    sut._complete = lambda batch, lengths, pending, *_: pending.result()  # no LoadGen session here
     sut._pending = [(i, i) for i in range(pending_samples)]
     sut.start()
     sut.stop()

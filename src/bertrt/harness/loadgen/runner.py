@@ -159,6 +159,8 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
 
     report = reporting.build_report(out, options, backend_name=backend.name, samples=len(qsl),
                                     batches=sut.batches, completed=sut.samples)
+    columns = ["launched_s", "done_s", "samples", "tokens", "pending_at_launch"]
+    (out / "batches.json").write_text(json.dumps({"columns": columns, "rows": sut.trace}) + "\n")
     if options.mode is Mode.ACCURACY:
         scores = accuracy.score(qsl, accuracy.read_accuracy_log(out / accuracy.ACCURACY_LOG))
         predictions = scores.pop("predictions")

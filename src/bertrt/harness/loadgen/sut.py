@@ -62,6 +62,10 @@ class BatchingSUT:
         self.error: BaseException | None = None
         self.batches = 0
         self.samples = 0
+        # One row per finished batch, for batches.json: when it was launched and came back (s since
+        # start()), its samples and tokens, and how many samples were still pending at its launch.
+        self.trace: list[tuple[float, float, int, int, int]] = []
+        self._t0 = time.perf_counter()
 
     # --- LoadGen callbacks ------------------------------------------------------------------
 
@@ -86,6 +90,7 @@ class BatchingSUT:
         return lg.ConstructSUT(self.issue_queries, self.flush_queries)
 
     def start(self) -> "BatchingSUT":
+        self._t0 = time.perf_counter()
         for t in self._threads:
             t.start()
         return self
@@ -161,14 +166,15 @@ class BatchingSUT:
                 while not self._pending and not self._stopping and in_flight is None:
                     self._cond.wait()
                 batch = self._take_batch() if self._pending else None
+                waiting = len(self._pending)
             if batch is None and in_flight is None:
                 return  # stopping, and nothing left
-            launched = self._launch(batch) if batch is not None else None
+            launched = self._launch(batch, waiting) if batch is not None else None
             if in_flight is not None:
                 self._complete(*in_flight)
             in_flight = launched
 
-    def _launch(self, batch: list[tuple[int, int]]):
+    def _launch(self, batch: list[tuple[int, int]], waiting: int = 0):
         ids = [self.qsl.input_ids[index] for _, index in batch]
         types = [self.qsl.token_type_ids[index] for _, index in batch]
         start = time.perf_counter()
@@ -177,9 +183,10 @@ class BatchingSUT:
             pending = submit(ids, types) if submit is not None else _Ready(self.backend.run(ids, types))
         except BaseException as exc:  # noqa: BLE001 - LoadGen would wait forever for these samples
             pending = _Failed(exc)
-        return batch, [len(x) for x in ids], pending, start
+        return batch, [len(x) for x in ids], pending, start, waiting
 
-    def _complete(self, batch: list[tuple[int, int]], lengths: list[int], pending, start: float) -> None:
+    def _complete(self, batch: list[tuple[int, int]], lengths: list[int], pending, start: float,
+                  waiting: int = 0) -> None:
         import mlperf_loadgen as lg
 
         try:
@@ -207,6 +214,7 @@ class BatchingSUT:
         del parts, logits
         self.batches += 1
         self.samples += len(batch)
+        self.trace.append((round(start - self._t0, 6), round(done - self._t0, 6), len(batch), sum(lengths), waiting))
 
 
 class _Ready:

@@ -57,6 +57,6 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, *, out: torch.Tensor | None =
     block_i = min(next_pow2(width), 1024)
     block_t = max(1, 4096 // block_i)
     grid = (cdiv(n_tokens, block_t), cdiv(width, block_i))
-    jit(_bias_gelu_kernel)[grid](out, x, bias, n_tokens, width, out.stride(0), x.stride(0),
+    jit(_bias_gelu_kernel, per_request=("n_tokens",))[grid](out, x, bias, n_tokens, width, out.stride(0), x.stride(0),
                                  BLOCK_T=block_t, BLOCK_I=block_i, num_warps=num_warps_for(block_t * block_i))
     return out

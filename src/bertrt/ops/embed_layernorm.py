@@ -87,7 +87,7 @@ def embed_layernorm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, posit
     block_h = next_pow2(hidden)
     block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
     grid = (cdiv(n_tokens, block_t),)
-    jit(_embed_layernorm_kernel)[grid](
+    jit(_embed_layernorm_kernel, per_request=("n_tokens",))[grid](
         out, input_ids, token_type_ids, position_ids, word, position, token_type, gamma, beta,
         n_tokens, hidden, out.stride(0), word.stride(0), position.stride(0), token_type.stride(0), eps,
         BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))

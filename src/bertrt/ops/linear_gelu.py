@@ -65,6 +65,9 @@ def _add_bias_gelu_impl(acc, bias_ptr, n0, N, BLOCK_N: tl.constexpr, APPLY_GELU:
     return acc
 
 
+_EPILOGUE = {"_add_bias_gelu": _add_bias_gelu_impl}  # bound by jit() for both kernels
+
+
 def _linear_bias_gelu_kernel(
     out_ptr, x_ptr, w_ptr, bias_ptr, M, N, K, x_stride, w_stride, out_stride,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -188,7 +191,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
 
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
         programs = min(sms * cfg.programs_per_sm, cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
-        jit(_linear_bias_gelu_tma_kernel, helpers={"_add_bias_gelu": _add_bias_gelu_impl})[(programs,)](
+        jit(_linear_bias_gelu_tma_kernel, helpers=_EPILOGUE, per_request=("M",))[(programs,)](
             TensorDescriptor.from_tensor(x, [cfg.block_m, cfg.block_k]),
             TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k]),
             TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n // cfg.epilogue_split]), bias, m, n, k,
@@ -198,7 +201,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
         return
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
     # fp32 inputs: full fp32 products, like F.linear without TF32 (fp16/bf16 take their tensor-core MMA).
-    jit(_linear_bias_gelu_kernel, helpers={"_add_bias_gelu": _add_bias_gelu_impl})[grid](
+    jit(_linear_bias_gelu_kernel, helpers=_EPILOGUE, per_request=("M",))[grid](
         out, x, weight, bias, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         EVEN_K=k % cfg.block_k == 0, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",

@@ -141,7 +141,7 @@ def linear_splitk(x: torch.Tensor, weight: torch.Tensor, splits: int, *, config:
         return out
     x, weight = rows_contiguous(x), rows_contiguous(weight)
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n), splits)
-    jit(_linear_splitk_kernel)[grid](
+    jit(_linear_splitk_kernel, per_request=("M",))[grid](
         out, x, weight, m, n, k, k_per_split(k, splits, cfg.block_k), x.stride(0), weight.stride(0),
         out.stride(0), out.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,

@@ -72,7 +72,7 @@ def qa_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
         return out
     block_h = min(next_pow2(width), 256)
     block_t = 16
-    jit(_qa_head_kernel)[(cdiv(n_tokens, block_t),)](
+    jit(_qa_head_kernel, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
         out, hidden, weight, bias, n_tokens, width, hidden.stride(0), weight.stride(0),
         BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))
     return out

@@ -91,7 +91,7 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         return out
     block_h = next_pow2(hidden)
     block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
-    jit(_bias_residual_layernorm_kernel)[(cdiv(n_tokens, block_t),)](
+    jit(_bias_residual_layernorm_kernel, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
         out, x, bias, residual, gamma, beta,
         n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0), eps,
         BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1,

@@ -55,6 +55,23 @@ def ensure_loadgen(wheels: Path) -> str:
     return version("mlcommons-loadgen")
 
 
+def watch_compiles(start: float) -> list:
+    """Every Triton compile (or disk-cache load) from now on: [seconds since start, kernel]. A
+    compile inside a timed run is a latency spike; this names the kernel."""
+    compiles: list = []
+    try:
+        from triton import knobs
+    except ImportError:
+        return compiles
+
+    def hook(*args, **kwargs):
+        compiles.append([round(time.monotonic() - start, 3), str(kwargs.get("repr", args[:1]))[:300]])
+        return False  # go on and compile
+
+    knobs.runtime.jit_cache_hook = hook
+    return compiles
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine", required=True, help="engine folder (random BERT-Large fp16 for speed)")
@@ -94,6 +111,7 @@ def main() -> int:
     base = HarnessOptions(data=Path(args.data), engine=Path(args.engine), device="cuda",
                           vocab=Path(args.vocab) if args.vocab else None)
     skip = set(filter(None, args.skip.split(",")))
+    compiles = watch_compiles(start)
     results, reports = [], []
     prepared: dict[str, tuple] = {}
 
@@ -109,8 +127,10 @@ def main() -> int:
         try:
             if key not in prepared:
                 prepared[key] = prepare(options)
+            run_started = time.monotonic() - start  # the SUT's batch trace counts from about here
             report = run_test(options, *prepared[key])
             report["step"] = name
+            report["run_started_s"] = round(run_started, 3)
             report["wall_s"] = round(time.monotonic() - t0, 1)
             report["summary_text"] = (options.out / "mlperf_log_summary.txt").read_text()
             if (options.out / "batches.json").is_file():  # the SUT's per-batch trace
@@ -127,7 +147,7 @@ def main() -> int:
     def save() -> None:
         (out / "loadgen_results.json").write_text(json.dumps(
             {"env": env, "durations_s": {"bertrt": args.duration, "peers": args.peer_duration},
-             "results": results}, indent=2) + "\n")
+             "results": results, "triton_compiles": compiles}, indent=2) + "\n")
         (out / "loadgen_summaries.txt").write_text("".join(
             f"##### {r['step']} ({r['backend']}, {r['scenario']}, {r['mode']})\n{r['summary_text']}\n"
             for r in reports))

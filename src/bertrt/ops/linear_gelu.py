@@ -114,14 +114,16 @@ def _linear_bias_gelu_kernel(
 def _linear_bias_gelu_tma_kernel(
     x_desc, w_desc, out_desc, bias_ptr, M, N, K,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    NUM_PROGRAMS: tl.constexpr, APPLY_GELU: tl.constexpr, EPILOGUE_SPLIT: tl.constexpr,
+    APPLY_GELU: tl.constexpr, EPILOGUE_SPLIT: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
 ):
-    # Persistent: program p computes tiles p, p + NUM_PROGRAMS, ... in the same grouped order as
+    # Persistent: program p computes tiles p, p + programs, ... in the same grouped order as
     # above. Descriptor loads past the edges read zeros and stores past them are dropped, so no masks.
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * tiles_n
-    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, NUM_PROGRAMS, flatten=True,
+    # The grid is min(SMs, tiles): read at run time, not a constexpr, which would compile the kernel
+    # again for every tile count below the SM count (small models, small batches).
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=True,
                          warp_specialize=WARP_SPECIALIZE):
         first_m = (tile // per_group) * GROUP_M
         group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
@@ -196,7 +198,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
             TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k]),
             TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n // cfg.epilogue_split]), bias, m, n, k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            NUM_PROGRAMS=programs, APPLY_GELU=gelu, EPILOGUE_SPLIT=cfg.epilogue_split,
+            APPLY_GELU=gelu, EPILOGUE_SPLIT=cfg.epilogue_split,
             WARP_SPECIALIZE=cfg.warp_specialize, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)

@@ -4,10 +4,13 @@ Large batches run outside CUDA graphs, so each token count reaches the kernels a
 argument; Triton would compile again for values that are 1 or multiples of 16 unless the kernel
 marks them ``per_request`` (see ``bertrt.ops._triton.jit``)."""
 
+import itertools
+
 import pytest
 import torch
 
 from bertrt.ops.bias_gelu import bias_gelu
+from bertrt.ops.attention_triton import varlen_attention_triton
 from bertrt.ops.embed_layernorm import embed_layernorm
 from bertrt.ops.linear_gelu import linear_bias_gelu
 from bertrt.ops.qa_head import qa_head
@@ -32,6 +35,13 @@ def _ops(tokens: int):
     embed_layernorm(ids, zeros, zeros, rand(100, HIDDEN), rand(8, HIDDEN), rand(2, HIDDEN),
                     rand(HIDDEN), rand(HIDDEN), 1e-12)
     qa_head(x, rand(2, HIDDEN), rand(2))
+    # Attention on as many sequences as the count allows, from 3 to 100 (the tiling depends on the
+    # token count only, and all these counts share one).
+    sequences = 3 + tokens % 98
+    lengths = [tokens // sequences] * (sequences - 1) + [tokens - (tokens // sequences) * (sequences - 1)]
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+    q, k, v = rand(tokens, 3, 16, 64).unbind(1)
+    varlen_attention_triton(q, k, v, cu, max(lengths))
     torch.cuda.synchronize()
 
 

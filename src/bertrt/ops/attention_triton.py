@@ -144,7 +144,10 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         out, q, k, v, cu_seqlens.to(q.device, torch.int32), batch, scale * _LOG2E, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), 16),
+        # At least 128 sequence slots: a width per batch size would compile again for each power of
+        # two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in); CUDA graphs
+        # of 129 slots take 256.
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), 128),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -39,7 +39,10 @@ def _ops(tokens: int):
     # token count only, and all these counts share one).
     sequences = 3 + tokens % 98
     lengths = [tokens // sequences] * (sequences - 1) + [tokens - (tokens // sequences) * (sequences - 1)]
-    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+    # cu_seqlens at an offset that follows the count, as in a staging buffer after the batch's ids
+    # (16-byte aligned or not).
+    staged = torch.tensor([0] * (tokens % 4) + [0, *itertools.accumulate(lengths)], dtype=torch.int32, device="cuda")
+    cu = staged[tokens % 4:]
     q, k, v = rand(tokens, 3, 16, 64).unbind(1)
     varlen_attention_triton(q, k, v, cu, max(lengths))
     torch.cuda.synchronize()

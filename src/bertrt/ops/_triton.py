@@ -88,8 +88,10 @@ def jit(fn: Callable, helpers: dict[str, Callable] | None = None, *, per_request
 
     ``helpers``: name -> plain function for the device functions fn calls; each is jitted for the
     same mode and bound under that name in fn's module, where Triton looks it up when compiling fn.
-    ``per_request``: integer arguments that change with every batch (token and sequence counts).
-    Triton would otherwise compile a kernel again when such a value is 1 or a multiple of 16;
+    ``per_request``: arguments that change with every batch: token and sequence counts, and
+    pointers into staging buffers whose 16-byte alignment depends on the batch (cu_seqlens after a
+    batch's ids). Triton would otherwise compile a kernel again when such a value is 1 or a multiple
+    of 16, or such a pointer 16-byte aligned;
     outside CUDA graphs (large batches run eagerly) that compile lands in a request's latency: a
     LoadGen Server batch on an H100 took 510 ms instead of ~20 when the fused GEMM met its first
     token count divisible by 16. Kernels use these values only in masks and loop bounds."""

@@ -140,7 +140,7 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     # block per sequence (programs past the last block exit at once; short sequences may loop).
     full = cdiv(total, cfg.block_m)
     grid = (full + min(batch, full), heads)
-    jit(_varlen_attention_kernel, per_request=("num_seqs",))[grid](
+    jit(_varlen_attention_kernel, per_request=("num_seqs", "cu_seqlens_ptr"))[grid](
         out, q, k, v, cu_seqlens.to(q.device, torch.int32), batch, scale * _LOG2E, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from bertrt.harness.loadgen.report import format_table, parse_summary  # noqa: E
 from bertrt.harness.loadgen.runner import prepare, run_test  # noqa: E402
 
 LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json")
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 COUNT = 16  # samples: the first 16 features of article 0
 
 
@@ -104,10 +106,10 @@ def test_server_and_multistream(tmp_path, qa_model, squad_dev, reference):
     assert multi["batches"] >= 2 and multi["samples_completed"] == 8 * multi["batches"]
 
 
-def _accuracy_cli(out: Path, backend: str, model: Path, data: Path, count: int = COUNT) -> int:
+def _accuracy_cli(out: Path, backend: str, model: Path, data: Path, count: int = COUNT, *extra: str) -> int:
     return cli.main(["loadgen", "--mode", "accuracy", "--backend", backend, "--model", str(model),
                      "--data", str(data), "--articles", "0:2", "--count", str(count), "--device", "cpu",
-                     "--out", str(out)])
+                     "--out", str(out), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +118,18 @@ def accuracy_runs(tmp_path_factory, qa_model, squad_dev):
     outs = {}
     for backend in ("bertrt", "pytorch"):
         out = tmp_path_factory.mktemp(f"acc-{backend}")
-        assert _accuracy_cli(out, backend, qa_model, squad_dev) == 0
+        plot = ("--plot", str(out / "batches.png")) if backend == "bertrt" and HAS_MATPLOTLIB else ()
+        assert _accuracy_cli(out, backend, qa_model, squad_dev, COUNT, *plot) == 0
         outs[backend] = out
     return outs
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib (the plot extra) is not installed")
+def test_cli_plots_the_batch_trace(accuracy_runs):
+    out = accuracy_runs["bertrt"]
+    assert (out / "batches.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = json.loads((out / "batches.json").read_text())["rows"]
+    assert sum(row[2] for row in rows) == COUNT  # every sample in exactly one batch
 
 
 def test_accuracy_mode_scores_with_our_metric(accuracy_runs, capsys):

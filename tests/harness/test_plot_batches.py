@@ -4,18 +4,28 @@ from pathlib import Path
 
 import pytest
 
+from bertrt.harness.loadgen.trace import COLUMNS, plot_batches, read_batches, write_batches
+
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "plot_batches.py"
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_plots_batch_traces(tmp_path, capsys):
+def test_trace_round_trips(tmp_path):
+    rows = [[0.01 * i, 0.01 * i + 0.02, 4, 700 + i, 3] for i in range(5)]
+    write_batches(tmp_path / "batches.json", rows)
+    got = read_batches(tmp_path / "batches.json")
+    assert [list(r.values()) for r in got] == rows and list(got[0]) == list(COLUMNS)
+
+
+def test_plots_several_traces(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    rows = [[0.01 * i, 0.01 * i + 0.02, 4, 700 + i, 0] for i in range(50)]
-    trace = tmp_path / "batches.json"
-    trace.write_text(json.dumps({"columns": ["launched_s", "done_s", "samples", "tokens", "pending_at_launch"],
-                                 "rows": rows}))
+    rows = [[0.01 * i, 0.01 * i + (0.5 if i == 20 else 0.02), 4, 700 + i, 0] for i in range(50)]
+    write_batches(tmp_path / "batches.json", rows)
+    assert plot_batches([("one", read_batches(tmp_path / "batches.json")), ("empty", [])],
+                        tmp_path / "a.png").read_bytes()[:8] == PNG
     main = runpy.run_path(str(SCRIPT))["main"]
-    out = tmp_path / "plot.png"
-    assert main(["plot_batches.py", str(out), f"a run={trace}", f"again={trace}"]) == 0
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["plot_batches.py", str(out)]) == 2  # no trace: usage on stderr
+    trace = tmp_path / "batches.json"
+    assert main(["plot_batches.py", str(tmp_path / "b.png"), f"a run={trace}", f"again={trace}"]) == 0
+    assert (tmp_path / "b.png").read_bytes()[:8] == PNG
+    assert main(["plot_batches.py", str(tmp_path / "c.png")]) == 2  # no trace: usage on stderr
     assert "LABEL=" in capsys.readouterr().err

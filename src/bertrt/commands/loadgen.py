@@ -15,13 +15,14 @@ def register(subparsers) -> None:
         description="Drive MLPerf LoadGen (mlcommons-loadgen) against a bertrt, PyTorch or onnxruntime "
                     "system under test. Samples are the 10,833 SQuAD v1.1 dev features (384/128/64), "
                     "tokenised before the timed run. LoadGen's own logs (mlperf_log_summary.txt, "
-                    "mlperf_log_detail.txt, mlperf_log_accuracy.json), report.json and, in accuracy "
-                    "mode, accuracy.json land in --out. Settings: LoadGen's built-in mlperf.conf for "
+                    "mlperf_log_detail.txt, mlperf_log_accuracy.json), report.json, batches.json "
+                    "(one row per batch) and, in accuracy mode, accuracy.json land in --out. Settings: LoadGen's built-in mlperf.conf for "
                     "bert, then --user-conf, then the flags given here.",
         epilog="examples:\n"
                "  bertrt loadgen --scenario Offline --engine eng/ --data dev-v1.1.json --target-qps 5000 "
                "--min-duration 60\n"
-               "  bertrt loadgen --scenario Server --engine eng/ --target-qps 4500 --target-latency-ms 130\n"
+               "  bertrt loadgen --scenario Server --engine eng/ --target-qps 4500 --target-latency-ms 130 "
+               "--plot server.png\n"
                "  bertrt loadgen --mode accuracy --backend pytorch --data dev-v1.1.json --count 200",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default Offline)")
@@ -56,6 +57,9 @@ def register(subparsers) -> None:
                         "Offline, 32768 Server, 8192 otherwise)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--out", default="loadgen-out", metavar="DIR", help="output folder (default ./loadgen-out)")
+    p.add_argument("--plot", metavar="FILE",
+                   help="also plot each batch's service time over the run (from --out's batches.json) "
+                        "here; a stall shows as one slow batch; needs matplotlib")
     p.set_defaults(func=run)
 
 
@@ -74,12 +78,23 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from bertrt.cli import UserError
     from bertrt.harness.loadgen.report import format_table
     from bertrt.harness.loadgen.runner import run as run_harness
 
     options = options_from_args(args)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib (pip install 'bertrt[plot]')") from None
     report = run_harness(options, progress=True)
     print(format_table([report]))
+    if args.plot:
+        from bertrt.harness.loadgen.trace import TRACE_FILE, plot_batches, read_batches
+
+        label = f"{report['scenario']} {report['mode']}, {report['backend']}"
+        print(f"batch plot: {plot_batches([(label, read_batches(options.out / TRACE_FILE))], args.plot)}")
     if "accuracy" in report:
         acc = report["accuracy"]
         print(json.dumps({"f1": round(acc["f1"], 3), "exact_match": round(acc["exact_match"], 3),

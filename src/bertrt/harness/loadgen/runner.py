@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bertrt.cli import UserError
+from bertrt.harness.loadgen.trace import TRACE_FILE, write_batches
 from bertrt.harness.loadgen import accuracy, report as reporting
 from bertrt.harness.loadgen.backends import make_backend, require_qa_head, resolve_device
 from bertrt.harness.loadgen.qsl import SquadQSL
@@ -159,8 +160,7 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
 
     report = reporting.build_report(out, options, backend_name=backend.name, samples=len(qsl),
                                     batches=sut.batches, completed=sut.samples)
-    columns = ["launched_s", "done_s", "samples", "tokens", "pending_at_launch"]
-    (out / "batches.json").write_text(json.dumps({"columns": columns, "rows": sut.trace}) + "\n")
+    write_batches(out / TRACE_FILE, sut.trace)
     if options.mode is Mode.ACCURACY:
         scores = accuracy.score(qsl, accuracy.read_accuracy_log(out / accuracy.ACCURACY_LOG))
         predictions = scores.pop("predictions")

@@ -62,8 +62,7 @@ class BatchingSUT:
         self.error: BaseException | None = None
         self.batches = 0
         self.samples = 0
-        # One row per finished batch, for batches.json: when it was launched and came back (s since
-        # start()), its samples and tokens, and how many samples were still pending at its launch.
+        # One row per finished batch (trace.COLUMNS), written to batches.json by the runner.
         self.trace: list[tuple[float, float, int, int, int]] = []
         self._t0 = time.perf_counter()
 

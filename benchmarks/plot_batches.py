@@ -1,22 +1,37 @@
 """Plot LoadGen batch traces (the SUT's batches.json) side by side, one panel per trace:
 
     python benchmarks/plot_batches.py OUT.png LABEL=path/to/batches.json [LABEL=...]
+    python benchmarks/plot_batches.py OUT.png LABEL=loadgen_results.json#bertrt_server
 
-(`bertrt loadgen --plot FILE` plots the run it makes.)
+The second form reads a step's trace from device_loadgen.py's results file. (`bertrt loadgen
+--plot FILE` plots the run it makes.)
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from bertrt.harness.loadgen.trace import plot_batches, read_batches
+
+
+def _rows(path: str) -> list[dict]:
+    if "#" not in path:
+        return read_batches(path)
+    results, step = path.split("#", 1)
+    found = [r for r in json.loads(Path(results).read_text())["results"] if r.get("step") == step]
+    if not found or "batch_trace" not in found[0]:
+        raise SystemExit(f"{results}: no batch trace for step {step!r}")
+    trace = found[0]["batch_trace"]
+    return [dict(zip(trace["columns"], row)) for row in trace["rows"]]
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or any("=" not in a for a in argv[2:]):
         print(__doc__, file=sys.stderr)
         return 2
-    traces = [(label, read_batches(path)) for label, path in (a.split("=", 1) for a in argv[2:])]
+    traces = [(label, _rows(path)) for label, path in (a.split("=", 1) for a in argv[2:])]
     print(f"wrote {plot_batches(traces, argv[1])}")
     return 0
 

@@ -27,5 +27,11 @@ def test_plots_several_traces(tmp_path, capsys):
     trace = tmp_path / "batches.json"
     assert main(["plot_batches.py", str(tmp_path / "b.png"), f"a run={trace}", f"again={trace}"]) == 0
     assert (tmp_path / "b.png").read_bytes()[:8] == PNG
+    results = tmp_path / "loadgen_results.json"  # device_loadgen.py's file, traces inside
+    results.write_text(json.dumps({"results": [{"step": "bertrt_server", "batch_trace": json.loads(trace.read_text())}]}))
+    assert main(["plot_batches.py", str(tmp_path / "d.png"), f"server={results}#bertrt_server"]) == 0
+    assert (tmp_path / "d.png").read_bytes()[:8] == PNG
+    with pytest.raises(SystemExit, match="no batch trace"):
+        main(["plot_batches.py", str(tmp_path / "e.png"), f"x={results}#bertrt_offline"])
     assert main(["plot_batches.py", str(tmp_path / "c.png")]) == 2  # no trace: usage on stderr
     assert "LABEL=" in capsys.readouterr().err

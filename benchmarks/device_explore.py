@@ -145,8 +145,9 @@ GEMM_SHAPES = {"qkv": (3 * HIDDEN, HIDDEN), "out": (HIDDEN, HIDDEN), "ffn_in_gel
 
 
 def gemm_configs():
-    """Pointer and TMA tilings (session 2), and TMA variants of the fused up-projection's epilogue
-    (session 4): split epilogue (``_e2``), warp specialization (``_ws``), two programs per SM (``_p2``)."""
+    """Pointer and TMA tilings (session 2), and TMA variants for the fused up-projection (session 4:
+    two programs per SM, ``_p2``). Session 4 also timed a split epilogue and warp specialization
+    (explore_h100_s4.json); neither won, and the kernel no longer has them."""
     from bertrt.ops.linear_gelu import GemmConfig
 
     out = {}
@@ -159,16 +160,12 @@ def gemm_configs():
                                        (128, 256, 64, 8, 4, True)]:
             out[f"{'tma_' if tma else ''}{bm}x{bn}x{bk}_w{w}_s{st}"] = GemmConfig(bm, bn, bk, 8, w, st, tma)
         return out
-    # Session 4, exact erf: 128x128 w8 s4 best to 12k tokens, 128x256 w8 s3 e2 at 49k; the others
-    # (two programs per SM, 256x128, 4-stage 128x256) lost everywhere.
-    for bm, bn, w, st, split, ws, per_sm in [
-            (128, 128, 8, 4, 1, False, 1), (128, 128, 8, 4, 2, False, 1), (128, 128, 8, 4, 1, True, 1),
-            (128, 256, 8, 3, 1, False, 1), (128, 256, 8, 3, 2, False, 1), (128, 256, 8, 3, 2, True, 1),
-            (128, 128, 8, 3, 1, False, 1), (128, 64, 4, 4, 1, False, 1)]:
-        name = f"tma_{bm}x{bn}x64_w{w}_s{st}" + ("_e2" if split == 2 else "") + ("_ws" if ws else "") + (
-            "_p2" if per_sm == 2 else "")
-        out[name] = GemmConfig(bm, bn, 64, 8, w, st, True, programs_per_sm=per_sm, epilogue_split=split,
-                               warp_specialize=ws)
+    # Session 4: 128x128 w8 s4 best up to ~2k tokens, 128x256 w8 s3 above; two programs per SM,
+    # 256x128 and 4-stage 128x256 lost everywhere.
+    for bm, bn, w, st, per_sm in [(128, 128, 8, 4, 1), (128, 256, 8, 3, 1), (128, 128, 8, 3, 1),
+                                  (128, 64, 4, 4, 1), (128, 128, 4, 2, 2)]:
+        name = f"tma_{bm}x{bn}x64_w{w}_s{st}" + ("_p2" if per_sm == 2 else "")
+        out[name] = GemmConfig(bm, bn, 64, 8, w, st, True, programs_per_sm=per_sm)
     return out
 
 

@@ -17,8 +17,8 @@ def register(subparsers) -> None:
                     "request shapes never need a rebuild. A GPU build also times the alternative kernels (attention: "
                     "bertrt's Triton kernel or PyTorch's; FFN up-projection: cuBLAS + GELU or a fused Triton GEMM; "
                     "attention output and FFN down projections up to 384 tokens: cuBLAS or split-K) at "
-                    "a few token counts and records the faster in engine.json. BERT-Large on an H100: 28.5 s "
-                    "the first time (Triton compiles the candidates), 9.7 s once its kernel cache is warm.",
+                    "a few token counts and records the faster in engine.json. BERT-Large on an H100: about "
+                    "16 s on a fresh machine (Triton compiles the candidates), less with a warm kernel cache.",
         epilog="examples:\n  bertrt build --model bert-large-squad/ --out engines/large-fp16\n"
                "  bertrt build --random large --out /tmp/large   # random weights, for speed runs",
         formatter_class=argparse.RawDescriptionHelpFormatter)

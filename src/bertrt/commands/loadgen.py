@@ -16,8 +16,8 @@ def register(subparsers) -> None:
                     "system under test. Samples are the 10,833 SQuAD v1.1 dev features (384/128/64), "
                     "tokenised before the timed run. LoadGen's own logs (mlperf_log_summary.txt, "
                     "mlperf_log_detail.txt, mlperf_log_accuracy.json), report.json, batches.json "
-                    "(one row per batch) and, in accuracy mode, accuracy.json land in --out. Settings: LoadGen's built-in mlperf.conf for "
-                    "bert, then --user-conf, then the flags given here.",
+                    "(one row per batch) and, in accuracy mode, accuracy.json land in --out. Settings: "
+                    "LoadGen's built-in mlperf.conf for bert, then --user-conf, then the flags given here.",
         epilog="examples:\n"
                "  bertrt loadgen --scenario Offline --engine eng/ --data dev-v1.1.json --target-qps 5000 "
                "--min-duration 60\n"

@@ -31,9 +31,10 @@ DEFAULT_MAX_SEQ_LENGTH = 384
 TUNE_TOKENS = (128, 384, 1024, 1536, 3072, 12288, 49152)
 # The fused up-projection (linear_bias_gelu) is timed against cuBLAS + bias_gelu at every count.
 # Session 2 offered it up to 1,024 tokens only, after a LoadGen Server run went INVALID when builds
-# picked it at 1.5k-12k tokens; session 3 traced that to Triton compiling inside the timed run (fixed
-# by the harness's mixed warm-up), and session 4's cheaper erf made it 15-20% faster than cuBLAS +
-# bias_gelu from 1.5k tokens on (benchmarks/results/explore_h100_s4.json).
+# picked it at 1.5k-12k tokens. That was Triton compiling inside the timed run (fixed by the
+# harness's mixed warm-up and by kernels not specializing on token counts, loadgen_h100_s4/), and
+# session 4's cheaper erf made it 15-20% faster than cuBLAS + bias_gelu from 1.5k tokens on
+# (benchmarks/results/explore_h100_s4.json).
 # Split-K for the projections back to hidden width (N=1024 for BERT-Large) is offered up to this
 # many tokens only. On an H100 (benchmarks/results/splitk_h100.json) it won only where cuBLAS has
 # very few tiles: the FFN down-projection at 128 tokens (8.7 us against 10.2, with the LayerNorm);

@@ -42,11 +42,6 @@ class GemmConfig:
     # Persistent programs per SM (TMA only): with two, one program's epilogue (the erf GELU is
     # costly next to a K=1024 main loop) can overlap the other's loads and MMAs.
     programs_per_sm: int = 1
-    # TMA only: the epilogue (bias, GELU, store) in this many column slices of the tile, so fewer
-    # fp32 values are live at once next to the erf; and Triton's warp specialization of the tile
-    # loop (producer warps load while consumer warps multiply and run the epilogue).
-    epilogue_split: int = 1
-    warp_specialize: bool = False
 
 
 _JITTED: dict[tuple[Callable, bool], Any] = {}
@@ -90,11 +85,11 @@ def jit(fn: Callable, helpers: dict[str, Callable] | None = None, *, per_request
     same mode and bound under that name in fn's module, where Triton looks it up when compiling fn.
     ``per_request``: arguments that change with every batch: token and sequence counts, and
     pointers into staging buffers whose 16-byte alignment depends on the batch (cu_seqlens after a
-    batch's ids). Triton would otherwise compile a kernel again when such a value is 1 or a multiple
-    of 16, or such a pointer 16-byte aligned;
-    outside CUDA graphs (large batches run eagerly) that compile lands in a request's latency: a
-    LoadGen Server batch on an H100 took 510 ms instead of ~20 when the fused GEMM met its first
-    token count divisible by 16. Kernels use these values only in masks and loop bounds."""
+    batch's ids). Triton would otherwise compile a kernel again when such a value is 1 or a
+    multiple of 16, or such a pointer 16-byte aligned. Outside CUDA graphs (large batches run
+    eagerly) that compile lands in a request's latency: a LoadGen Server batch on an H100 took
+    510 ms instead of ~20 when the fused GEMM met its first token count divisible by 16. Kernels
+    use these values only in masks, loop bounds and scalar loads."""
     interpret = interpret_requested()
     key = (fn, interpret)
     for name, helper in (helpers or {}).items():

@@ -25,6 +25,8 @@ _add_bias_gelu = None  # the kernels' jitted epilogue (_add_bias_gelu_impl), bou
 # N=4096, fp16, against cuBLAS + the bias_gelu kernel): up to ~1k tokens 64 x 64 tiles fill the 132
 # SMs; to ~2k a persistent 128 x 128 TMA kernel (1,536 tokens: 27.8 us against 31.2); beyond, 128 x 256
 # TMA tiles (3,072: 50.1 against 61.2; 49,152: 750 against 903, 550 TFLOP/s with the epilogue).
+# Splitting the epilogue in two column halves and Triton 3.6's warp specialization did not beat
+# these (same file).
 # Without TMA (pre-Hopper, the interpreter, unaligned rows) the same tiles through pointers.
 SMALL_M = GemmConfig(64, 64, 64, group_m=8, num_warps=4, num_stages=4)
 MEDIUM_M = GemmConfig(128, 128, 64, group_m=8, num_warps=8, num_stages=4, tma=True)
@@ -114,8 +116,7 @@ def _linear_bias_gelu_kernel(
 def _linear_bias_gelu_tma_kernel(
     x_desc, w_desc, out_desc, bias_ptr, M, N, K,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    APPLY_GELU: tl.constexpr, EPILOGUE_SPLIT: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
+    APPLY_GELU: tl.constexpr,
 ):
     # Persistent: program p computes tiles p, p + programs, ... in the same grouped order as
     # above. Descriptor loads past the edges read zeros and stores past them are dropped, so no masks.
@@ -123,8 +124,7 @@ def _linear_bias_gelu_tma_kernel(
     per_group = GROUP_M * tiles_n
     # The grid is min(SMs, tiles): read at run time, not a constexpr, which would compile the kernel
     # again for every tile count below the SM count (small models, small batches).
-    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=True,
-                         warp_specialize=WARP_SPECIALIZE):
+    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=True):
         first_m = (tile // per_group) * GROUP_M
         group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
         m0 = (first_m + (tile % per_group) % group_rows) * BLOCK_M
@@ -134,15 +134,8 @@ def _linear_bias_gelu_tma_kernel(
             a = x_desc.load([m0, k * BLOCK_K])
             b = w_desc.load([n0, k * BLOCK_K])
             acc = tl.dot(a, b.T, acc)
-        if EPILOGUE_SPLIT == 2:  # two (BLOCK_M, BLOCK_N / 2) halves, one after the other
-            left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-            left = _add_bias_gelu(left, bias_ptr, n0, N, BLOCK_N // 2, APPLY_GELU)
-            out_desc.store([m0, n0], left.to(out_desc.dtype))
-            right = _add_bias_gelu(right, bias_ptr, n0 + BLOCK_N // 2, N, BLOCK_N // 2, APPLY_GELU)
-            out_desc.store([m0, n0 + BLOCK_N // 2], right.to(out_desc.dtype))
-        else:
-            acc = _add_bias_gelu(acc, bias_ptr, n0, N, BLOCK_N, APPLY_GELU)
-            out_desc.store([m0, n0], acc.to(out_desc.dtype))
+        acc = _add_bias_gelu(acc, bias_ptr, n0, N, BLOCK_N, APPLY_GELU)
+        out_desc.store([m0, n0], acc.to(out_desc.dtype))
 
 
 def linear_bias_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
@@ -196,10 +189,9 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
         jit(_linear_bias_gelu_tma_kernel, helpers=_EPILOGUE, per_request=("M",))[(programs,)](
             TensorDescriptor.from_tensor(x, [cfg.block_m, cfg.block_k]),
             TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k]),
-            TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n // cfg.epilogue_split]), bias, m, n, k,
+            TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n]), bias, m, n, k,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-            APPLY_GELU=gelu, EPILOGUE_SPLIT=cfg.epilogue_split,
-            WARP_SPECIALIZE=cfg.warp_specialize, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            APPLY_GELU=gelu, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
     # fp32 inputs: full fp32 products, like F.linear without TF32 (fp16/bf16 take their tensor-core MMA).

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from bertrt.cli import UserError
-from bertrt.harness.loadgen.trace import TRACE_FILE, write_batches
 from bertrt.harness.loadgen import accuracy, report as reporting
 from bertrt.harness.loadgen.backends import make_backend, require_qa_head, resolve_device
 from bertrt.harness.loadgen.qsl import SquadQSL
 from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, log_settings, loadgen_settings
 from bertrt.harness.loadgen.sut import BatchingSUT
+from bertrt.harness.loadgen.trace import TRACE_FILE, write_batches
 
 
 def require_loadgen():
@@ -99,10 +99,11 @@ def warm_up(backend, qsl: SquadQSL, max_batch_tokens: int, *, full_batch: bool, 
     first, then ``mixed_batches`` batches of random samples at each of three budgets, so first-call
     costs (kernel compiles, CUDA graph captures, allocator growth) fall outside LoadGen's timing.
 
-    The mixed batches matter: Triton compiles a kernel again for integer arguments that are or are
-    not multiples of 16 (token counts, longest sequence), and Server batches hit every such variant.
-    Without them the first Server run on a fresh H100 compiled during the timed run and fell
-    seconds behind (p50 2.4 s at 3,500 samples/s)."""
+    The mixed batches matter: a kernel's tiling depends on the token count (``config_for``,
+    ``attention_config_for``), and each tiling compiles on first use. Without them the first Server
+    run on a fresh H100 compiled during the timed run and fell seconds behind (p50 2.4 s at 3,500
+    samples/s). Token counts themselves no longer cause compiles (``ops._triton.jit``'s
+    ``per_request``)."""
     order = np.argsort(-qsl.lengths, kind="stable")
     backend.run([qsl.input_ids[order[0]]], [qsl.token_type_ids[order[0]]])
     if not full_batch:

@@ -18,9 +18,9 @@ class PackedBatch:
     """Token inputs of B sequences laid end to end.
 
     Args:
-        input_ids: (total_tokens,) int64 WordPiece ids.
-        token_type_ids: (total_tokens,) int64 segment ids (0 question/first, 1 passage/second).
-        position_ids: (total_tokens,) int64 position of each token inside its sequence.
+        input_ids: (total_tokens,) int64 (or int32) WordPiece ids.
+        token_type_ids: (total_tokens,) int64 (or int32) segment ids (0 question/first, 1 passage/second).
+        position_ids: (total_tokens,) int64 (or int32) position of each token inside its sequence.
         cu_seqlens: (B+1,) int32 cumulative sequence lengths, starting at 0.
         max_seqlen: length of the longest sequence.
     """

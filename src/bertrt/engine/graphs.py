@@ -1,11 +1,11 @@
 """CUDA graphs of the packed forward pass, one per token-count bucket.
 
-A graph replays fixed kernels on fixed addresses, so every input lives in one static buffer sized
-for ``max_tokens`` and each bucket's graph reads its first ``bucket`` tokens. A batch of T real
-tokens in B sequences runs in the smallest bucket >= T:
+A graph replays fixed kernels on fixed addresses, so every input lives in one static int32 buffer
+and each bucket's graph reads its own region of it: ``[ids | types | positions | cu_seqlens]``,
+``bucket`` tokens each, then ``max_batch + 2`` offsets. A batch of T real tokens in B sequences
+runs in the smallest bucket >= T:
 
-- tokens T..bucket-1 are padding: whatever an earlier batch (or the capture's zeros) left in the
-  buffers there, always valid ids, positions and types, so nothing is written for them;
+- tokens T..bucket-1 are padding: id, type and position 0;
 - ``cu_seqlens`` always has ``max_batch + 2`` entries: the B real sequences, then one sequence
   holding all the padding, then empty sequences (every later offset equals ``bucket``);
 - ``max_seqlen`` is fixed at ``max_seq_length`` when the graph is captured.
@@ -13,6 +13,12 @@ tokens in B sequences runs in the smallest bucket >= T:
 Padding tokens only attend to each other, and every other op works row by row, so the real
 tokens' results are exactly those of the eager pass. Buckets are 64 tokens apart up to 2048 and
 256 apart above, so padding stays under 256 tokens (and under ~12% of a small batch).
+
+A batch still on the host is staged in one copy: its region is filled in pinned host memory
+and copied over whole. Every extra launch before the replay is host time on the critical path of
+a single request (SingleStream); copying the batch to the device first and then into the static
+buffer took about a dozen launches (copies, dtype casts, the position ids). A batch already on
+the device takes six (zero the region, then copy its parts in).
 
 Graphs share one memory pool. That is safe because replays never overlap (a lock) and each
 replay's output is copied out before the next replay can overwrite the memory it lives in.
@@ -23,6 +29,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -32,6 +39,15 @@ from bertrt.packed import PackedBatch
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 FINE_STEP, COARSE_STEP, SWITCH = 64, 256, 2048
+
+
+class StagedInputs(NamedTuple):
+    """One bucket's int32 views of a staging buffer, in the order ``Forward`` takes them."""
+
+    input_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
 
 
 def token_buckets(max_tokens: int) -> list[int]:
@@ -60,11 +76,12 @@ class GraphRunner:
         self.device = device
         self.max_tokens, self.max_batch, self.max_seq_length = max_tokens, max_batch, max_seq_length
         self.buckets = token_buckets(max_tokens)
+        size = 3 * max_tokens + max_batch + 2
         with torch.inference_mode():
-            self.input_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
-            self.token_type_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
-            self.position_ids = torch.zeros(max_tokens, dtype=torch.long, device=device)
-            self.cu_seqlens = torch.zeros(max_batch + 2, dtype=torch.int32, device=device)
+            self._static = torch.zeros(size, dtype=torch.int32, device=device)
+            # Where host batches are laid out before their one copy (pinned: the copy is asynchronous).
+            self._host = torch.zeros(size, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self._host_free: torch.cuda.Event | None = None  # recorded after the last copy out of _host
         self.use_graphs = use_graphs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if use_graphs else None
@@ -76,18 +93,30 @@ class GraphRunner:
             raise ValueError(f"{tokens} tokens exceed max_tokens {self.max_tokens}")
         return self.buckets[bisect.bisect_left(self.buckets, tokens)]
 
+    def region_size(self, bucket: int) -> int:
+        return 3 * bucket + self.max_batch + 2
+
+    def inputs(self, bucket: int, buffer: torch.Tensor | None = None) -> StagedInputs:
+        """The views of ``buffer`` (default: the static device buffer) that ``bucket``'s graph reads."""
+        buffer = self._static if buffer is None else buffer
+        ids, types, positions, cu_seqlens = buffer[:self.region_size(bucket)].split(
+            [bucket, bucket, bucket, self.max_batch + 2])
+        return StagedInputs(ids, types, positions, cu_seqlens)
+
     def _static_call(self, bucket: int) -> torch.Tensor:
-        return self.forward(self.input_ids[:bucket], self.token_type_ids[:bucket], self.position_ids[:bucket],
-                            self.cu_seqlens, self.max_seq_length)
+        staged = self.inputs(bucket)
+        return self.forward(staged.input_ids, staged.token_type_ids, staged.position_ids, staged.cu_seqlens,
+                            self.max_seq_length)
 
     def _fill_placeholder(self, bucket: int) -> None:
         """Valid inputs for warm-up and capture: sequences of max_seq_length tokens."""
-        self.input_ids.zero_()
-        self.token_type_ids.zero_()
-        self.position_ids.zero_()
+        staged = self.inputs(bucket)
+        staged.input_ids.zero_()
+        staged.token_type_ids.zero_()
+        staged.position_ids.zero_()
         offsets = [min(i * self.max_seq_length, bucket) for i in range(self.max_batch + 2)]
         offsets[-1] = bucket
-        self.cu_seqlens.copy_(torch.tensor(offsets, dtype=torch.int32))
+        staged.cu_seqlens.copy_(torch.tensor(offsets, dtype=torch.int32))
 
     def capture(self, bucket: int) -> None:
         """Warm up (compiles the Triton kernels, picks cuBLAS algorithms) and capture one bucket."""
@@ -107,31 +136,56 @@ class GraphRunner:
                 out = self._static_call(bucket)
             self.graphs[bucket] = (graph, out)
 
-    def run(self, batch: PackedBatch) -> torch.Tensor:
-        """Forward of a batch that fits the limits (tensors on this device): (T, ...) fresh tensor."""
+    def run(self, batch: PackedBatch, *, from_host: bool | None = None) -> torch.Tensor:
+        """Forward of a batch that fits the limits: (T, ...) fresh tensor on this device.
+
+        The batch may be on the host (staged in one copy) or on this device; ``from_host`` picks
+        the staging where both are the CPU (tests), default: by where the batch is."""
         tokens, sequences = batch.total_tokens, batch.num_sequences
         if sequences > self.max_batch or batch.max_seqlen > self.max_seq_length:
             raise ValueError(f"batch of {sequences} sequences (longest {batch.max_seqlen}) exceeds the graph "
                              f"limits (max_batch {self.max_batch}, max_seq_length {self.max_seq_length})")
         bucket = self.bucket(tokens)
+        if from_host is None:
+            from_host = batch.input_ids.device.type == "cpu"
         with self._lock, torch.inference_mode():
             self.capture(bucket)
-            self._stage(batch, bucket)
+            if from_host:
+                self._stage_from_host(batch, bucket)
+            else:
+                self._stage_on_device(batch, bucket)
             if not self.use_graphs:
                 return self._static_call(bucket)[:tokens].clone()
             graph, out = self.graphs[bucket]
             graph.replay()
             return out[:tokens].clone()
 
-    def _stage(self, batch: PackedBatch, bucket: int) -> None:
-        """Copy a batch into the static buffers, padding it to ``bucket`` tokens.
-
-        The padding tokens keep what is already there (see the module docstring): they only attend
-        to each other and every other op works row by row, and not zeroing them saves three
-        launches per batch on the host's critical path at batch 1."""
+    def _stage_from_host(self, batch: PackedBatch, bucket: int) -> None:
+        """Lay a host batch out in ``bucket``'s region, padding included, and copy the region over once."""
         tokens, sequences = batch.total_tokens, batch.num_sequences
-        self.input_ids[:tokens].copy_(batch.input_ids)
-        self.token_type_ids[:tokens].copy_(batch.token_type_ids)
-        self.position_ids[:tokens].copy_(batch.position_ids)
-        self.cu_seqlens[:sequences + 1].copy_(batch.cu_seqlens)
-        self.cu_seqlens[sequences + 1:].fill_(bucket)
+        if self._host_free is not None:
+            self._host_free.synchronize()  # the previous batch's copy has read _host
+        staged = self.inputs(bucket, self._host)
+        for target, source in ((staged.input_ids, batch.input_ids), (staged.token_type_ids, batch.token_type_ids),
+                               (staged.position_ids, batch.position_ids)):
+            target[:tokens].copy_(source)
+            target[tokens:].zero_()
+        staged.cu_seqlens[:sequences + 1].copy_(batch.cu_seqlens)
+        staged.cu_seqlens[sequences + 1:].fill_(bucket)
+        size = self.region_size(bucket)
+        self._static[:size].copy_(self._host[:size], non_blocking=True)
+        if self.device.type == "cuda":
+            self._host_free = torch.cuda.Event()
+            self._host_free.record()
+
+    def _stage_on_device(self, batch: PackedBatch, bucket: int) -> None:
+        """Copy a device batch into ``bucket``'s region, zeroing it first: stale contents could be
+        invalid there (another bucket's region puts ids where this one reads types or positions)."""
+        tokens, sequences = batch.total_tokens, batch.num_sequences
+        self._static[:self.region_size(bucket)].zero_()
+        staged = self.inputs(bucket)
+        staged.input_ids[:tokens].copy_(batch.input_ids)
+        staged.token_type_ids[:tokens].copy_(batch.token_type_ids)
+        staged.position_ids[:tokens].copy_(batch.position_ids)
+        staged.cu_seqlens[:sequences + 1].copy_(batch.cu_seqlens)
+        staged.cu_seqlens[sequences + 1:].fill_(bucket)

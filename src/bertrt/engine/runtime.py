@@ -273,15 +273,13 @@ class Engine:
         if batch.max_seqlen > self.max_seq_length:
             raise ValueError(f"a sequence of {batch.max_seqlen} tokens exceeds the engine's max_seq_length "
                              f"{self.max_seq_length}; rebuild with a larger --max-seq-length")
-        if batch.input_ids.device != self.device:
-            batch = batch.to(self.device)
         outputs = [self._run_chunk(kind, part) for part in self._split(batch)]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _run_chunk(self, kind: str, batch: PackedBatch) -> torch.Tensor:
         if self.graphs and (self.graph_max_tokens is None or batch.total_tokens <= self.graph_max_tokens):
             try:
-                return self._runner(kind).run(batch)
+                return self._runner(kind).run(batch)  # host batches go over in one copy
             except torch.cuda.OutOfMemoryError:
                 raise
             except RuntimeError as exc:
@@ -290,6 +288,8 @@ class Engine:
                               RuntimeWarning, stacklevel=3)
                 self.graphs = False
                 self._runners.clear()
+        if batch.input_ids.device != self.device:
+            batch = batch.to(self.device)
         cu = batch.cu_seqlens.to(torch.int32)
         with torch.inference_mode():
             return self._forward_fn(kind)(batch.input_ids, batch.token_type_ids, batch.position_ids, cu,

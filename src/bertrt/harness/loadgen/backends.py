@@ -94,16 +94,17 @@ class PackedBackend:
         total = int(lengths.sum())
         cu = np.zeros(len(lengths) + 1, dtype=np.int32)
         np.cumsum(lengths, out=cu[1:])
-        # One host-to-device copy for ids, types and cu_seqlens (three would each pay the latency).
-        host = torch.from_numpy(np.concatenate([*input_ids, *token_type_ids, cu]))
-        # Large batches go asynchronously (pinned staging) so the next one can be prepared while
-        # this one runs; a small one is waited for at once, and plain copies are quicker for it.
         overlap = self.device.type == "cuda" and total > self.graph_max_tokens
-        flat = host.pin_memory().to(self.device, non_blocking=True) if overlap else host.to(self.device)
-        cu_seqlens = flat[2 * total:]
-        batch = PackedBatch(input_ids=flat[:total].long(), token_type_ids=flat[total:2 * total].long(),
-                            position_ids=position_ids_from_cu_seqlens(cu_seqlens, total),
-                            cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
+        if self.has_graphs and not overlap:
+            # A batch for a CUDA graph stays on the host: the engine lays it out in its graph's
+            # input region and copies that over in one go (graphs.py), no launches besides.
+            positions = np.arange(total, dtype=np.int32) - np.repeat(cu[:-1], lengths)
+            batch = PackedBatch(input_ids=torch.from_numpy(np.concatenate(input_ids)),
+                                token_type_ids=torch.from_numpy(np.concatenate(token_type_ids)),
+                                position_ids=torch.from_numpy(positions), cu_seqlens=torch.from_numpy(cu),
+                                max_seqlen=int(lengths.max()))
+        else:
+            batch = self._device_batch(input_ids, token_type_ids, cu, total, int(lengths.max()), pinned=overlap)
         with torch.inference_mode():
             logits = self.model.qa_logits(batch).float()
         if not overlap:
@@ -116,6 +117,17 @@ class PackedBackend:
 
     def run(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]) -> np.ndarray:
         return self.submit(input_ids, token_type_ids).result()
+
+    def _device_batch(self, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray], cu: np.ndarray,
+                      total: int, max_seqlen: int, *, pinned: bool) -> PackedBatch:
+        """The batch on the device in one host-to-device copy of ids, types and cu_seqlens (three
+        copies would each pay the latency); ``pinned`` makes that copy asynchronous."""
+        host = torch.from_numpy(np.concatenate([*input_ids, *token_type_ids, cu]))
+        flat = host.pin_memory().to(self.device, non_blocking=True) if pinned else host.to(self.device)
+        cu_seqlens = flat[2 * total:]
+        return PackedBatch(input_ids=flat[:total].long(), token_type_ids=flat[total:2 * total].long(),
+                           position_ids=position_ids_from_cu_seqlens(cu_seqlens, total),
+                           cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
 
 
 class _Pending:

@@ -12,7 +12,8 @@ import torch
 from bertrt.engine import Engine, EngineError, build, runtime
 from bertrt.config import BertConfig
 from bertrt.engine.build import SPLITK_MAX_TOKENS, tune_gemm_choices
-from bertrt.engine.format import OP_BACKENDS, SPLITK_BACKENDS, gemm_choice
+from bertrt.engine.format import ATTENTION_TILINGS, OP_BACKENDS, SPLITK_BACKENDS, gemm_choice, parse_gemm_choices
+from bertrt.ops.attention_triton import TILINGS as TILINGS_ATTENTION
 from bertrt.reference import ReferenceBert
 from bertrt.weights import random_checkpoint
 
@@ -131,6 +132,36 @@ def test_runtime_honours_a_recorded_triton_attention_choice(interpret, tiny_chec
     assert calls == [50] * layers
 
 
+def test_runtime_runs_a_recorded_attention_tiling(interpret, tiny_checkpoint, make_batch, monkeypatch):
+    configs = []
+    real = runtime.varlen_attention_triton
+
+    def spy(q, k, v, cu_seqlens, max_seqlen, config=None):
+        configs.append(config)
+        return real(q, k, v, cu_seqlens, max_seqlen, config=config)
+
+    monkeypatch.setattr(runtime, "varlen_attention_triton", spy)
+    choices = {"attention": {64: "triton-32x64", 256: "triton"}}
+    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
+                                    max_seq_length=64, gemm_choices=choices)
+    reference = ReferenceBert.from_checkpoint(tiny_checkpoint)
+    layers = tiny_checkpoint.config.num_hidden_layers
+    for batch, expected in ((make_batch(120, [30, 20]), TILINGS_ATTENTION["triton-32x64"]),
+                            (make_batch(120, [64, 60, 50, 7], seed=1), None)):
+        logits = engine.qa_logits(batch)
+        with torch.inference_mode():
+            assert (logits - reference.qa_logits(batch)).abs().max().item() <= 1e-4
+        assert configs == [expected] * layers
+        configs.clear()
+
+
+def test_every_attention_tiling_is_a_recordable_choice():
+    assert set(TILINGS_ATTENTION) == set(ATTENTION_TILINGS)
+    assert set(ATTENTION_TILINGS) <= set(OP_BACKENDS["attention"])
+    assert parse_gemm_choices({"attention": {"128": "triton-32x64"}}, source="t") == {
+        "attention": {128: "triton-32x64"}}
+
+
 def test_tuning_times_only_on_a_gpu(tiny_checkpoint):
     assert tune_gemm_choices(dict(tiny_checkpoint.tensors), max_tokens=256) == {}
 
@@ -143,7 +174,7 @@ def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint)
     assert list(choices) == ["ffn_in_gelu", "attn_out", "ffn_out", "attention"]
     assert all(sorted(table) == [64, 1024, 2000] for table in choices.values())
     assert set(choices["ffn_in_gelu"].values()) <= {"cublas", "triton"}  # named tilings are no longer timed
-    assert set(choices["attention"].values()) <= {"torch", "triton"}
+    assert set(choices["attention"].values()) <= {"torch", "triton", *ATTENTION_TILINGS}
     assert set(choices["attn_out"].values()) | set(choices["ffn_out"].values()) <= {"cublas", *SPLITK_BACKENDS}
 
 

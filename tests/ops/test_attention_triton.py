@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bertrt.ops.attention import varlen_attention_ref
-from bertrt.ops.attention_triton import AttentionConfig, attention_config_for, varlen_attention_triton
+from bertrt.ops.attention_triton import TILINGS, AttentionConfig, attention_config_for, varlen_attention_triton
 from bertrt.packed import cu_seqlens_from_lengths
 from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
 
@@ -47,6 +47,12 @@ def test_every_chosen_tiling_is_correct(interpret, programs):
     # Each tiling attention_config_for can pick, on lengths that cut its query and key blocks unevenly.
     config = attention_config_for(programs, 64)
     check(make_inputs([1, 130, 65, 200], 2, 64, dtype=torch.float16), torch.float16, config=config)
+
+
+@pytest.mark.parametrize("name", sorted(TILINGS))
+def test_every_named_tiling_is_correct(interpret, name):
+    # The tilings a GPU build may record instead of attention_config_for's pick.
+    check(make_inputs([1, 130, 65, 33], 2, 64, dtype=torch.float16), torch.float16, config=TILINGS[name])
 
 
 @pytest.mark.parametrize("lengths", [[5, 0, 70, 1, 0, 0], [3] * 40 + [130], [0, 64, 128, 0]],

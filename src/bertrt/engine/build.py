@@ -131,8 +131,9 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     """Time the two ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
     linear_bias_gelu), of the attention output and FFN down projections with their bias + residual +
     LayerNorm (cuBLAS against linear_splitk, up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of
-    attention (PyTorch's varlen flash against the Triton kernel), each at a few token counts; a Triton
-    kernel must first agree with the other path.
+    attention (the Triton kernel with attention_config_for's tiling against PyTorch's varlen flash
+    and the Triton kernel with each other tiling of ``attention_triton.TILINGS``), each at a few
+    token counts; a Triton kernel must first agree with the other path.
 
     Args:
         tensors: the engine's tensors, on the GPU it is built for (layer 0's ``TUNED_TENSORS`` are used).
@@ -143,11 +144,12 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     Returns:
         {"ffn_in_gelu": {token count: "cublas" | "triton"},
         "attn_out": {...: "cublas" | a name in SPLITK_BACKENDS}, "ffn_out": {...},
-        "attention": {...: "triton" | "torch"}},
+        "attention": {...: "triton" | "torch" | a name in attention_triton.TILINGS}},
         or {} when the tensors are not on CUDA.
     """
     from bertrt.ops.attention import varlen_attention
-    from bertrt.ops.attention_triton import varlen_attention_triton
+    from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
+    from bertrt.ops.attention_triton import default_config, varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
     from bertrt.ops.linear_gelu import linear_bias_gelu
 
@@ -178,9 +180,13 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                 lengths = ragged_lengths(count, max_seq_length)
                 cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=x.device)
                 seq = max(lengths)
+                default = default_config(count, num_heads, hidden // num_heads)
+                tilings = {name: lambda cfg=cfg: varlen_attention_triton(q, k, v, cu, seq, config=cfg)
+                           for name, cfg in ATTENTION_TILINGS.items() if cfg != default}
                 choices["attention"][count] = _fastest(
                     "triton", lambda: varlen_attention_triton(q, k, v, cu, seq),
-                    {"torch": lambda: varlen_attention(q, k, v, cu, seq)}, f"varlen_attention at {count} tokens")
+                    {"torch": lambda: varlen_attention(q, k, v, cu, seq), **tilings},
+                    f"varlen_attention at {count} tokens")
             del x
     return choices
 

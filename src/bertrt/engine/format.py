@@ -35,13 +35,16 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue)
 # with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling
 # (no longer timed by builds; engines that recorded it still load).
-# "attention": "triton" = bertrt.ops.attention_triton, "torch" = PyTorch's fused varlen flash kernel.
+# "attention": "triton" = bertrt.ops.attention_triton with attention_config_for's tiling, "triton-<M>x<N>"
+# = the same with that tiling (attention_triton.TILINGS), "torch" = PyTorch's fused varlen flash kernel.
 # "attn_out" / "ffn_out": the attention output and FFN down projections, each followed by its bias +
 # residual + LayerNorm kernel: "cublas" = F.linear, "splitk<S>" = linear_splitk with S slices of K,
 # whose fp32 partials that LayerNorm kernel sums (SPLITK_BACKENDS).
 # The first backend of each op is its default where nothing was recorded.
 SPLITK_BACKENDS = {"splitk2": 2, "splitk4": 4}
-OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"), "attention": ("triton", "torch"),
+ATTENTION_TILINGS = ("triton-32x64", "triton-64x64", "triton-64x128", "triton-128x64")
+OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"),
+               "attention": ("triton", "torch", *ATTENTION_TILINGS),
                "attn_out": ("cublas", *SPLITK_BACKENDS), "ffn_out": ("cublas", *SPLITK_BACKENDS)}
 GEMM_OPS = tuple(OP_BACKENDS)
 GemmChoices = dict[str, dict[int, str]]

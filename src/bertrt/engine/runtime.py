@@ -20,6 +20,7 @@ reference model's answers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ from bertrt.config import Precision
 from bertrt.engine.format import (SPLITK_BACKENDS, VOCAB_FILE, EngineError, EngineSpec, check_compute_capability,
                                   gemm_choice, read_spec, verify_weights)
 from bertrt.ops.attention import varlen_attention
+from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
 from bertrt.ops.attention_triton import varlen_attention_triton
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
@@ -227,8 +229,7 @@ class Engine:
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
         ffn_in_tiling = TILINGS.get(ffn_in)  # None: config_for's
-        attend = (varlen_attention if gemm_choice(self.spec.gemm_choices, "attention", tokens) == "torch"
-                  else varlen_attention_triton)
+        attend = _attention(gemm_choice(self.spec.gemm_choices, "attention", tokens))
         # Split-K slices of the two projections back to hidden width; None: cuBLAS.
         attn_out = SPLITK_BACKENDS.get(gemm_choice(self.spec.gemm_choices, "attn_out", tokens))
         ffn_out = SPLITK_BACKENDS.get(gemm_choice(self.spec.gemm_choices, "ffn_out", tokens))
@@ -362,6 +363,14 @@ class Engine:
             return pad_packed(logits, batch.cu_seqlens.to(logits.device), input_ids.shape[1])
         batch = pack_sequences(input_ids, token_type_ids)
         return batch.split(self.qa_logits(batch))
+
+
+def _attention(choice: str):
+    """The attention function a recorded choice names (format.OP_BACKENDS["attention"])."""
+    if choice == "torch":
+        return varlen_attention
+    tiling = ATTENTION_TILINGS.get(choice)  # None: attention_config_for's
+    return varlen_attention_triton if tiling is None else functools.partial(varlen_attention_triton, config=tiling)
 
 
 def _project(x: torch.Tensor, weight: torch.Tensor, splits: int | None) -> torch.Tensor:

@@ -51,6 +51,23 @@ def attention_config_for(programs_at_64: int, head_dim: int) -> AttentionConfig:
     return AttentionConfig(128, 64, num_warps=8, num_stages=3)
 
 
+def default_config(total: int, heads: int, head_dim: int) -> AttentionConfig:
+    """The tiling ``varlen_attention_triton`` uses for ``total`` tokens when given none."""
+    return attention_config_for(cdiv(total, 64) * heads, max(next_pow2(head_dim), 16))
+
+
+# Named tilings a GPU build times against attention_config_for's pick at each token count and may
+# record in the engine ("triton-64x128"...): the thresholds above come from one GPU and one Triton,
+# and what is fastest at a launch size moves with both. 32 x 64 doubles the programs of a short
+# batch (a single 384-token sequence launches 96 programs of 64 queries on 132 SMs).
+TILINGS = {
+    "triton-32x64": AttentionConfig(32, 64, num_warps=4, num_stages=3),
+    "triton-64x64": AttentionConfig(64, 64, num_warps=4, num_stages=3),
+    "triton-64x128": AttentionConfig(64, 128, num_warps=4, num_stages=2),
+    "triton-128x64": AttentionConfig(128, 64, num_warps=8, num_stages=3),
+}
+
+
 def _varlen_attention_kernel(
     out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, num_seqs, qk_scale, head_dim,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
@@ -135,7 +152,7 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     if total == 0 or batch == 0:
         return out
     block_d = max(next_pow2(head_dim), 16)  # tl.dot needs dimensions of at least 16
-    cfg = config or attention_config_for(cdiv(total, 64) * heads, block_d)
+    cfg = config or default_config(total, heads, head_dim)
     # Enough programs for every query block: full blocks of the tokens, plus at most one partial
     # block per sequence (programs past the last block exit at once; short sequences may loop).
     full = cdiv(total, cfg.block_m)

@@ -15,6 +15,7 @@ from bertrt import cli  # noqa: E402
 from bertrt.harness.loadgen import BackendName, HarnessOptions, Mode, Scenario  # noqa: E402
 from bertrt.harness.loadgen.accuracy import read_accuracy_log  # noqa: E402
 from bertrt.harness.loadgen.report import format_table, parse_summary  # noqa: E402
+from bertrt.harness.loadgen.trace import read_batches  # noqa: E402
 from bertrt.harness.loadgen.runner import prepare, run_test  # noqa: E402
 
 LOG_FILES = ("mlperf_log_summary.txt", "mlperf_log_detail.txt", "mlperf_log_accuracy.json")
@@ -89,9 +90,16 @@ def test_single_stream_performance(tmp_path, qa_model, squad_dev, reference):
     trace = json.loads((options.out / "batches.json").read_text())
     rows = [dict(zip(trace["columns"], row)) for row in trace["rows"]]
     assert len(rows) == report["batches"] and sum(r["samples"] for r in rows) == report["samples_completed"]
-    assert all(0 <= r["launched_s"] < r["done_s"] for r in rows)
-    assert all(a["done_s"] <= b["done_s"] for a, b in zip(rows, rows[1:]))
+    assert all(0 <= r["issued_s"] <= r["launched_s"] < r["done_s"] <= r["completed_s"] for r in rows)
+    # One query at a time: LoadGen issues the next once this one's result is handed over.
+    assert all(a["done_s"] <= b["issued_s"] for a, b in zip(rows, rows[1:]))
     assert all(r["samples"] == 1 and r["tokens"] > 0 for r in rows)
+    # The phases of a query add up to at most LoadGen's latency (which adds LoadGen's own calls).
+    phases = report["sut_phases_ms"]
+    assert set(phases) == {"wait", "service", "complete"}
+    assert 0 < phases["service"]["p50"] <= phases["service"]["max"]
+    slowest = max(1000 * (r["completed_s"] - r["issued_s"]) for r in rows)
+    assert slowest <= lat["max"] * 1.001 + 1e-3
 
 
 def test_server_and_multistream(tmp_path, qa_model, squad_dev, reference):
@@ -128,8 +136,8 @@ def accuracy_runs(tmp_path_factory, qa_model, squad_dev):
 def test_cli_plots_the_batch_trace(accuracy_runs):
     out = accuracy_runs["bertrt"]
     assert (out / "batches.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rows = json.loads((out / "batches.json").read_text())["rows"]
-    assert sum(row[2] for row in rows) == COUNT  # every sample in exactly one batch
+    rows = read_batches(out / "batches.json")
+    assert sum(row["samples"] for row in rows) == COUNT  # every sample in exactly one batch
 
 
 def test_accuracy_mode_scores_with_our_metric(accuracy_runs, capsys):

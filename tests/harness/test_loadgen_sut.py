@@ -109,10 +109,10 @@ def test_server_batches_capped_by_latency_target():
     sut = BatchingSUT(FakeBackend(), qsl, scenario=Scenario.SERVER, max_batch_tokens=100_000,
                       latency_target_s=0.3)
     sut._tokens_per_s = 1000.0  # measured throughput: a third of 300 ms is 100 tokens
-    sut._pending = [(i, i) for i in range(len(qsl))]
+    sut._pending = [(i, i, 0.0) for i in range(len(qsl))]
     batch = sut._take_batch()
     k = len(batch)
-    assert [i for _, i in batch] == list(range(k))  # oldest first, not sorted by length
+    assert [i for _, i, _ in batch] == list(range(k))  # oldest first, not sorted by length
     # As many as fit in 100 tokens, not one more.
     assert qsl.lengths[:k].sum() <= 100 < qsl.lengths[:k + 1].sum()
     assert len(sut._pending) == len(qsl) - k
@@ -150,7 +150,7 @@ def _order(pending_samples: int, budget: int) -> list:
     sut = BatchingSUT(AsyncFakeBackend(events), qsl, scenario=Scenario.SERVER, max_batch_tokens=budget,
                       latency_target_s=10.0)
     sut._complete = lambda batch, lengths, pending, *_: pending.result()  # no LoadGen session here
-    sut._pending = [(i, i) for i in range(pending_samples)]
+    sut._pending = [(i, i, 0.0) for i in range(pending_samples)]
     sut.start()
     sut.stop()
     return events

@@ -4,22 +4,38 @@ from pathlib import Path
 
 import pytest
 
-from bertrt.harness.loadgen.trace import COLUMNS, plot_batches, read_batches, write_batches
+from bertrt.harness.loadgen.trace import COLUMNS, plot_batches, read_batches, summarize, write_batches
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "plot_batches.py"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_trace_round_trips(tmp_path):
-    rows = [[0.01 * i, 0.01 * i + 0.02, 4, 700 + i, 3] for i in range(5)]
+    rows = [[0.01 * i, 0.01 * i + 0.001, 0.01 * i + 0.02, 0.01 * i + 0.0205, 4, 700 + i, 3] for i in range(5)]
     write_batches(tmp_path / "batches.json", rows)
     got = read_batches(tmp_path / "batches.json")
     assert [list(r.values()) for r in got] == rows and list(got[0]) == list(COLUMNS)
 
 
+def test_summary_splits_each_batch_into_phases():
+    # Batch i waits (i % 10) + 1 ms, runs 5 ms, and takes 0.5 ms to hand over.
+    rows = []
+    for i in range(100):
+        launched = i + 0.001 * (i % 10 + 1)
+        rows.append(dict(zip(COLUMNS, (i, launched, launched + 0.005, launched + 0.0055, 1, 100, 0))))
+    summary = summarize(rows)
+    assert summary["wait"]["max"] == pytest.approx(10.0) and summary["wait"]["p50"] == pytest.approx(5.5)
+    assert summary["service"]["p50"] == pytest.approx(5.0) and summary["service"]["max"] == pytest.approx(5.0)
+    assert summary["complete"]["p99"] == pytest.approx(0.5)
+    # A trace from before issue and completion times were recorded: only the service phase.
+    old = [{"launched_s": 0.0, "done_s": 0.002, "samples": 1, "tokens": 9, "pending_at_launch": 0}]
+    assert summarize(old) == {"service": {"p50": 2.0, "p90": 2.0, "p99": 2.0, "max": 2.0}}
+
+
 def test_plots_several_traces(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    rows = [[0.01 * i, 0.01 * i + (0.5 if i == 20 else 0.02), 4, 700 + i, 0] for i in range(50)]
+    rows = [[0.01 * i, 0.01 * i, 0.01 * i + (0.5 if i == 20 else 0.02), 0.01 * i + 0.03, 4, 700 + i, 0]
+            for i in range(50)]
     write_batches(tmp_path / "batches.json", rows)
     assert plot_batches([("one", read_batches(tmp_path / "batches.json")), ("empty", [])],
                         tmp_path / "a.png").read_bytes()[:8] == PNG

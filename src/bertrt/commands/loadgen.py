@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--plot needs matplotlib (pip install 'bertrt[plot]')") from None
     report = run_harness(options, progress=True)
     print(format_table([report]))
+    phases = report.get("sut_phases_ms", {})
+    if phases:
+        print("per batch, p50 / p99 ms: " + "; ".join(
+            f"{name} {p['p50']:.3f} / {p['p99']:.3f}" for name, p in phases.items()))
     if args.plot:
         from bertrt.harness.loadgen.trace import TRACE_FILE, plot_batches, read_batches
 

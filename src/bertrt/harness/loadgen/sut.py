@@ -52,7 +52,7 @@ class BatchingSUT:
         self.max_batch_tokens = max_batch_tokens
         self.latency_target_s = latency_target_s if scenario is Scenario.SERVER else None
         self._cond = threading.Condition()
-        self._pending: list[tuple[int, int]] = []  # (LoadGen response id, sample index)
+        self._pending: list[tuple[int, int, float]] = []  # (LoadGen response id, sample index, issue time)
         self._sorted = True
         self._stopping = False
         self._threads = [threading.Thread(target=self._work, name=f"sut-worker-{i}", daemon=True)
@@ -63,13 +63,14 @@ class BatchingSUT:
         self.batches = 0
         self.samples = 0
         # One row per finished batch (trace.COLUMNS), written to batches.json by the runner.
-        self.trace: list[tuple[float, float, int, int, int]] = []
+        self.trace: list[tuple[float, float, float, float, int, int, int]] = []
         self._t0 = time.perf_counter()
 
     # --- LoadGen callbacks ------------------------------------------------------------------
 
     def issue_queries(self, query_samples) -> None:
-        items = [(s.id, s.index) for s in query_samples]
+        issued = time.perf_counter()
+        items = [(s.id, s.index, issued) for s in query_samples]
         with self._cond:
             self._pending.extend(items)
             self._sorted = False
@@ -123,7 +124,7 @@ class BatchingSUT:
         budget = self._budget()
         max_samples = getattr(self.backend, "max_batch_samples", None)
         count, longest, total = 0, 0, 0
-        for _, index in self._pending:
+        for _, index, _ in self._pending:
             n = int(lengths[index])
             if count and (count == max_samples or self._cost(count + 1, max(longest, n), total + n) > budget):
                 return count, True
@@ -136,7 +137,7 @@ class BatchingSUT:
         with self._cond:
             return self._next_batch_size()[1]
 
-    def _take_batch(self) -> list[tuple[int, int]]:
+    def _take_batch(self) -> list[tuple[int, int, float]]:
         """Remove and return the next batch from ``_pending`` (caller holds the lock)."""
         if self.scenario is Scenario.OFFLINE and not self._sorted:
             self._pending.sort(key=lambda item: self.qsl.lengths[item[1]])
@@ -173,9 +174,9 @@ class BatchingSUT:
                 self._complete(*in_flight)
             in_flight = launched
 
-    def _launch(self, batch: list[tuple[int, int]], waiting: int = 0):
-        ids = [self.qsl.input_ids[index] for _, index in batch]
-        types = [self.qsl.token_type_ids[index] for _, index in batch]
+    def _launch(self, batch: list[tuple[int, int, float]], waiting: int = 0):
+        ids = [self.qsl.input_ids[index] for _, index, _ in batch]
+        types = [self.qsl.token_type_ids[index] for _, index, _ in batch]
         start = time.perf_counter()
         try:
             submit = getattr(self.backend, "submit", None)
@@ -184,7 +185,7 @@ class BatchingSUT:
             pending = _Failed(exc)
         return batch, [len(x) for x in ids], pending, start, waiting
 
-    def _complete(self, batch: list[tuple[int, int]], lengths: list[int], pending, start: float,
+    def _complete(self, batch: list[tuple[int, int, float]], lengths: list[int], pending, start: float,
                   waiting: int = 0) -> None:
         import mlperf_loadgen as lg
 
@@ -195,7 +196,7 @@ class BatchingSUT:
                                    f"expected ({sum(lengths)}, 2)")
         except BaseException as exc:  # noqa: BLE001 - LoadGen would wait forever for these samples
             self.error = self.error or exc
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(qid, 0, 0) for qid, _ in batch])
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(qid, 0, 0) for qid, _, _ in batch])
             return
         # The batch's own service time: from its launch, or from the previous batch's result when
         # it was launched behind that one (pipelined), to its result.
@@ -207,13 +208,16 @@ class BatchingSUT:
         bounds = np.cumsum([0, *lengths])
         parts = [logits[bounds[k]:bounds[k + 1]] for k in range(len(batch))]  # contiguous row views
         responses = [lg.QuerySampleResponse(qid, part.ctypes.data, part.nbytes)
-                     for (qid, _), part in zip(batch, parts)]
+                     for (qid, _, _), part in zip(batch, parts)]
         lg.QuerySamplesComplete(responses)
         # `logits` (which `parts` view) is released only now, after LoadGen has copied the data.
         del parts, logits
         self.batches += 1
         self.samples += len(batch)
-        self.trace.append((round(start - self._t0, 6), round(done - self._t0, 6), len(batch), sum(lengths), waiting))
+        completed = time.perf_counter()
+        issued = min(item[2] for item in batch)
+        self.trace.append((*(round(t - self._t0, 6) for t in (issued, start, done, completed)), len(batch),
+                           sum(lengths), waiting))
 
 
 class _Ready:

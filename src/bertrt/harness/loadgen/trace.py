@@ -1,9 +1,13 @@
-"""The SUT's per-batch trace (``batches.json`` in a run's output folder) and its plot.
+"""The SUT's per-batch trace (``batches.json`` in a run's output folder), its summary and its plot.
 
-One row per finished batch: when it was launched and when its result came back (seconds since the
-SUT started), its samples and tokens, and how many samples were still pending at its launch. A
-stall (a kernel compiling inside the timed run, a queue that does not drain) shows as one slow
-batch followed by a run of full ones.
+One row per finished batch, times in seconds since the SUT started: when its oldest sample was
+issued, when the batch was launched, when its result came back and when LoadGen had taken the
+responses; then its samples and tokens, and how many samples were still pending at its launch.
+So a sample's latency splits into waiting (issue to launch: the queue, and a worker waking up),
+service (the backend) and completion (handing the results to LoadGen). A stall (a kernel
+compiling inside the timed run, a queue that does not drain) shows as one slow batch followed
+by a run of full ones. Traces written before the issue and completion times were recorded lack
+those two columns; rows are read by column name.
 """
 
 from __future__ import annotations
@@ -12,12 +16,32 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-COLUMNS = ("launched_s", "done_s", "samples", "tokens", "pending_at_launch")
+import numpy as np
+
+COLUMNS = ("issued_s", "launched_s", "done_s", "completed_s", "samples", "tokens", "pending_at_launch")
 TRACE_FILE = "batches.json"
+# Phases of a batch's life: name -> (from column, to column).
+PHASES = {"wait": ("issued_s", "launched_s"), "service": ("launched_s", "done_s"),
+          "complete": ("done_s", "completed_s")}
 
 
 def write_batches(path: str | Path, rows: Sequence[Sequence[float]]) -> None:
     Path(path).write_text(json.dumps({"columns": list(COLUMNS), "rows": [list(r) for r in rows]}) + "\n")
+
+
+def summarize(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """p50 / p90 / p99 / max in ms of each phase (``PHASES``) over the batches that record it.
+
+    Under SingleStream a batch is one query, so the phases add up to LoadGen's latency (less
+    LoadGen's own calls); under Offline "wait" is from the start of the run."""
+    summary = {}
+    for name, (first, last) in PHASES.items():
+        ms = [1000 * (r[last] - r[first]) for r in rows if first in r and last in r]
+        if ms:
+            p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+            summary[name] = {"p50": round(float(p50), 4), "p90": round(float(p90), 4),
+                             "p99": round(float(p99), 4), "max": round(max(ms), 4)}
+    return summary
 
 
 def read_batches(path: str | Path) -> list[dict]:

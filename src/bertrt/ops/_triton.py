@@ -45,6 +45,7 @@ class GemmConfig:
 
 
 _JITTED: dict[tuple[Callable, bool], Any] = {}
+tl = None  # triton.language, bound by jit() when a device function below is first jitted
 
 
 @functools.cache
@@ -137,3 +138,27 @@ def check_out(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dty
     if out.stride(-1) != 1:
         raise ValueError("out needs unit stride along its last dimension")
     return out
+
+
+# --- device functions shared by kernels (bound into a kernel's module by jit(helpers=...)) ---------
+
+
+def grouped_tile_impl(tile, tiles_m, tiles_n, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of output tile number ``tile`` in grouped order: consecutive tiles
+    walk GROUP_M row-tiles down one column of tiles, so a tile of W loaded for the first is still in
+    L2 for the next GROUP_M - 1."""
+    per_group = GROUP_M * tiles_n
+    first_m = (tile // per_group) * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    return first_m + (tile % per_group) % group_rows, (tile % per_group) // group_rows
+
+
+def layernorm_rows_impl(x, mask, h_offs, h_mask, hidden, gamma_ptr, beta_ptr, eps):
+    """LayerNorm of each row of the fp32 (rows, BLOCK_H) block ``x`` over its first ``hidden``
+    columns (``mask``: the valid elements), with gamma and beta loaded here."""
+    mean = tl.sum(x, axis=1) / hidden
+    xc = tl.where(mask, x - mean[:, None], 0.0)  # padding columns must not enter the variance
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / hidden + eps)
+    gamma = tl.load(gamma_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
+    beta = tl.load(beta_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
+    return xc * rstd[:, None] * gamma[None, :] + beta[None, :]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
+from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for,
+                                rows_contiguous, use_triton)
 
+_layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the kernel
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
@@ -42,12 +44,7 @@ def _embed_layernorm_kernel(
     x += tl.load(pos_ptr + pos_rows[:, None] * pos_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
     x += tl.load(type_ptr + type_rows[:, None] * type_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
 
-    mean = tl.sum(x, axis=1) / hidden
-    xc = tl.where(mask, x - mean[:, None], 0.0)  # padding columns must not enter the variance
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / hidden + eps)
-    gamma = tl.load(gamma_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * gamma[None, :] + beta[None, :]
+    y = _layernorm_rows(x, mask, h_offs, h_mask, hidden, gamma_ptr, beta_ptr, eps)
     out_rows = t_offs.to(tl.int64)[:, None] * out_stride
     tl.store(out_ptr + out_rows + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -87,7 +84,7 @@ def embed_layernorm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, posit
     block_h = next_pow2(hidden)
     block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
     grid = (cdiv(n_tokens, block_t),)
-    jit(_embed_layernorm_kernel, per_request=("n_tokens",))[grid](
+    jit(_embed_layernorm_kernel, helpers={"_layernorm_rows": layernorm_rows_impl}, per_request=("n_tokens",))[grid](
         out, input_ids, token_type_ids, position_ids, word, position, token_type, gamma, beta,
         n_tokens, hidden, out.stride(0), word.stride(0), position.stride(0), token_type.stride(0), eps,
         BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))

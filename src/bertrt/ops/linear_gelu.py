@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import GemmConfig, cdiv, check_out, interpret_requested, jit, rows_contiguous, use_triton
+from bertrt.ops._triton import (GemmConfig, cdiv, check_out, grouped_tile_impl, interpret_requested, jit,
+                                rows_contiguous, use_triton)
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
-_add_bias_gelu = None  # the kernels' jitted epilogue (_add_bias_gelu_impl), bound by jit() with them
+_add_bias_gelu = _grouped_tile = None  # jitted device functions, bound by jit() with the kernels (_HELPERS)
 
 
 # Tiles by M, from CUDA-graph timings on an H100 (benchmarks/results/explore_h100_s4.json, K=1024,
@@ -67,7 +68,8 @@ def _add_bias_gelu_impl(acc, bias_ptr, n0, N, BLOCK_N: tl.constexpr, APPLY_GELU:
     return acc
 
 
-_EPILOGUE = {"_add_bias_gelu": _add_bias_gelu_impl}  # bound by jit() for both kernels
+# Device functions both kernels call, bound by jit() with them.
+_HELPERS = {"_add_bias_gelu": _add_bias_gelu_impl, "_grouped_tile": grouped_tile_impl}
 
 
 def _linear_bias_gelu_kernel(
@@ -75,15 +77,7 @@ def _linear_bias_gelu_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr, DOT_PRECISION: tl.constexpr, APPLY_GELU: tl.constexpr,
 ):
-    # Grouped ordering: consecutive programs walk GROUP_M row-tiles down one column of tiles, so a
-    # W tile loaded by the first is still in L2 for the next GROUP_M - 1.
-    pid = tl.program_id(0)
-    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     m_offs = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n_offs = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -121,14 +115,11 @@ def _linear_bias_gelu_tma_kernel(
     # Persistent: program p computes tiles p, p + programs, ... in the same grouped order as
     # above. Descriptor loads past the edges read zeros and stores past them are dropped, so no masks.
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
     # The grid is min(SMs, tiles): read at run time, not a constexpr, which would compile the kernel
     # again for every tile count below the SM count (small models, small batches).
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, tl.num_programs(0), flatten=True):
-        first_m = (tile // per_group) * GROUP_M
-        group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
-        m0 = (first_m + (tile % per_group) % group_rows) * BLOCK_M
-        n0 = ((tile % per_group) // group_rows) * BLOCK_N
+        tile_m, tile_n = _grouped_tile(tile, tiles_m, tiles_n, GROUP_M)
+        m0, n0 = tile_m * BLOCK_M, tile_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(tl.cdiv(K, BLOCK_K)):
             a = x_desc.load([m0, k * BLOCK_K])
@@ -186,7 +177,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
 
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
         programs = min(sms * cfg.programs_per_sm, cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
-        jit(_linear_bias_gelu_tma_kernel, helpers=_EPILOGUE, per_request=("M",))[(programs,)](
+        jit(_linear_bias_gelu_tma_kernel, helpers=_HELPERS, per_request=("M",))[(programs,)](
             TensorDescriptor.from_tensor(x, [cfg.block_m, cfg.block_k]),
             TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k]),
             TensorDescriptor.from_tensor(out, [cfg.block_m, cfg.block_n]), bias, m, n, k,
@@ -195,7 +186,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
         return
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n),)
     # fp32 inputs: full fp32 products, like F.linear without TF32 (fp16/bf16 take their tensor-core MMA).
-    jit(_linear_bias_gelu_kernel, helpers=_EPILOGUE, per_request=("M",))[grid](
+    jit(_linear_bias_gelu_kernel, helpers=_HELPERS, per_request=("M",))[grid](
         out, x, weight, bias, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         EVEN_K=k % cfg.block_k == 0, DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",

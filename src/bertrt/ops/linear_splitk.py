@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import GemmConfig, cdiv, check_out, jit, rows_contiguous, use_triton
+from bertrt.ops._triton import GemmConfig, cdiv, check_out, grouped_tile_impl, jit, rows_contiguous, use_triton
 
+_grouped_tile = None  # _triton.grouped_tile_impl, bound by jit() with the kernel
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
@@ -62,14 +63,8 @@ def _linear_splitk_kernel(
 ):
     # Axis 0 walks output tiles in grouped order (as linear_gelu's kernel: a W tile loaded by one
     # program is still in L2 for the next GROUP_M - 1), axis 1 is the K slice.
-    pid = tl.program_id(0)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     split = tl.program_id(1)
-    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_rows
-    pid_n = (pid % per_group) // group_rows
 
     k_start = split * K_SPLIT
     k_end = tl.minimum(K, k_start + K_SPLIT)
@@ -141,7 +136,7 @@ def linear_splitk(x: torch.Tensor, weight: torch.Tensor, splits: int, *, config:
         return out
     x, weight = rows_contiguous(x), rows_contiguous(weight)
     grid = (cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n), splits)
-    jit(_linear_splitk_kernel, per_request=("M",))[grid](
+    jit(_linear_splitk_kernel, helpers={"_grouped_tile": grouped_tile_impl}, per_request=("M",))[grid](
         out, x, weight, m, n, k, k_per_split(k, splits, cfg.block_k), x.stride(0), weight.stride(0),
         out.stride(0), out.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,

@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
+from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for,
+                                rows_contiguous, use_triton)
 
+_layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the kernel
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
@@ -47,12 +49,7 @@ def _bias_residual_layernorm_kernel(
     x += tl.load(res_ptr + rows * res_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
     x += tl.load(bias_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)[None, :]
 
-    mean = tl.sum(x, axis=1) / hidden
-    xc = tl.where(mask, x - mean[:, None], 0.0)  # padding columns must not enter the variance
-    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / hidden + eps)
-    gamma = tl.load(gamma_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
-    beta = tl.load(beta_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
-    y = xc * rstd[:, None] * gamma[None, :] + beta[None, :]
+    y = _layernorm_rows(x, mask, h_offs, h_mask, hidden, gamma_ptr, beta_ptr, eps)
     tl.store(out_ptr + rows * out_stride + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -91,7 +88,7 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         return out
     block_h = next_pow2(hidden)
     block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
-    jit(_bias_residual_layernorm_kernel, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
+    jit(_bias_residual_layernorm_kernel, helpers={"_layernorm_rows": layernorm_rows_impl}, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
         out, x, bias, residual, gamma, beta,
         n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0), eps,
         BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1,

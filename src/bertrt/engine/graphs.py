@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from bertrt.packed import PackedBatch
@@ -82,6 +83,8 @@ class GraphRunner:
             # Where host batches are laid out before their one copy (pinned: the copy is asynchronous).
             self._host = torch.zeros(size, dtype=torch.int32, pin_memory=device.type == "cuda")
         self._host_free: torch.cuda.Event | None = None  # recorded after the last copy out of _host
+        self._inputs: dict[int, StagedInputs] = {}
+        self._host_regions: dict[int, tuple[StagedInputs, torch.Tensor, torch.Tensor]] = {}
         self.use_graphs = use_graphs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if use_graphs else None
@@ -96,12 +99,22 @@ class GraphRunner:
     def region_size(self, bucket: int) -> int:
         return 3 * bucket + self.max_batch + 2
 
-    def inputs(self, bucket: int, buffer: torch.Tensor | None = None) -> StagedInputs:
-        """The views of ``buffer`` (default: the static device buffer) that ``bucket``'s graph reads."""
-        buffer = self._static if buffer is None else buffer
-        ids, types, positions, cu_seqlens = buffer[:self.region_size(bucket)].split(
-            [bucket, bucket, bucket, self.max_batch + 2])
-        return StagedInputs(ids, types, positions, cu_seqlens)
+    def inputs(self, bucket: int) -> StagedInputs:
+        """The views of the static device buffer that ``bucket``'s graph reads (made once: at batch 1
+        a few microseconds of Python per view are a visible part of a request)."""
+        if bucket not in self._inputs:
+            parts = self._static[:self.region_size(bucket)].split([bucket, bucket, bucket, self.max_batch + 2])
+            self._inputs[bucket] = StagedInputs(*parts)
+        return self._inputs[bucket]
+
+    def _host_region(self, bucket: int) -> tuple[StagedInputs, torch.Tensor, torch.Tensor]:
+        """Numpy views of ``bucket``'s region in the host buffer (numpy: cheaper per call than
+        torch on small arrays), and the host and device regions the one copy goes between."""
+        if bucket not in self._host_regions:
+            size = self.region_size(bucket)
+            arrays = np.split(self._host[:size].numpy(), np.cumsum([bucket, bucket, bucket]))
+            self._host_regions[bucket] = (StagedInputs(*arrays), self._host[:size], self._static[:size])
+        return self._host_regions[bucket]
 
     def _static_call(self, bucket: int) -> torch.Tensor:
         staged = self.inputs(bucket)
@@ -165,15 +178,14 @@ class GraphRunner:
         tokens, sequences = batch.total_tokens, batch.num_sequences
         if self._host_free is not None:
             self._host_free.synchronize()  # the previous batch's copy has read _host
-        staged = self.inputs(bucket, self._host)
+        staged, host, device = self._host_region(bucket)
         for target, source in ((staged.input_ids, batch.input_ids), (staged.token_type_ids, batch.token_type_ids),
                                (staged.position_ids, batch.position_ids)):
-            target[:tokens].copy_(source)
-            target[tokens:].zero_()
-        staged.cu_seqlens[:sequences + 1].copy_(batch.cu_seqlens)
-        staged.cu_seqlens[sequences + 1:].fill_(bucket)
-        size = self.region_size(bucket)
-        self._static[:size].copy_(self._host[:size], non_blocking=True)
+            target[:tokens] = source.numpy()
+            target[tokens:] = 0
+        staged.cu_seqlens[:sequences + 1] = batch.cu_seqlens.numpy()
+        staged.cu_seqlens[sequences + 1:] = bucket
+        device.copy_(host, non_blocking=True)
         if self.device.type == "cuda":
             self._host_free = torch.cuda.Event()
             self._host_free.record()
@@ -182,8 +194,8 @@ class GraphRunner:
         """Copy a device batch into ``bucket``'s region, zeroing it first: stale contents could be
         invalid there (another bucket's region puts ids where this one reads types or positions)."""
         tokens, sequences = batch.total_tokens, batch.num_sequences
-        self._static[:self.region_size(bucket)].zero_()
         staged = self.inputs(bucket)
+        self._host_region(bucket)[2].zero_()
         staged.input_ids[:tokens].copy_(batch.input_ids)
         staged.token_type_ids[:tokens].copy_(batch.token_type_ids)
         staged.position_ids[:tokens].copy_(batch.position_ids)

@@ -11,6 +11,7 @@ backend's whole ``run`` from int32 token arrays. p50 / p90 over 300 calls after 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# BERTRT_SRC: time another checkout's source (e.g. an older commit's, for a before/after in one run).
+sys.path.insert(0, os.environ.get("BERTRT_SRC", str(Path(__file__).resolve().parents[1] / "src")))
 from bertrt.engine import Engine  # noqa: E402
 from bertrt.harness.loadgen.backends import PackedBackend  # noqa: E402
 from bertrt.harness.perf import environment  # noqa: E402

@@ -265,3 +265,5 @@ def test_attention_timing_batches_are_ragged_and_exact(count):
     assert all(1 <= n <= 384 for n in lengths)
     if count >= 1000:  # real packed batches mix short and long sequences
         assert min(lengths) <= 384 // 4 and max(lengths) == 384
+    if count <= 384:  # one request
+        assert lengths == [count]

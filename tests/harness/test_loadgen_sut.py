@@ -183,3 +183,23 @@ def test_warm_up_runs_mixed_batches_within_the_backend_limits():
     assert len({s % 16 for s in sizes[4:]}) >= 3
     warm_up(backend := FakeBackend(), qsl, 400, full_batch=False)
     assert len(backend.batches) == 1  # on the CPU only the first-call cost of one sample
+
+
+def test_run_test_freezes_the_heap_only_while_loadgen_runs(tmp_path):
+    """Objects alive before the timed run sit in the collector's permanent generation during it
+    (full collections of the QSL's heap would stall the SUT), and come back out afterwards."""
+    import gc
+
+    from bertrt.harness.loadgen.runner import run_test
+
+    class FreezeRecordingBackend(FakeBackend):
+        def run(self, input_ids, token_type_ids):
+            frozen.append(gc.get_freeze_count())
+            return super().run(input_ids, token_type_ids)
+
+    frozen: list[int] = []
+    keep = [object() for _ in range(1000)]  # noqa: F841 - alive before the run, so frozen during it
+    options = HarnessOptions(scenario=Scenario.OFFLINE, min_duration_s=0.1, min_query_count=32, out=tmp_path)
+    report = run_test(options, FakeQSL(32), FreezeRecordingBackend())
+    assert report["samples_completed"] == 32 and frozen and min(frozen) >= 1000
+    assert gc.get_freeze_count() == 0

@@ -94,12 +94,12 @@ def test_single_stream_performance(tmp_path, qa_model, squad_dev, reference):
     # One query at a time: LoadGen issues the next once this one's result is handed over.
     assert all(a["done_s"] <= b["issued_s"] for a, b in zip(rows, rows[1:]))
     assert all(r["samples"] == 1 and r["tokens"] > 0 for r in rows)
-    # The phases of a query add up to at most LoadGen's latency (which adds LoadGen's own calls).
+    # Issue to result lies inside LoadGen's own latency: LoadGen timestamps the issue before our
+    # callback and the completion inside QuerySamplesComplete, which runs after "done".
     phases = report["sut_phases_ms"]
     assert set(phases) == {"wait", "service", "complete"}
     assert 0 < phases["service"]["p50"] <= phases["service"]["max"]
-    slowest = max(1000 * (r["completed_s"] - r["issued_s"]) for r in rows)
-    assert slowest <= lat["max"] * 1.001 + 1e-3
+    assert max(1000 * (r["done_s"] - r["issued_s"]) for r in rows) <= lat["max"]
 
 
 def test_server_and_multistream(tmp_path, qa_model, squad_dev, reference):

@@ -4,13 +4,17 @@
 
 For b1 s384 and b128 s384: latency with graphs (CUDA events), the host time of one call, and a
 torch.profiler breakdown of the eager pass by kernel category (GEMM, attention, LayerNorm, GELU,
-embedding, copies, other), with the GEMMs' achieved TFLOP/s. Writes $OUT/profile_large.json.
+embedding, copies, other), with the GEMMs' achieved TFLOP/s (cuBLAS, split-K and the fused
+up-projection together), and the SM clock and power nvidia-smi reports while the graphs are timed.
+Writes $OUT/profile_large.json.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,9 +33,10 @@ CATEGORIES = [
     ("attention", ("flash", "fmha", "attention", "attn")),
     ("embed_layernorm", ("embed_layernorm",)),
     ("bias_residual_layernorm", ("residual_layernorm",)),
+    ("gemm_gelu", ("linear_bias_gelu",)),  # the fused up-projection: a GEMM, before bias_gelu matches it
     ("bias_gelu", ("bias_gelu",)),
     ("qa_head", ("qa_head",)),
-    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas", "ampere_", "s16816", "_mm_")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas", "ampere_", "s16816", "_mm_", "linear_splitk")),
     ("copy", ("memcpy", "memset", "copy", "fill", "index", "gather", "scatter", "cat")),
 ]
 
@@ -42,6 +47,41 @@ def category(name: str) -> str:
         if any(k in low for k in keys):
             return cat
     return "other"
+
+
+class GpuTelemetry:
+    """SM clock, power and temperature sampled by ``nvidia-smi`` every 100 ms until ``stop``: whether
+    the GPU holds its clocks under a long back-to-back run (microbenchmarks run cooler)."""
+
+    QUERY = "clocks.sm,clocks.max.sm,power.draw,temperature.gpu"
+
+    def __init__(self):
+        self.proc = None
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={self.QUERY}", "--format=csv,noheader,nounits",
+                                          "-lms", "100"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def stop(self) -> dict | None:
+        if self.proc is None:
+            return None
+        self.proc.terminate()
+        try:
+            text = self.proc.communicate(timeout=5)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            text = self.proc.communicate()[0]
+        rows = []
+        for line in text.splitlines():
+            try:
+                rows.append([float(x) for x in line.split(",")])
+            except ValueError:  # "[N/A]" fields
+                continue
+        rows = [r for r in rows if len(r) == 4]
+        if not rows:
+            return {"samples": 0}
+        clocks, max_clock, power, temp = zip(*rows)
+        return {"samples": len(rows), "sm_clock_mhz_min": min(clocks), "sm_clock_mhz_median": sorted(clocks)[len(rows) // 2],
+                "sm_clock_mhz_max_supported": max(max_clock), "power_w_max": max(power), "temperature_c_max": max(temp)}
 
 
 def gemm_flops(tokens: int, config) -> float:
@@ -60,6 +100,7 @@ def profile_shape(engine: Engine, batch: int, seq: int) -> dict:
             engine.qa_logits(packed)
         torch.cuda.synchronize()
         times, host = [], []
+        telemetry = GpuTelemetry() if graphs else None
         for _ in range(50):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -72,6 +113,8 @@ def profile_shape(engine: Engine, batch: int, seq: int) -> dict:
         times.sort()
         result["graphs" if graphs else "eager"] = {"p50_ms": times[len(times) // 2],
                                                    "host_call_p50_ms": sorted(host)[len(host) // 2]}
+        if telemetry is not None:
+            result["gpu_while_timing_graphs"] = telemetry.stop()
     engine.graphs = False
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(5):
@@ -88,8 +131,9 @@ def profile_shape(engine: Engine, batch: int, seq: int) -> dict:
     result["kernel_ms_per_pass"] = {k: round(v, 4) for k, v in sorted(per_cat.items(), key=lambda x: -x[1])}
     result["kernel_total_ms"] = round(total, 4)
     result["top_kernels_ms"] = dict(sorted(per_kernel.items(), key=lambda x: -x[1])[:15])
-    if per_cat.get("gemm"):
-        result["gemm_tflops"] = round(gemm_flops(batch * seq, engine.config) / (per_cat["gemm"] * 1e-3) / 1e12, 1)
+    gemm_ms = per_cat.get("gemm", 0.0) + per_cat.get("gemm_gelu", 0.0)
+    if gemm_ms:  # every GEMM's FLOPs over cuBLAS', split-K's and the fused up-projection's time
+        result["gemm_tflops"] = round(gemm_flops(batch * seq, engine.config) / (gemm_ms * 1e-3) / 1e12, 1)
     engine.graphs = True
     return result
 

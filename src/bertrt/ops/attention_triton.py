@@ -56,6 +56,13 @@ def default_config(total: int, heads: int, head_dim: int) -> AttentionConfig:
     return attention_config_for(cdiv(total, 64) * heads, max(next_pow2(head_dim), 16))
 
 
+# The kernel's smallest sequence-slot width. CUDA graphs pass 129 slots (max_batch 128 + padding),
+# so 256 makes graphs, eager batches of up to 256 sequences and the build's timing one compiled
+# variant per tiling. With 128, the build compiled both widths of each tiling it timed; with the
+# named tilings a cold BERT-Large build took 27.9 s on an H100 (19.7 s before them, session 5).
+SEQUENCE_SLOTS = 256
+
+
 # Named tilings a GPU build times against attention_config_for's pick at each token count and may
 # record in the engine ("triton-64x128"...): the thresholds above come from one GPU and one Triton,
 # and what is fastest at a launch size moves with both. 32 x 64 doubles the programs of a short
@@ -161,10 +168,9 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         out, q, k, v, cu_seqlens.to(q.device, torch.int32), batch, scale * _LOG2E, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        # At least 128 sequence slots: a width per batch size would compile again for each power of
-        # two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in); CUDA graphs
-        # of 129 slots take 256.
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), 128),
+        # At least SEQUENCE_SLOTS sequence slots: a width per batch size would compile again for
+        # each power of two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in).
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), SEQUENCE_SLOTS),
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

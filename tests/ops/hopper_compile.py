@@ -1,0 +1,162 @@
+"""Compile every Triton kernel the engine launches for Hopper (sm_90), on a machine without a GPU.
+
+    python tests/ops/hopper_compile.py        # prints one JSON line per compiled launch
+
+The interpreter tests check what a kernel computes; this checks that it lowers: Triton compiles
+to PTX and ptxas (shipped in Triton's wheel) to a cubin for compute capability 9.0, which needs no
+GPU. Each op's public function is called on small CPU tensors with its kernel launch recorded
+instead of run (the tensors' dtypes and the op's tiling choices make the signature), then each
+recorded launch is compiled. Shapes are chosen to reach every tiling the engine uses, except the
+TMA GEMM kernel, which the ops take only on a Hopper GPU.
+
+Run it in a process where Triton was imported without TRITON_INTERPRET (the test does).
+Exit status 1 if any launch fails to compile.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+
+from bertrt.ops import (_triton, attention_triton, bias_gelu, embed_layernorm, linear_gelu,  # noqa: E402
+                        linear_splitk, qa_head, residual_layernorm)
+
+MODULES = (attention_triton, bias_gelu, embed_layernorm, linear_gelu, linear_splitk, qa_head, residual_layernorm)
+LAUNCH_OPTIONS = ("num_warps", "num_stages")
+DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
+          torch.int64: "i64"}
+
+
+class Recorder:
+    """Stands in for ``_triton.jit`` in the op modules: returns launchers that record, not run."""
+
+    def __init__(self):
+        self.launches: list[tuple[object, tuple, dict]] = []
+
+    def __call__(self, fn, helpers=None, *, per_request=()):
+        kernel = _triton.jit(fn, helpers, per_request=per_request)
+        recorder = self
+
+        class Launcher:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: recorder.launches.append((kernel, args, kwargs))
+
+        return Launcher()
+
+
+def signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, options) for ``triton.compile`` from a recorded launch."""
+    params = inspect.signature(kernel.fn).parameters
+    names = list(params)
+    values = dict(zip(names, args)) | {k: v for k, v in kwargs.items() if k not in LAUNCH_OPTIONS}
+    sig, constexprs = {}, {}
+    for index, name in enumerate(names):
+        value = values[name]
+        if "constexpr" in str(params[name].annotation):
+            sig[name] = "constexpr"
+            constexprs[(index,)] = value
+        elif isinstance(value, torch.Tensor):
+            sig[name] = "*" + DTYPES[value.dtype]
+        elif isinstance(value, bool):
+            sig[name] = "i1"
+        elif isinstance(value, int):
+            sig[name] = "i64" if abs(value) >= 2**31 else "i32"
+        elif isinstance(value, float):
+            sig[name] = "fp32"
+        else:
+            raise TypeError(f"{kernel.fn.__name__}: cannot type argument {name}={value!r}")
+    options = {k: kwargs[k] for k in LAUNCH_OPTIONS if k in kwargs}
+    return sig, constexprs, options
+
+
+def record_engine_launches() -> list[tuple[object, tuple, dict]]:
+    """Call every op as the engine does, at shapes that reach each tiling; return the launches."""
+    recorder = Recorder()
+    for module in MODULES:
+        module.jit = recorder
+        module.use_triton = lambda *tensors: True
+    h, f16 = 64, torch.float16
+    x = torch.randn(300, h, dtype=f16)
+    bias, gamma, beta = (torch.randn(h, dtype=f16) for _ in range(3))
+    ids = torch.zeros(300, dtype=torch.int32)
+    table = torch.randn(500, h, dtype=f16)
+    embed_layernorm.embed_layernorm(ids, ids, ids, table, table, table, gamma, beta, 1e-12)
+    embed_layernorm.embed_layernorm(ids.long(), ids.long(), ids.long(), table, table, table, gamma, beta, 1e-12)
+    residual_layernorm.bias_residual_layernorm(x, bias, x, gamma, beta, 1e-12)
+    for splits in linear_splitk_splits():
+        residual_layernorm.bias_residual_layernorm(torch.randn(splits, 300, h), bias, x, gamma, beta, 1e-12)
+    if "residual" in inspect.signature(residual_layernorm.bias_residual_layernorm).parameters:
+        try:
+            residual_layernorm.bias_residual_layernorm(x, bias, None, gamma, beta, 1e-12)
+        except (TypeError, AttributeError, ValueError):
+            pass  # this version needs a residual
+    wide = torch.randn(300, 4 * h, dtype=f16)
+    bias_gelu.bias_gelu(wide, torch.randn(4 * h, dtype=f16))
+    qa_head.qa_head(x, torch.randn(2, h, dtype=f16), torch.randn(2, dtype=f16))
+    weight = torch.randn(4 * h, h, dtype=f16)
+    for tokens in (100, 1500, 5000):  # linear_gelu.config_for's small / medium / large tilings
+        linear_gelu.linear_bias_gelu(torch.randn(tokens, h, dtype=f16), weight, torch.randn(4 * h, dtype=f16))
+    for tokens in (100, 1000, 5000):
+        for splits in linear_splitk_splits():
+            linear_splitk.linear_splitk(torch.randn(tokens, 4 * h, dtype=f16), torch.randn(h, 4 * h, dtype=f16),
+                                        splits)
+    heads, head_dim = 2, 64
+    for total, cu in ((384, [0, 384]), (3000, [0, 384, 1000, 3000])):
+        q = torch.randn(total, heads, head_dim, dtype=f16)
+        cu = torch.tensor(cu, dtype=torch.int32)
+        configs = [None, *getattr(attention_triton, "TILINGS", {}).values()]
+        for config in configs:
+            attention_triton.varlen_attention_triton(q, q, q, cu, 384, config=config)
+    q48 = torch.randn(300, heads, 48, dtype=f16)
+    attention_triton.varlen_attention_triton(q48, q48, q48, torch.tensor([0, 300], dtype=torch.int32), 300)
+    return recorder.launches
+
+
+def linear_splitk_splits() -> tuple[int, ...]:
+    from bertrt.engine.format import SPLITK_BACKENDS
+
+    return tuple(SPLITK_BACKENDS.values())
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("unset TRITON_INTERPRET: this compiles for the GPU", file=sys.stderr)
+        return 2
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", 90, 32)
+    seen, failures = set(), 0
+    for kernel, args, kwargs in record_engine_launches():
+        sig, constexprs, options = signature(kernel, args, kwargs)
+        key = (kernel.fn.__name__, tuple(sorted(sig.items())), tuple(sorted(constexprs.items())),
+               tuple(sorted(options.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        start = time.perf_counter()
+        row = {"kernel": kernel.fn.__name__, "constexprs": {list(sig)[i[0]]: v for i, v in constexprs.items()},
+               **options}
+        try:
+            compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs), target=target,
+                                      options=options)
+            row.update(ok=True, cubin_bytes=len(compiled.asm["cubin"]))
+        except Exception as exc:  # noqa: BLE001 - report every failing launch, not just the first
+            failures += 1
+            row.update(ok=False, error=f"{type(exc).__name__}: {str(exc)[:2000]}")
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        print(json.dumps(row), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -175,7 +175,8 @@ def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint)
     assert all(sorted(table) == [64, 1024, 2000] for table in choices.values())
     assert set(choices["ffn_in_gelu"].values()) <= {"cublas", "triton"}  # named tilings are no longer timed
     assert set(choices["attention"].values()) <= {"torch", "triton", *ATTENTION_TILINGS}
-    assert set(choices["attn_out"].values()) | set(choices["ffn_out"].values()) <= {"cublas", *SPLITK_BACKENDS}
+    assert set(choices["attn_out"].values()) | set(choices["ffn_out"].values()) <= {
+        "cublas", "cublas-accumulate", *SPLITK_BACKENDS}
 
 
 def test_fastest_never_picks_a_wrong_or_broken_candidate(monkeypatch):
@@ -239,13 +240,15 @@ def test_splitk_projections_give_the_cublas_logits(interpret, make_batch, monkey
     assert calls == [(512, 4)] * WIDE.num_hidden_layers
 
 
-def test_tuning_offers_splitk_up_to_its_bound(tiny_checkpoint, monkeypatch):
+def test_tuning_offers_accumulate_everywhere_and_splitk_up_to_its_bound(tiny_checkpoint, monkeypatch):
     # The timing itself needs a GPU: here, which candidates are offered, and that they agree.
     offered = []
 
-    def fastest(default_name, default, candidates, what):
-        for candidate in candidates.values():
+    def fastest(default_name, default, candidates, what, timed=None):
+        for name, candidate in candidates.items():
             torch.testing.assert_close(candidate(), default(), rtol=1e-5, atol=1e-5)
+            if name in (timed or {}):
+                timed[name]()  # runs in place on its scratch tensor
         offered.append(list(candidates))
         return default_name
 
@@ -253,7 +256,23 @@ def test_tuning_offers_splitk_up_to_its_bound(tiny_checkpoint, monkeypatch):
     tensors = dict(tiny_checkpoint.tensors)
     assert build_module._projection_choice(tensors, "layers.0.attn.", 64) == "cublas"
     assert build_module._projection_choice(tensors, "layers.0.ffn.", SPLITK_MAX_TOKENS + 1) == "cublas"
-    assert offered == [list(SPLITK_BACKENDS)]  # none above the bound, where "cublas" is recorded untimed
+    assert offered == [["cublas-accumulate", *SPLITK_BACKENDS], ["cublas-accumulate"]]
+
+
+def test_accumulating_projections_give_the_cublas_logits(interpret, make_batch):
+    # cuBLAS adding into the residual in place, the LayerNorm then reading that one tensor.
+    checkpoint = random_checkpoint(WIDE, std=0.2)
+    limits = dict(device="cpu", precision="fp32", max_batch=4, max_tokens=256, max_seq_length=64)
+    torch_attention = {"attention": {256: "torch"}}
+    accumulate = Engine.from_checkpoint(checkpoint, gemm_choices={
+        "attn_out": {256: "cublas-accumulate"}, "ffn_out": {64: "cublas", 256: "cublas-accumulate"},
+        **torch_attention}, **limits)
+    plain = Engine.from_checkpoint(checkpoint, gemm_choices=torch_attention, **limits)
+    for lengths in ([40, 30, 7], [30, 20]):
+        batch = make_batch(120, lengths, seed=1)
+        expected = plain.qa_logits(batch)
+        assert expected.abs().max().item() > 0.1
+        assert (accumulate.qa_logits(batch) - expected).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("count", [1, 100, 384, 1000, 49152])

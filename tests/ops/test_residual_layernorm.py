@@ -51,6 +51,25 @@ def test_strided_input_fp32_params_and_in_place(interpret):
     torch.testing.assert_close(got, expected, rtol=0, atol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens,hidden", [(1, 48), (7, 100), (97, 96)])
+def test_residual_already_in_x(interpret, tokens, hidden, dtype):
+    # A GEMM that accumulated into the residual: LayerNorm(x + bias), written over x.
+    x, bias, residual, gamma, beta = make_inputs(tokens, hidden, dtype=dtype)
+    summed = (x.double() + residual.double()).to(dtype)
+    zero = torch.zeros_like(residual)
+    expected = torch_math([summed, bias, zero, gamma, beta], dtype)
+    reference = torch_math([summed, bias, zero, gamma, beta], torch.float64)
+    target = summed.clone()
+    got = bias_residual_layernorm(target, bias, None, gamma, beta, EPS, out=target)
+    assert got is target
+    assert_like_torch(got, expected, reference, dtype)
+    torch.testing.assert_close(bias_residual_layernorm_ref(summed, bias, None, gamma, beta, EPS).float(),
+                               reference.to(dtype).float(), atol=ATOL[dtype], rtol=0)
+    with pytest.raises(ValueError, match="without a residual"):
+        bias_residual_layernorm(torch.stack([x, x]), bias, None, gamma, beta, EPS)
+
+
 def test_ref_is_layernorm_of_sum(no_interpret):
     x, bias, residual, gamma, beta = make_inputs(5, 48)
     s = x + bias + residual

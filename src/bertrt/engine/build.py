@@ -35,6 +35,9 @@ TUNE_TOKENS = (128, 384, 1024, 1536, 3072, 12288, 49152)
 # harness's mixed warm-up and by kernels not specializing on token counts, loadgen_h100_s4/), and
 # session 4's cheaper erf made it 15-20% faster than cuBLAS + bias_gelu from 1.5k tokens on
 # (benchmarks/results/explore_h100_s4.json).
+# The projections back to hidden width are also timed accumulating into the residual in place
+# (cuBLAS with beta = 1, "cublas-accumulate"), at every count: the LayerNorm after them then reads
+# one (T, H) tensor instead of two, which at 49k tokens is ~100 MB less traffic per sub-layer.
 # Split-K for the projections back to hidden width (N=1024 for BERT-Large) is offered up to this
 # many tokens only. On an H100 (benchmarks/results/splitk_h100.json) it won only where cuBLAS has
 # very few tiles: the FFN down-projection at 128 tokens (8.7 us against 10.2, with the LayerNorm);
@@ -192,24 +195,31 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
 
 
 def _projection_choice(tensors: dict[str, torch.Tensor], prefix: str, count: int) -> str:
-    """cuBLAS or a split-K count for one projection back to hidden width and its LayerNorm, timed
-    at ``count`` tokens as the engine runs them ("cublas", untimed, above SPLITK_MAX_TOKENS)."""
-    from bertrt.ops.linear_splitk import linear_splitk
-    from bertrt.ops.residual_layernorm import bias_residual_layernorm
+    """How one projection back to hidden width and its LayerNorm run at ``count`` tokens, timed as
+    the engine runs them (``runtime.end_sublayer``): cuBLAS, cuBLAS accumulating into the residual
+    ("cublas-accumulate"), or split-K (up to SPLITK_MAX_TOKENS)."""
+    from bertrt.engine.runtime import end_sublayer
 
-    if count > SPLITK_MAX_TOKENS:  # recorded all the same: the last bound's choice holds beyond it
-        return "cublas"
     weight, bias = tensors[prefix + "out.weight"], tensors[prefix + "out.bias"]
     gamma, beta = tensors[prefix + "ln.weight"], tensors[prefix + "ln.bias"]
     x = torch.randn(count, weight.shape[1], device=weight.device).to(weight.dtype)
     residual = torch.randn(count, weight.shape[0], device=weight.device).to(weight.dtype)
+    scratch = residual.clone()  # what "cublas-accumulate" overwrites: its result, so values stay normalised
 
-    def norm(product):
-        return bias_residual_layernorm(product, bias, residual, gamma, beta, 1e-12)
+    def run(backend: str, target: torch.Tensor = residual) -> torch.Tensor:
+        return end_sublayer(x, weight, bias, target, gamma, beta, 1e-12, backend)
 
-    candidates = {name: lambda s=s: norm(linear_splitk(x, weight, s)) for name, s in SPLITK_BACKENDS.items()}
-    return _fastest("cublas", lambda: norm(torch.nn.functional.linear(x, weight)), candidates,
-                    f"linear_splitk ({prefix}out) at {count} tokens")
+    def accumulate_from_residual():
+        scratch.copy_(residual)
+        return run("cublas-accumulate", scratch)
+
+    candidates = {"cublas-accumulate": accumulate_from_residual}
+    if count <= SPLITK_MAX_TOKENS:
+        candidates.update({name: lambda name=name: run(name) for name in SPLITK_BACKENDS})
+    # Timed without the copy that the check needs.
+    timed = {"cublas-accumulate": lambda: run("cublas-accumulate", scratch)}
+    return _fastest("cublas", lambda: run("cublas"), candidates, f"{prefix}out projection at {count} tokens",
+                    timed=timed)
 
 
 def ragged_lengths(count: int, max_seq_length: int) -> list[int]:
@@ -238,10 +248,12 @@ def ragged_lengths(count: int, max_seq_length: int) -> list[int]:
 
 
 def _fastest(default_name: str, default: Callable[[], torch.Tensor],
-             candidates: dict[str, Callable[[], torch.Tensor]], what: str) -> str:
+             candidates: dict[str, Callable[[], torch.Tensor]], what: str, *,
+             timed: dict[str, Callable[[], object]] | None = None) -> str:
     """The name of the fastest of ``default`` and the candidates that agree with it (relative max
     error <= 1e-2); a candidate must beat the default by ``MARGIN`` (timing noise must not flip a
-    choice), and one that fails to compile, run or agree is skipped with a warning."""
+    choice), and one that fails to compile, run or agree is skipped with a warning. ``timed``: name
+    -> what to time instead of the candidate itself (when checking needs set-up timing must not see)."""
     if not candidates:
         return default_name
     timings = {default_name: graph_time_ms(default)}
@@ -253,7 +265,7 @@ def _fastest(default_name: str, default: Callable[[], torch.Tensor],
             error = float((candidate().float() - expected).abs().max() / scale)
             if not error <= 1e-2:
                 raise ValueError(f"relative error {error:.2e} against {default_name}")
-            timings[name] = graph_time_ms(candidate)
+            timings[name] = graph_time_ms((timed or {}).get(name, candidate))
         except Exception as exc:  # noqa: BLE001  (any compile/launch failure keeps the others)
             warnings.warn(f"{what} ({name}) failed ({exc}); not chosen", RuntimeWarning, stacklevel=3)
     timings[default_name] *= 1 - MARGIN

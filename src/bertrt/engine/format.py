@@ -39,13 +39,15 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # = the same with that tiling (attention_triton.TILINGS), "torch" = PyTorch's fused varlen flash kernel.
 # "attn_out" / "ffn_out": the attention output and FFN down projections, each followed by its bias +
 # residual + LayerNorm kernel: "cublas" = F.linear, "splitk<S>" = linear_splitk with S slices of K,
-# whose fp32 partials that LayerNorm kernel sums (SPLITK_BACKENDS).
+# whose fp32 partials that LayerNorm kernel sums (SPLITK_BACKENDS), "cublas-accumulate" = cuBLAS
+# adding the product into the residual in place (beta = 1), so the LayerNorm reads one tensor, not two.
 # The first backend of each op is its default where nothing was recorded.
 SPLITK_BACKENDS = {"splitk2": 2, "splitk4": 4}
 ATTENTION_TILINGS = ("triton-32x64", "triton-64x64", "triton-64x128", "triton-128x64")
 OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"),
                "attention": ("triton", "torch", *ATTENTION_TILINGS),
-               "attn_out": ("cublas", *SPLITK_BACKENDS), "ffn_out": ("cublas", *SPLITK_BACKENDS)}
+               "attn_out": ("cublas", *SPLITK_BACKENDS, "cublas-accumulate"),
+               "ffn_out": ("cublas", *SPLITK_BACKENDS, "cublas-accumulate")}
 GEMM_OPS = tuple(OP_BACKENDS)
 GemmChoices = dict[str, dict[int, str]]
 

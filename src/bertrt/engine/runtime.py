@@ -9,10 +9,12 @@ Per layer, on (T, H) packed tokens (no computation on padding)::
     up   = bias_gelu(F.linear(x, W_in), b_in)                         bias + erf GELU in one kernel
            or linear_bias_gelu(x, W_in, b_in)                          one Triton GEMM, GELU in its epilogue
     x    = bias_residual_layernorm(F.linear(up, W_ffn_out), b_ffn_out, x)    the same, or split-K
+    (either projection back to hidden width may instead add into x in place, cuBLAS with beta = 1,
+    and the LayerNorm then reads x alone: runtime.end_sublayer)
 
 framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits). Which
-up-projection, attention kernel and output projections (cuBLAS or split-K, for both projections
-back to hidden width) run at a token count is data: ``spec.gemm_choices``, timed at build time.
+up-projection, attention kernel and output projections (cuBLAS, accumulating cuBLAS or split-K,
+for both projections back to hidden width) run at a token count is data: ``spec.gemm_choices``, timed at build time.
 Each op falls back to its plain-PyTorch ``*_ref`` off the GPU, so an fp32 CPU engine gives the
 reference model's answers.
 """
@@ -230,21 +232,19 @@ class Engine:
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
         ffn_in_tiling = TILINGS.get(ffn_in)  # None: config_for's
         attend = _attention(gemm_choice(self.spec.gemm_choices, "attention", tokens))
-        # Split-K slices of the two projections back to hidden width; None: cuBLAS.
-        attn_out = SPLITK_BACKENDS.get(gemm_choice(self.spec.gemm_choices, "attn_out", tokens))
-        ffn_out = SPLITK_BACKENDS.get(gemm_choice(self.spec.gemm_choices, "ffn_out", tokens))
+        # How the two projections back to hidden width run (format.OP_BACKENDS).
+        attn_out = gemm_choice(self.spec.gemm_choices, "attn_out", tokens)
+        ffn_out = gemm_choice(self.spec.gemm_choices, "ffn_out", tokens)
         for w in self._layers:
             q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
             ctx = attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
-            x = bias_residual_layernorm(_project(ctx, w.out_w, attn_out), w.out_b, x, w.attn_ln_w, w.attn_ln_b,
-                                        eps)
+            x = end_sublayer(ctx, w.out_w, w.out_b, x, w.attn_ln_w, w.attn_ln_b, eps, attn_out)
             if ffn_in != "cublas":
                 up = linear_bias_gelu(x, w.in_w, w.in_b, config=ffn_in_tiling)
             else:
                 up = F.linear(x, w.in_w)
                 up = bias_gelu(up, w.in_b, out=up)
-            x = bias_residual_layernorm(_project(up, w.ffn_out_w, ffn_out), w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b,
-                                        eps)
+            x = end_sublayer(up, w.ffn_out_w, w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps, ffn_out)
         return x
 
     def _qa(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
@@ -373,9 +373,17 @@ def _attention(choice: str):
     return varlen_attention_triton if tiling is None else functools.partial(varlen_attention_triton, config=tiling)
 
 
-def _project(x: torch.Tensor, weight: torch.Tensor, splits: int | None) -> torch.Tensor:
-    """x @ weight.T for bias_residual_layernorm: cuBLAS' (T, N), or (splits, T, N) fp32 partials."""
-    return F.linear(x, weight) if splits is None else linear_splitk(x, weight, splits)
+def end_sublayer(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
+                 gamma: torch.Tensor, beta: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
+    """LayerNorm(inputs @ weight.T + bias + residual): a sub-layer's projection back to hidden
+    width and its end, the projection run by ``backend`` (format.OP_BACKENDS "attn_out")."""
+    if backend == "cublas-accumulate":
+        # cuBLAS adds the product into the residual (beta = 1), which is consumed here anyway.
+        summed = residual.addmm_(inputs, weight.t())
+        return bias_residual_layernorm(summed, bias, None, gamma, beta, eps, out=summed)
+    splits = SPLITK_BACKENDS.get(backend)
+    product = F.linear(inputs, weight) if splits is None else linear_splitk(inputs, weight, splits)
+    return bias_residual_layernorm(product, bias, residual, gamma, beta, eps)
 
 
 def _slice(batch: PackedBatch, offsets: list[int], first: int, last: int) -> PackedBatch:

@@ -2,7 +2,8 @@
 
 ``x`` is a GEMM output whose bias was left out of the GEMM so that it is added here for free, or the
 (splits, T, H) fp32 partial products of a split-K GEMM (``linear_splitk``), summed here as they are
-read. ``bias_residual_layernorm`` runs the Triton kernel on CUDA (or under ``TRITON_INTERPRET=1``) and
+read. Without ``residual``, x already holds it: a GEMM that accumulated into the residual (cuBLAS
+with beta = 1) spares this kernel one (T, H) read. ``bias_residual_layernorm`` runs the Triton kernel on CUDA (or under ``TRITON_INTERPRET=1``) and
 ``bias_residual_layernorm_ref`` elsewhere.
 """
 
@@ -18,18 +19,20 @@ _layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the k
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
-def bias_residual_layernorm_ref(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
+def bias_residual_layernorm_ref(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
                                 gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
     """Plain PyTorch, fp32 math inside; same arguments and result as ``bias_residual_layernorm``."""
     partials = x.dim() == 3
-    s = (x.float().sum(0) if partials else x.float()) + bias.float() + residual.float()
+    s = (x.float().sum(0) if partials else x.float()) + bias.float()
+    if residual is not None:
+        s = s + residual.float()
     return F.layer_norm(s, s.shape[-1:], gamma.float(), beta.float(), eps).to(residual.dtype if partials else x.dtype)
 
 
 def _bias_residual_layernorm_kernel(
     out_ptr, x_ptr, bias_ptr, res_ptr, gamma_ptr, beta_ptr,
     n_tokens, hidden, out_stride, x_stride, x_split_stride, res_stride, eps,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, SPLITS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
 ):
     # One program normalises BLOCK_T tokens; a row of BLOCK_H >= hidden columns stays in registers.
     t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -46,14 +49,15 @@ def _bias_residual_layernorm_kernel(
     for _ in tl.static_range(SPLITS - 1):
         x_ptrs += x_split_stride
         x += tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-    x += tl.load(res_ptr + rows * res_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(res_ptr + rows * res_stride + h_offs[None, :], mask=mask, other=0.0).to(tl.float32)
     x += tl.load(bias_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)[None, :]
 
     y = _layernorm_rows(x, mask, h_offs, h_mask, hidden, gamma_ptr, beta_ptr, eps)
     tl.store(out_ptr + rows * out_stride + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
+def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
                             gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
                             out: torch.Tensor | None = None) -> torch.Tensor:
     """LayerNorm(x + bias + residual) over the last dimension.
@@ -62,7 +66,8 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         x: (T, H) fp32/fp16/bf16 GEMM output without its bias, or (S, T, H) partial products of it
             (``linear_splitk``'s fp32 output), whose sum over S is taken.
         bias: (H,) the GEMM's bias, any float dtype.
-        residual: (T, H) the sub-layer's input, any float dtype.
+        residual: (T, H) the sub-layer's input, any float dtype; None when a 2-D ``x`` already
+            includes it.
         gamma, beta: (H,) LayerNorm scale and shift, any float dtype.
         eps: LayerNorm epsilon.
         out: optional (T, H) tensor of the output dtype to write into; may be a 2-D ``x`` or
@@ -73,15 +78,21 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         (which are fp32 whatever the model's precision); the sums and the normalisation are
         computed in fp32.
     """
-    if x.dim() not in (2, 3) or x.shape[-2:] != residual.shape or (x.dim() == 3 and x.shape[0] == 0):
+    if residual is None and x.dim() != 2:
+        raise ValueError(f"without a residual x must be (T, H); got {tuple(x.shape)}")
+    if x.dim() not in (2, 3) or (residual is not None and x.shape[-2:] != residual.shape) or (
+            x.dim() == 3 and x.shape[0] == 0):
         raise ValueError(f"want x (T, H) or (S >= 1, T, H) and residual (T, H); got {tuple(x.shape)}, "
-                         f"{tuple(residual.shape)}")
-    if not use_triton(x, bias, residual, gamma, beta):
+                         f"{None if residual is None else tuple(residual.shape)}")
+    tensors = (x, bias, gamma, beta) if residual is None else (x, bias, residual, gamma, beta)
+    if not use_triton(*tensors):
         result = bias_residual_layernorm_ref(x, bias, residual, gamma, beta, eps)
         return result if out is None else out.copy_(result)
-    n_tokens, hidden = residual.shape
+    n_tokens, hidden = x.shape[-2:]
     has_splits = x.dim() == 3
-    x, residual = rows_contiguous(x), rows_contiguous(residual)
+    x = rows_contiguous(x)
+    has_residual = residual is not None
+    residual = rows_contiguous(residual) if has_residual else x  # x: an unread stand-in pointer
     bias, gamma, beta = bias.contiguous(), gamma.contiguous(), beta.contiguous()
     out = check_out(out, (n_tokens, hidden), residual.dtype if has_splits else x.dtype, x.device)
     if n_tokens == 0:
@@ -91,6 +102,6 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
     jit(_bias_residual_layernorm_kernel, helpers={"_layernorm_rows": layernorm_rows_impl}, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
         out, x, bias, residual, gamma, beta,
         n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0), eps,
-        BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1,
+        BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1, HAS_RESIDUAL=has_residual,
         num_warps=num_warps_for(block_t * block_h))
     return out

@@ -6,8 +6,8 @@ The interpreter tests check what a kernel computes; this checks that it lowers: 
 to PTX and ptxas (shipped in Triton's wheel) to a cubin for compute capability 9.0, which needs no
 GPU. Each op's public function is called on small CPU tensors with its kernel launch recorded
 instead of run (the tensors' dtypes and the op's tiling choices make the signature), then each
-recorded launch is compiled. Shapes are chosen to reach every tiling the engine uses, except the
-TMA GEMM kernel, which the ops take only on a Hopper GPU.
+recorded launch is compiled. Shapes are chosen to reach every tiling the engine uses, in fp16 and bf16,
+except the TMA GEMM kernel, which the ops take only on a Hopper GPU.
 
 Run it in a process where Triton was imported without TRITON_INTERPRET (the test does).
 Exit status 1 if any launch fails to compile.
@@ -77,13 +77,20 @@ def signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
     return sig, constexprs, options
 
 
-def record_engine_launches() -> list[tuple[object, tuple, dict]]:
-    """Call every op as the engine does, at shapes that reach each tiling; return the launches."""
+def record_engine_launches(dtypes=(torch.float16, torch.bfloat16)) -> list[tuple[object, tuple, dict]]:
+    """Call every op as the engine does, in each engine dtype, at shapes that reach each tiling;
+    return the launches."""
     recorder = Recorder()
     for module in MODULES:
         module.jit = recorder
         module.use_triton = lambda *tensors: True
-    h, f16 = 64, torch.float16
+    for dtype in dtypes:
+        _call_ops(dtype)
+    return recorder.launches
+
+
+def _call_ops(f16: torch.dtype) -> None:
+    h = 64
     x = torch.randn(300, h, dtype=f16)
     bias, gamma, beta = (torch.randn(h, dtype=f16) for _ in range(3))
     ids = torch.zeros(300, dtype=torch.int32)
@@ -117,7 +124,6 @@ def record_engine_launches() -> list[tuple[object, tuple, dict]]:
             attention_triton.varlen_attention_triton(q, q, q, cu, 384, config=config)
     q48 = torch.randn(300, heads, 48, dtype=f16)
     attention_triton.varlen_attention_triton(q48, q48, q48, torch.tensor([0, 300], dtype=torch.int32), 300)
-    return recorder.launches
 
 
 def linear_splitk_splits() -> tuple[int, ...]:
@@ -144,8 +150,8 @@ def main() -> int:
             continue
         seen.add(key)
         start = time.perf_counter()
-        row = {"kernel": kernel.fn.__name__, "constexprs": {list(sig)[i[0]]: v for i, v in constexprs.items()},
-               **options}
+        row = {"kernel": kernel.fn.__name__, "pointers": sorted({t for t in sig.values() if t.startswith("*")}),
+               "constexprs": {list(sig)[i[0]]: v for i, v in constexprs.items()}, **options}
         try:
             compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs), target=target,
                                       options=options)

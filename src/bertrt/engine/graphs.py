@@ -83,8 +83,7 @@ class GraphRunner:
             # Where host batches are laid out before their one copy (pinned: the copy is asynchronous).
             self._host = torch.zeros(size, dtype=torch.int32, pin_memory=device.type == "cuda")
         self._host_free: torch.cuda.Event | None = None  # recorded after the last copy out of _host
-        self._inputs: dict[int, StagedInputs] = {}
-        self._host_regions: dict[int, tuple[StagedInputs, torch.Tensor, torch.Tensor]] = {}
+        self._regions: dict[int, tuple[StagedInputs, torch.Tensor, StagedInputs, torch.Tensor]] = {}
         self.use_graphs = use_graphs
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if use_graphs else None
@@ -100,21 +99,19 @@ class GraphRunner:
         return 3 * bucket + self.max_batch + 2
 
     def inputs(self, bucket: int) -> StagedInputs:
-        """The views of the static device buffer that ``bucket``'s graph reads (made once: at batch 1
-        a few microseconds of Python per view are a visible part of a request)."""
-        if bucket not in self._inputs:
-            parts = self._static[:self.region_size(bucket)].split([bucket, bucket, bucket, self.max_batch + 2])
-            self._inputs[bucket] = StagedInputs(*parts)
-        return self._inputs[bucket]
+        """The views of the static device buffer that ``bucket``'s graph reads."""
+        return self._views(bucket)[0]
 
-    def _host_region(self, bucket: int) -> tuple[StagedInputs, torch.Tensor, torch.Tensor]:
-        """Numpy views of ``bucket``'s region in the host buffer (numpy: cheaper per call than
-        torch on small arrays), and the host and device regions the one copy goes between."""
-        if bucket not in self._host_regions:
-            size = self.region_size(bucket)
-            arrays = np.split(self._host[:size].numpy(), np.cumsum([bucket, bucket, bucket]))
-            self._host_regions[bucket] = (StagedInputs(*arrays), self._host[:size], self._static[:size])
-        return self._host_regions[bucket]
+    def _views(self, bucket: int) -> tuple[StagedInputs, torch.Tensor, StagedInputs, torch.Tensor]:
+        """``bucket``'s region of the device buffer, split and whole, then of the host buffer as
+        numpy arrays (cheaper than torch on small arrays) and whole. Made once per bucket: at
+        batch 1 a few microseconds of Python per view are a visible part of a request."""
+        if bucket not in self._regions:
+            size, sizes = self.region_size(bucket), [bucket, bucket, bucket, self.max_batch + 2]
+            device, host = self._static[:size], self._host[:size]
+            arrays = np.split(host.numpy(), np.cumsum(sizes[:-1]))
+            self._regions[bucket] = (StagedInputs(*device.split(sizes)), device, StagedInputs(*arrays), host)
+        return self._regions[bucket]
 
     def _static_call(self, bucket: int) -> torch.Tensor:
         staged = self.inputs(bucket)
@@ -178,7 +175,7 @@ class GraphRunner:
         tokens, sequences = batch.total_tokens, batch.num_sequences
         if self._host_free is not None:
             self._host_free.synchronize()  # the previous batch's copy has read _host
-        staged, host, device = self._host_region(bucket)
+        _, device, staged, host = self._views(bucket)
         for target, source in ((staged.input_ids, batch.input_ids), (staged.token_type_ids, batch.token_type_ids),
                                (staged.position_ids, batch.position_ids)):
             target[:tokens] = source.numpy()
@@ -194,8 +191,8 @@ class GraphRunner:
         """Copy a device batch into ``bucket``'s region, zeroing it first: stale contents could be
         invalid there (another bucket's region puts ids where this one reads types or positions)."""
         tokens, sequences = batch.total_tokens, batch.num_sequences
-        staged = self.inputs(bucket)
-        self._host_region(bucket)[2].zero_()
+        staged, region, _, _ = self._views(bucket)
+        region.zero_()
         staged.input_ids[:tokens].copy_(batch.input_ids)
         staged.token_type_ids[:tokens].copy_(batch.token_type_ids)
         staged.position_ids[:tokens].copy_(batch.position_ids)

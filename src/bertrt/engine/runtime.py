@@ -376,7 +376,10 @@ def _attention(choice: str):
 def end_sublayer(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
                  gamma: torch.Tensor, beta: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
     """LayerNorm(inputs @ weight.T + bias + residual): a sub-layer's projection back to hidden
-    width and its end, the projection run by ``backend`` (format.OP_BACKENDS "attn_out")."""
+    width and its end, the projection run by ``backend`` (format.OP_BACKENDS "attn_out").
+
+    With "cublas-accumulate" the result is written over ``residual`` (the sub-layer's input,
+    which nothing reads afterwards); the other backends leave it as it is."""
     if backend == "cublas-accumulate":
         # cuBLAS adds the product into the residual (beta = 1), which is consumed here anyway.
         summed = residual.addmm_(inputs, weight.t())

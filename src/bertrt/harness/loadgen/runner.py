@@ -144,7 +144,8 @@ def frozen_heap():
     tracked objects) moves to the collector's permanent generation, so the collections the run
     triggers scan only what the run allocates. A full collection of that heap took 300 ms on a
     2-core CI machine; one landing inside a timed run stalls the SUT's threads (they need the GIL)
-    for that long, and LoadGen Server batches on an H100 showed ~100 ms stalls of that kind."""
+    for that long. LoadGen Server runs on an H100 showed rare ~100 ms batch stalls with no kernel
+    compile in the run, which fits (session 5; not yet rerun with the heap frozen)."""
     gc.collect()
     gc.freeze()
     try:

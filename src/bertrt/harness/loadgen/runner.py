@@ -141,11 +141,11 @@ def frozen_heap():
     """Keep Python's full garbage collections short while LoadGen times the run.
 
     Everything alive before the run (the tokenised QSL, the model, torch's own objects: ~240k
-    tracked objects) moves to the collector's permanent generation, so the collections the run
-    triggers scan only what the run allocates. A full collection of that heap took 300 ms on a
-    2-core CI machine; one landing inside a timed run stalls the SUT's threads (they need the GIL)
-    for that long. LoadGen Server runs on an H100 showed rare ~100 ms batch stalls with no kernel
-    compile in the run, which fits (session 5; not yet rerun with the heap frozen)."""
+    tracked objects) moves to the collector's permanent generation, so any collection the run
+    triggers scans only what the run allocates. A full collection of that heap takes 300 ms on a
+    2-core CI machine, and it would hold the GIL the SUT's threads need. Insurance, not a measured
+    fix: in a 20 s CPU Server run at 3,650 samples/s no full collection happened without it either
+    (benchmarks/server_gc_cpu.py), so GC does not explain the ~100 ms batch stalls seen on an H100."""
     gc.collect()
     gc.freeze()
     try:

@@ -97,7 +97,8 @@ def test_single_stream_performance(tmp_path, qa_model, squad_dev, reference):
     # Issue to result lies inside LoadGen's own latency: LoadGen timestamps the issue before our
     # callback and the completion inside QuerySamplesComplete, which runs after "done".
     phases = report["sut_phases_ms"]
-    assert set(phases) == {"wait", "service", "complete"}
+    assert set(phases) == {"wait", "service", "launch", "complete"}
+    assert all(r["launched_s"] <= r["submitted_s"] <= r["done_s"] for r in rows)
     assert 0 < phases["service"]["p50"] <= phases["service"]["max"]
     assert max(1000 * (r["done_s"] - r["issued_s"]) for r in rows) <= lat["max"]
 

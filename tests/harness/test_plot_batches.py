@@ -11,19 +11,22 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_trace_round_trips(tmp_path):
-    rows = [[0.01 * i, 0.01 * i + 0.001, 0.01 * i + 0.02, 0.01 * i + 0.0205, 4, 700 + i, 3] for i in range(5)]
+    rows = [[0.01 * i, 0.01 * i + 0.001, 0.01 * i + 0.002, 0.01 * i + 0.02, 0.01 * i + 0.0205, 4, 700 + i, 3]
+            for i in range(5)]
     write_batches(tmp_path / "batches.json", rows)
     got = read_batches(tmp_path / "batches.json")
     assert [list(r.values()) for r in got] == rows and list(got[0]) == list(COLUMNS)
 
 
 def test_summary_splits_each_batch_into_phases():
-    # Batch i waits (i % 10) + 1 ms, runs 5 ms, and takes 0.5 ms to hand over.
+    # Batch i waits (i % 10) + 1 ms, runs 5 ms (0.25 of it launching), and takes 0.5 ms to hand over.
     rows = []
     for i in range(100):
         launched = i + 0.001 * (i % 10 + 1)
-        rows.append(dict(zip(COLUMNS, (i, launched, launched + 0.005, launched + 0.0055, 1, 100, 0))))
+        times = (i, launched, launched + 0.00025, launched + 0.005, launched + 0.0055)
+        rows.append(dict(zip(COLUMNS, (*times, 1, 100, 0))))
     summary = summarize(rows)
+    assert summary["launch"]["p50"] == pytest.approx(0.25)
     assert summary["wait"]["max"] == pytest.approx(10.0) and summary["wait"]["p50"] == pytest.approx(5.5)
     assert summary["service"]["p50"] == pytest.approx(5.0) and summary["service"]["max"] == pytest.approx(5.0)
     assert summary["complete"]["p99"] == pytest.approx(0.5)
@@ -34,7 +37,7 @@ def test_summary_splits_each_batch_into_phases():
 
 def test_plots_several_traces(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    rows = [[0.01 * i, 0.01 * i, 0.01 * i + (0.5 if i == 20 else 0.02), 0.01 * i + 0.03, 4, 700 + i, 0]
+    rows = [[0.01 * i, 0.01 * i, 0.01 * i, 0.01 * i + (0.5 if i == 20 else 0.02), 0.01 * i + 0.03, 4, 700 + i, 0]
             for i in range(50)]
     write_batches(tmp_path / "batches.json", rows)
     assert plot_batches([("one", read_batches(tmp_path / "batches.json")), ("empty", [])],

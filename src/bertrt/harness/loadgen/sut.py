@@ -63,7 +63,7 @@ class BatchingSUT:
         self.batches = 0
         self.samples = 0
         # One row per finished batch (trace.COLUMNS), written to batches.json by the runner.
-        self.trace: list[tuple[float, float, float, float, int, int, int]] = []
+        self.trace: list[tuple[float, float, float, float, float, int, int, int]] = []
         self._t0 = time.perf_counter()
 
     # --- LoadGen callbacks ------------------------------------------------------------------
@@ -183,10 +183,10 @@ class BatchingSUT:
             pending = submit(ids, types) if submit is not None else _Ready(self.backend.run(ids, types))
         except BaseException as exc:  # noqa: BLE001 - LoadGen would wait forever for these samples
             pending = _Failed(exc)
-        return batch, [len(x) for x in ids], pending, start, waiting
+        return batch, [len(x) for x in ids], pending, start, waiting, time.perf_counter()
 
     def _complete(self, batch: list[tuple[int, int, float]], lengths: list[int], pending, start: float,
-                  waiting: int = 0) -> None:
+                  waiting: int = 0, submitted: float | None = None) -> None:
         import mlperf_loadgen as lg
 
         try:
@@ -218,8 +218,9 @@ class BatchingSUT:
         self.samples += len(batch)
         completed = time.perf_counter()
         issued = min(item[2] for item in batch)
-        self.trace.append((*(round(t - self._t0, 6) for t in (issued, start, done, completed)), len(batch),
-                           sum(lengths), waiting))
+        submitted = start if submitted is None else submitted
+        self.trace.append((*(round(t - self._t0, 6) for t in (issued, start, submitted, done, completed)),
+                           len(batch), sum(lengths), waiting))
 
 
 class _Ready:

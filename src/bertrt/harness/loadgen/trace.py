@@ -1,10 +1,11 @@
 """The SUT's per-batch trace (``batches.json`` in a run's output folder), its summary and its plot.
 
 One row per finished batch, times in seconds since the SUT started: when its oldest sample was
-issued, when the batch was launched, when its result came back and when LoadGen had taken the
-responses; then its samples and tokens, and how many samples were still pending at its launch.
-So a sample's latency splits into waiting (issue to launch: the queue, and a worker waking up),
-service (the backend) and completion (handing the results to LoadGen). A stall (a kernel
+issued, when the batch was launched, when the backend's launch call returned (the host's share of
+starting it), when its result came back and when LoadGen had taken the responses; then its
+samples and tokens, and how many samples were still pending at its launch. So a sample's latency
+splits into waiting (issue to launch: the queue, and a worker waking up), service (the backend,
+of which "launch" is host work) and completion (handing the results to LoadGen). A stall (a kernel
 compiling inside the timed run, a queue that does not drain) shows as one slow batch followed
 by a run of full ones. Traces written before the issue and completion times were recorded lack
 those two columns; rows are read by column name.
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-COLUMNS = ("issued_s", "launched_s", "done_s", "completed_s", "samples", "tokens", "pending_at_launch")
+COLUMNS = ("issued_s", "launched_s", "submitted_s", "done_s", "completed_s", "samples", "tokens",
+           "pending_at_launch")
 TRACE_FILE = "batches.json"
 # Phases of a batch's life: name -> (from column, to column).
 PHASES = {"wait": ("issued_s", "launched_s"), "service": ("launched_s", "done_s"),
-          "complete": ("done_s", "completed_s")}
+          "launch": ("launched_s", "submitted_s"), "complete": ("done_s", "completed_s")}
 
 
 def write_batches(path: str | Path, rows: Sequence[Sequence[float]]) -> None:

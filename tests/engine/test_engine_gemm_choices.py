@@ -102,57 +102,49 @@ def test_a_named_tiling_reaches_the_kernel(interpret, count_fused, tiny_checkpoi
     assert count_fused == [(50, TILINGS["triton-overlapped"])] * tiny_checkpoint.config.num_hidden_layers
 
 
-def test_runtime_honours_a_recorded_triton_attention_choice(interpret, tiny_checkpoint, make_batch, monkeypatch):
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """Records the engine's calls of the Triton attention kernel (still running it): (tokens, tiling)."""
     calls = []
     real = runtime.varlen_attention_triton
 
-    def spy(q, k, v, cu_seqlens, max_seqlen):
-        calls.append(q.shape[0])
-        return real(q, k, v, cu_seqlens, max_seqlen)
-
-    monkeypatch.setattr(runtime, "varlen_attention_triton", spy)
-    choices = {"attention": {64: "torch", 256: "triton"}}
-    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
-                                    max_seq_length=64, gemm_choices=choices)
-    reference = ReferenceBert.from_checkpoint(tiny_checkpoint)
-    layers = tiny_checkpoint.config.num_hidden_layers
-    for batch, expected_calls in ((make_batch(120, [30, 20]), []),
-                                  (make_batch(120, [64, 60, 50, 7], seed=1), [181] * layers)):
-        logits = engine.qa_logits(batch)
-        with torch.inference_mode():
-            expected = reference.qa_logits(batch)
-        assert (logits - expected).abs().max().item() <= 1e-4
-        assert calls == expected_calls
-        calls.clear()
-    # Nothing recorded (a CPU build): the Triton kernel is the default, falling back to the reference
-    # where Triton cannot run.
-    plain = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
-                                   max_seq_length=64, gemm_choices={})
-    plain.qa_logits(make_batch(120, [30, 20]))
-    assert calls == [50] * layers
-
-
-def test_runtime_runs_a_recorded_attention_tiling(interpret, tiny_checkpoint, make_batch, monkeypatch):
-    configs = []
-    real = runtime.varlen_attention_triton
-
     def spy(q, k, v, cu_seqlens, max_seqlen, config=None):
-        configs.append(config)
+        calls.append((q.shape[0], config))
         return real(q, k, v, cu_seqlens, max_seqlen, config=config)
 
     monkeypatch.setattr(runtime, "varlen_attention_triton", spy)
-    choices = {"attention": {64: "triton-32x64", 256: "triton"}}
-    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
+    return calls
+
+
+def _check_attention_choices(checkpoint, make_batch, calls, choices, expected_per_batch):
+    """Two batches (50 and 181 tokens) through an engine with ``choices``: reference logits, and
+    the Triton kernel called as ``expected_per_batch`` says for each (a list of calls per layer)."""
+    engine = Engine.from_checkpoint(checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
                                     max_seq_length=64, gemm_choices=choices)
-    reference = ReferenceBert.from_checkpoint(tiny_checkpoint)
-    layers = tiny_checkpoint.config.num_hidden_layers
-    for batch, expected in ((make_batch(120, [30, 20]), TILINGS_ATTENTION["triton-32x64"]),
-                            (make_batch(120, [64, 60, 50, 7], seed=1), None)):
+    reference = ReferenceBert.from_checkpoint(checkpoint)
+    layers = checkpoint.config.num_hidden_layers
+    for batch, expected in zip((make_batch(120, [30, 20]), make_batch(120, [64, 60, 50, 7], seed=1)),
+                               expected_per_batch):
         logits = engine.qa_logits(batch)
         with torch.inference_mode():
             assert (logits - reference.qa_logits(batch)).abs().max().item() <= 1e-4
-        assert configs == [expected] * layers
-        configs.clear()
+        assert calls == expected * layers
+        calls.clear()
+
+
+def test_runtime_honours_a_recorded_triton_attention_choice(interpret, tiny_checkpoint, make_batch,
+                                                            attention_calls):
+    _check_attention_choices(tiny_checkpoint, make_batch, attention_calls,
+                             {"attention": {64: "torch", 256: "triton"}}, ([], [(181, None)]))
+    # Nothing recorded (a CPU build): the Triton kernel is the default, falling back to the reference
+    # where Triton cannot run.
+    _check_attention_choices(tiny_checkpoint, make_batch, attention_calls, {}, ([(50, None)], [(181, None)]))
+
+
+def test_runtime_runs_a_recorded_attention_tiling(interpret, tiny_checkpoint, make_batch, attention_calls):
+    _check_attention_choices(tiny_checkpoint, make_batch, attention_calls,
+                             {"attention": {64: "triton-32x64", 256: "triton"}},
+                             ([(50, TILINGS_ATTENTION["triton-32x64"])], [(181, None)]))
 
 
 def test_every_attention_tiling_is_a_recordable_choice():

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from bertrt.harness.loadgen.trace import plot_batches, read_batches
+from bertrt.harness.loadgen.trace import plot_batches, read_batches, rows_of
 
 
 def _rows(path: str) -> list[dict]:
@@ -23,8 +23,7 @@ def _rows(path: str) -> list[dict]:
     found = [r for r in json.loads(Path(results).read_text())["results"] if r.get("step") == step]
     if not found or "batch_trace" not in found[0]:
         raise SystemExit(f"{results}: no batch trace for step {step!r}")
-    trace = found[0]["batch_trace"]
-    return [dict(zip(trace["columns"], row)) for row in trace["rows"]]
+    return rows_of(found[0]["batch_trace"])
 
 
 def main(argv: list[str]) -> int:

@@ -15,10 +15,11 @@ def register(subparsers) -> None:
                     "weights.safetensors with its sha256, vocab.txt). The engine records the GPU compute "
                     "capability it was built for; CUDA graphs are captured at run time per token bucket, so new "
                     "request shapes never need a rebuild. A GPU build also times the alternative kernels (attention: "
-                    "bertrt's Triton kernel or PyTorch's; FFN up-projection: cuBLAS + GELU or a fused Triton GEMM; "
-                    "attention output and FFN down projections up to 384 tokens: cuBLAS or split-K) at "
-                    "a few token counts and records the faster in engine.json. BERT-Large on an H100: about "
-                    "16 s on a fresh machine (Triton compiles the candidates), less with a warm kernel cache.",
+                    "bertrt's Triton kernel in several tilings or PyTorch's; FFN up-projection: cuBLAS + GELU or "
+                    "a fused Triton GEMM; attention output and FFN down projections: cuBLAS, cuBLAS adding into "
+                    "the residual, or split-K up to 384 tokens) at a few token counts and records the fastest in "
+                    "engine.json. BERT-Large on an H100: about "
+                    "20-28 s on a fresh machine (Triton compiles the candidates), 10-15 s with a warm kernel cache.",
         epilog="examples:\n  bertrt build --model bert-large-squad/ --out engines/large-fp16\n"
                "  bertrt build --random large --out /tmp/large   # random weights, for speed runs",
         formatter_class=argparse.RawDescriptionHelpFormatter)

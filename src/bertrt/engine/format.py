@@ -18,6 +18,7 @@ from typing import Any
 
 from bertrt.atomic import write_folder_atomically
 from bertrt.config import BertConfig, ConfigError, Precision
+from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILING_CONFIGS
 
 FORMAT = "bertrt-engine"
 FORMAT_VERSION = 1
@@ -43,7 +44,7 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # adding the product into the residual in place (beta = 1), so the LayerNorm reads one tensor, not two.
 # The first backend of each op is its default where nothing was recorded.
 SPLITK_BACKENDS = {"splitk2": 2, "splitk4": 4}
-ATTENTION_TILINGS = ("triton-32x64", "triton-64x64", "triton-64x128", "triton-128x64")
+ATTENTION_TILINGS = tuple(ATTENTION_TILING_CONFIGS)
 OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped"),
                "attention": ("triton", "torch", *ATTENTION_TILINGS),
                "attn_out": ("cublas", *SPLITK_BACKENDS, "cublas-accumulate"),

@@ -26,7 +26,7 @@ from bertrt.harness.loadgen.backends import make_backend, require_qa_head, resol
 from bertrt.harness.loadgen.qsl import SquadQSL
 from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, log_settings, loadgen_settings
 from bertrt.harness.loadgen.sut import BatchingSUT
-from bertrt.harness.loadgen.trace import TRACE_FILE, read_batches, summarize, write_batches
+from bertrt.harness.loadgen.trace import TRACE_FILE, rows_of, summarize, write_batches
 
 
 def require_loadgen():
@@ -182,8 +182,7 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
 
     report = reporting.build_report(out, options, backend_name=backend.name, samples=len(qsl),
                                     batches=sut.batches, completed=sut.samples)
-    write_batches(out / TRACE_FILE, sut.trace)
-    report["sut_phases_ms"] = summarize(read_batches(out / TRACE_FILE))
+    report["sut_phases_ms"] = summarize(rows_of(write_batches(out / TRACE_FILE, sut.trace)))
     if options.mode is Mode.ACCURACY:
         scores = accuracy.score(qsl, accuracy.read_accuracy_log(out / accuracy.ACCURACY_LOG))
         predictions = scores.pop("predictions")

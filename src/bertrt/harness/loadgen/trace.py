@@ -7,8 +7,8 @@ samples and tokens, and how many samples were still pending at its launch. So a 
 splits into waiting (issue to launch: the queue, and a worker waking up), service (the backend,
 of which "launch" is host work) and completion (handing the results to LoadGen). A stall (a kernel
 compiling inside the timed run, a queue that does not drain) shows as one slow batch followed
-by a run of full ones. Traces written before the issue and completion times were recorded lack
-those two columns; rows are read by column name.
+by a run of full ones. Traces written before the issue, launch-return and completion times were
+recorded lack those columns; rows are read by column name.
 """
 
 from __future__ import annotations
@@ -27,8 +27,16 @@ PHASES = {"wait": ("issued_s", "launched_s"), "service": ("launched_s", "done_s"
           "launch": ("launched_s", "submitted_s"), "complete": ("done_s", "completed_s")}
 
 
-def write_batches(path: str | Path, rows: Sequence[Sequence[float]]) -> None:
-    Path(path).write_text(json.dumps({"columns": list(COLUMNS), "rows": [list(r) for r in rows]}) + "\n")
+def write_batches(path: str | Path, rows: Sequence[Sequence[float]]) -> dict:
+    """Write the SUT's trace rows (tuples in ``COLUMNS`` order); returns the trace as written."""
+    trace = {"columns": list(COLUMNS), "rows": [list(r) for r in rows]}
+    Path(path).write_text(json.dumps(trace) + "\n")
+    return trace
+
+
+def rows_of(trace: dict) -> list[dict]:
+    """A trace's rows (``{"columns": [...], "rows": [[...], ...]}``) as dicts keyed by its columns."""
+    return [dict(zip(trace["columns"], row)) for row in trace["rows"]]
 
 
 def summarize(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
@@ -48,8 +56,7 @@ def summarize(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
 
 def read_batches(path: str | Path) -> list[dict]:
     """The rows of a ``batches.json`` as dicts keyed by ``COLUMNS``."""
-    trace = json.loads(Path(path).read_text())
-    return [dict(zip(trace["columns"], row)) for row in trace["rows"]]
+    return rows_of(json.loads(Path(path).read_text()))
 
 
 def plot_batches(traces: Sequence[tuple[str, list[dict]]], path: str | Path) -> Path:

@@ -15,6 +15,8 @@ BERT-Large fp16 shapes throughout. Sections (each caught on its own; the JSON is
    kernels of each captured graph.
 4. engine: random BERT-Large engines with the default choices and with every Triton choice forced,
    timed at b1 s384 and b128 s384, with a per-kernel profile of b1 s384.
+5. levers: ceilings of this card, the up-projection's epilogue options (cuBLASLt's GELU epilogue
+   among them) and PyTorch's SDPA backends against the Triton attention (``section_levers``).
 """
 
 from __future__ import annotations
@@ -220,6 +222,100 @@ def section_gemm() -> dict:
     return {"rows": rows}
 
 
+def section_levers() -> dict:
+    """Session 6: what the next changes could buy, measured before wiring anything else in.
+
+    - ceilings: fp16 8192^3 matmul and a device-to-device copy on this card (the H200 replaced the
+      H100 that ANCHORS.md's ceilings come from);
+    - the FFN up-projection at M = 384 .. 49,152: cuBLAS without any epilogue, cuBLAS + bias_gelu,
+      the fused Triton GEMM (erf), and cuBLASLt's GELU_BIAS epilogue through bertrt's binding
+      (linear_bias_gelu_tanh), each with its max error against fp64 erf-GELU;
+    - attention on equal lengths (b32/b128 x s384) through PyTorch's SDPA backends on the padded
+      layout (flash, cuDNN, efficient) against bertrt's Triton kernel on the packed layout.
+    """
+    from bertrt.ops.attention_triton import varlen_attention_triton
+    from bertrt.ops.bias_gelu import bias_gelu
+    from bertrt.ops.linear_gelu import linear_bias_gelu
+    from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
+
+    result: dict = {"ceilings": {}, "ffn_in": {}, "attention": {}}
+    a = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    b = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    ms = bench_kernel(lambda: a @ b)
+    result["ceilings"]["fp16_matmul_8192_tflops"] = 2 * 8192 ** 3 / ms / 1e9
+    src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = bench_kernel(lambda: dst.copy_(src))
+    result["ceilings"]["copy_tb_s"] = 2 * src.numel() / ms / 1e9
+    del a, b, src, dst
+    print(f"ceilings: {result['ceilings']}", flush=True)
+    torch.cuda.empty_cache()
+
+    n, k = INTER, HIDDEN
+    w = (torch.randn(n, k, device="cuda") * (1.5 / math.sqrt(k))).to(DTYPE)
+    bias = (torch.randn(n, device="cuda") * 0.5).to(DTYPE)
+    for m in (384, 3072, 12288, 49152):
+        torch.manual_seed(m)
+        x = torch.randn(m, k, device="cuda").to(DTYPE)
+        exact = F.gelu(F.linear(x.double(), w.double(), bias.double()))
+        scale = exact.abs().max().item()
+
+        def unfused(x=x):
+            up = F.linear(x, w)
+            return bias_gelu(up, bias, out=up)
+
+        variants = {"cublas_no_epilogue": lambda x=x: F.linear(x, w), "cublas_bias_gelu": unfused,
+                    "triton_fused_erf": lambda x=x: linear_bias_gelu(x, w, bias),
+                    "cublaslt_gelu_tanh": lambda x=x: linear_bias_gelu_tanh(x, w, bias)}
+        row = {}
+        for name, fn in variants.items():
+            try:
+                got = fn()
+                ms = bench_kernel(fn)
+                row[name] = {"ms": ms, "tflops": 2 * m * n * k / ms / 1e9}
+                if name != "cublas_no_epilogue":
+                    row[name]["max_err_vs_fp64_erf"] = (got.double() - exact).abs().max().item() / scale
+            except Exception as exc:  # noqa: BLE001
+                row[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        result["ffn_in"][f"M{m}"] = row
+        print(f"ffn_in M={m}: " + ", ".join(f"{k_}={v.get('ms', float('nan')) * 1000:.1f}us"
+                                            f"/{v.get('max_err_vs_fp64_erf', 0):.1e}" for k_, v in row.items()),
+              flush=True)
+        del x, exact
+        torch.cuda.empty_cache()
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    for batch, seq in ((32, 384), (128, 384)):
+        torch.manual_seed(batch)
+        tokens = batch * seq
+        qkv = torch.randn(tokens, 3, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
+        q, k_, v = qkv.unbind(1)
+        cu = cu_of([seq] * batch)
+        flops = 4 * batch * seq * seq * HEAD_DIM * HEADS
+        expected = varlen_attention_triton(q, k_, v, cu, seq)
+        row = {"triton_packed": {"ms": bench_kernel(lambda: varlen_attention_triton(q, k_, v, cu, seq))}}
+        padded = [t.view(batch, seq, HEADS, HEAD_DIM).transpose(1, 2) for t in (q, k_, v)]
+        for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
+                              ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)):
+            try:
+                def fn(backend=backend):
+                    with sdpa_kernel(backend):
+                        return F.scaled_dot_product_attention(*padded)
+                got = fn().transpose(1, 2).reshape(tokens, HEADS, HEAD_DIM)
+                err = (got.float() - expected.float()).abs().max().item()
+                row[name] = {"ms": bench_kernel(fn), "max_err_vs_triton": err}
+            except Exception as exc:  # noqa: BLE001
+                row[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        for r in row.values():
+            if "ms" in r:
+                r["tflops"] = flops / r["ms"] / 1e9
+        result["attention"][f"b{batch}_s{seq}"] = row
+        print(f"attention b{batch} s{seq}: " + ", ".join(f"{k_}={v.get('ms', float('nan')) * 1000:.1f}us"
+                                                         for k_, v in row.items()), flush=True)
+    return result
+
+
 def top_kernels(fn, n=12) -> list:
     from torch.profiler import ProfilerActivity, profile
 
@@ -337,7 +433,7 @@ def main(argv: list[str]) -> int:
     report = {"kind": "bertrt-device-explore", "environment": environment(torch.device("cuda")), "sections": {}}
     start = time.perf_counter()
     for name, fn in (("attention", section_attention), ("gemm", section_gemm), ("hf_graph", section_hf_graph),
-                     ("engine", section_engine)):
+                     ("engine", section_engine), ("levers", section_levers)):
         if only and name not in only:
             continue
         t0 = time.perf_counter()

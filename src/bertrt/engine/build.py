@@ -131,9 +131,9 @@ def graph_time_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 5) 
 def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                       token_counts: tuple[int, ...] = TUNE_TOKENS, num_heads: int | None = None,
                       max_seq_length: int = 384) -> GemmChoices:
-    """Time the two ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
-    linear_bias_gelu), of the attention output and FFN down projections with their bias + residual +
-    LayerNorm (cuBLAS against linear_splitk, up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of
+    """Time the ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
+    linear_bias_gelu and cuBLASLt's GELU epilogue, linear_bias_gelu_tanh), of the attention output
+    and FFN down projections with their bias + residual + LayerNorm (cuBLAS against linear_splitk, up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of
     attention (the Triton kernel with attention_config_for's tiling against PyTorch's varlen flash
     and the Triton kernel with each other tiling of ``attention_triton.TILINGS``), each at a few
     token counts; a Triton kernel must first agree with the other path.
@@ -145,7 +145,7 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
         max_seq_length: sequences of this length make up the attention timing batches.
 
     Returns:
-        {"ffn_in_gelu": {token count: "cublas" | "triton"},
+        {"ffn_in_gelu": {token count: "cublas" | "triton" | "cublaslt-gelu"},
         "attn_out": {...: "cublas" | a name in SPLITK_BACKENDS}, "ffn_out": {...},
         "attention": {...: "triton" | "torch" | a name in attention_triton.TILINGS}},
         or {} when the tensors are not on CUDA.
@@ -155,6 +155,7 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     from bertrt.ops.attention_triton import default_config, varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
     from bertrt.ops.linear_gelu import linear_bias_gelu
+    from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 
     weight, bias = tensors["layers.0.ffn.in.weight"], tensors["layers.0.ffn.in.bias"]
     if weight.device.type != "cuda":
@@ -172,7 +173,8 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                 up = torch.nn.functional.linear(x, weight)
                 return bias_gelu(up, bias, out=up)
 
-            candidates = {"triton": lambda x=x: linear_bias_gelu(x, weight, bias)}
+            candidates = {"triton": lambda x=x: linear_bias_gelu(x, weight, bias),
+                          "cublaslt-gelu": lambda x=x: linear_bias_gelu_tanh(x, weight, bias)}
             choices["ffn_in_gelu"][count] = _fastest("cublas", unfused, candidates,
                                                      f"linear_bias_gelu at {count} tokens")
             for op, prefix in PROJECTIONS.items():

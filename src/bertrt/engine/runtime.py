@@ -8,6 +8,7 @@ Per layer, on (T, H) packed tokens (no computation on padding)::
            or with linear_splitk(ctx, W_out, S) for F.linear          S fp32 split-K partials, summed by the LN
     up   = bias_gelu(F.linear(x, W_in), b_in)                         bias + erf GELU in one kernel
            or linear_bias_gelu(x, W_in, b_in)                          one Triton GEMM, GELU in its epilogue
+           or linear_bias_gelu_tanh(x, W_in, b_in)                     one cuBLASLt GEMM, tanh GELU in its epilogue
     x    = bias_residual_layernorm(F.linear(up, W_ffn_out), b_ffn_out, x)    the same, or split-K
     (either projection back to hidden width may instead add into x in place, cuBLAS with beta = 1,
     and the LayerNorm then reads x alone: runtime.end_sublayer)
@@ -39,6 +40,7 @@ from bertrt.ops.attention_triton import varlen_attention_triton
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
 from bertrt.ops.linear_gelu import TILINGS, linear_bias_gelu
+from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 from bertrt.ops.linear_splitk import linear_splitk
 from bertrt.ops.qa_head import qa_head
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
@@ -239,11 +241,13 @@ class Engine:
             q, k, v = F.linear(x, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
             ctx = attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size)
             x = end_sublayer(ctx, w.out_w, w.out_b, x, w.attn_ln_w, w.attn_ln_b, eps, attn_out)
-            if ffn_in != "cublas":
-                up = linear_bias_gelu(x, w.in_w, w.in_b, config=ffn_in_tiling)
-            else:
+            if ffn_in == "cublas":
                 up = F.linear(x, w.in_w)
                 up = bias_gelu(up, w.in_b, out=up)
+            elif ffn_in == "cublaslt-gelu":
+                up = linear_bias_gelu_tanh(x, w.in_w, w.in_b)
+            else:
+                up = linear_bias_gelu(x, w.in_w, w.in_b, config=ffn_in_tiling)
             x = end_sublayer(up, w.ffn_out_w, w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps, ffn_out)
         return x
 

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bertrt.ops import _cublaslt
+from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh, linear_bias_gelu_tanh_ref
+from ops_testing import assert_like_torch, gen, poisoned, randn
+
+
+def make_inputs(tokens, k, n, *, dtype=torch.float32, device="cpu", seed=0):
+    g = gen(seed)
+    return [randn(tokens, k, generator=g, dtype=dtype, device=device),
+            randn(n, k, generator=g, dtype=dtype, device=device, scale=1.5 / math.sqrt(k)),
+            randn(n, generator=g, dtype=dtype, device=device, scale=0.5)]
+
+
+def torch_math(inputs, dtype):
+    x, w, b = (t.to(dtype) for t in inputs)
+    return F.gelu(F.linear(x, w, b), approximate="tanh")
+
+
+def test_cpu_computes_the_tanh_form_not_erf(no_interpret):
+    x, w, b = make_inputs(9, 24, 40)
+    got = linear_bias_gelu_tanh(x, w, b)
+    pre = F.linear(x.double(), w.double(), b.double())
+    torch.testing.assert_close(got.double(), F.gelu(pre, approximate="tanh"), rtol=1e-5, atol=1e-6)
+    tanh_vs_erf = (F.gelu(pre, approximate="tanh") - F.gelu(pre)).abs().max()
+    assert tanh_vs_erf > 1e-5  # the forms differ on these inputs, so the check above tells them apart
+    torch.testing.assert_close(got, linear_bias_gelu_tanh_ref(x, w, b))
+
+
+def test_out_is_written_and_checked(no_interpret):
+    x, w, b = make_inputs(5, 16, 8)
+    out = poisoned((5, 8), torch.float32)
+    assert linear_bias_gelu_tanh(x, w, b, out=out) is out
+    torch.testing.assert_close(out, linear_bias_gelu_tanh_ref(x, w, b))
+    with pytest.raises(ValueError, match="out must be"):
+        linear_bias_gelu_tanh(x, w, b, out=torch.empty(5, 9))
+
+
+def test_cublaslt_is_not_offered_off_the_gpu(no_interpret):
+    x, w, b = make_inputs(4, 16, 8, dtype=torch.float16)
+    assert not _cublaslt.supported(x, w, b)
+    if not torch.cuda.is_available():
+        _cublaslt.library.cache_clear()
+        with pytest.raises(_cublaslt.CublasLtError, match="CUDA"):
+            _cublaslt.library()
+
+
+def test_support_needs_aligned_contiguous_half_tensors():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    x, w, b = make_inputs(8, 64, 32, dtype=torch.float16, device="cuda")
+    assert _cublaslt.supported(x, w, b)
+    assert not _cublaslt.supported(x.float(), w.float(), b.float())
+    assert not _cublaslt.supported(x[:, 1:33], w[:, :32], b)  # misaligned start
+    assert not _cublaslt.supported(x.t().contiguous().t(), w, b)  # column-major
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tokens,k,n", [(1, 1024, 4096), (97, 64, 136), (3072, 1024, 4096)])
+def test_cublaslt_matches_fp64_like_torch(gpu, tokens, k, n, dtype):
+    inputs = make_inputs(tokens, k, n, dtype=dtype, device="cuda")
+    assert _cublaslt.supported(*inputs)
+    out = poisoned((tokens, n), dtype, "cuda")
+    got = linear_bias_gelu_tanh(*inputs, out=out)
+    assert got is out
+    assert_like_torch(got, torch_math(inputs, dtype), torch_math(inputs, torch.float64), dtype)
+
+
+def test_cublaslt_epilogue_is_the_tanh_form(gpu):
+    # GELU of the bias alone over [-5, -1.5]: outputs of |y| <= 0.11, where fp16 resolves ~3e-5,
+    # while the two forms differ by up to 4e-4 there.
+    k, n = 64, 256
+    x = torch.eye(k, device="cuda", dtype=torch.float16)
+    w = torch.zeros(n, k, device="cuda", dtype=torch.float16)
+    b = torch.linspace(-5, -1.5, n, device="cuda").half()
+    got = linear_bias_gelu_tanh(x, w, b)[0].double()
+    pre = b.double()
+    assert (got - F.gelu(pre, approximate="tanh")).abs().max() < 1e-4 < (got - F.gelu(pre)).abs().max()
+
+
+def test_cublaslt_replays_in_a_cuda_graph(gpu):
+    inputs = make_inputs(384, 1024, 4096, dtype=torch.float16, device="cuda")
+    expected = linear_bias_gelu_tanh(*inputs)  # first call: plan and workspace, outside capture
+    out = torch.empty_like(expected)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        linear_bias_gelu_tanh(*inputs, out=out)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)

@@ -230,8 +230,8 @@ def section_levers() -> dict:
     - the FFN up-projection at M = 384 .. 49,152: cuBLAS without any epilogue, cuBLAS + bias_gelu,
       the fused Triton GEMM (erf), and cuBLASLt's GELU_BIAS epilogue through bertrt's binding
       (linear_bias_gelu_tanh), each with its max error against fp64 erf-GELU;
-    - attention on equal lengths (b32/b128 x s384) through PyTorch's SDPA backends on the padded
-      layout (flash, cuDNN, efficient) against bertrt's Triton kernel on the packed layout.
+    - attention on the packed layout (bertrt's Triton kernel, PyTorch's varlen flash kernel, cuDNN
+      through jagged tensors) and, for equal lengths, PyTorch's SDPA backends on the padded layout.
     """
     from bertrt.ops.attention_triton import varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
@@ -286,18 +286,30 @@ def section_levers() -> dict:
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    for batch, seq in ((32, 384), (128, 384)):
-        torch.manual_seed(batch)
-        tokens = batch * seq
+    from bertrt.ops.attention import varlen_attention
+    from bertrt.ops.attention_cudnn import varlen_attention_cudnn
+
+    shapes = {"b8_s384": [384] * 8, "b32_s384": [384] * 32, "b128_s384": [384] * 128,
+              "squad_like_256": attention_shapes()["squad_like_256"]}
+    for label, lengths in shapes.items():
+        torch.manual_seed(len(lengths))
+        batch, seq, tokens = len(lengths), max(lengths), sum(lengths)
         qkv = torch.randn(tokens, 3, HEADS, HEAD_DIM, device="cuda", dtype=DTYPE)
         q, k_, v = qkv.unbind(1)
-        cu = cu_of([seq] * batch)
-        flops = 4 * batch * seq * seq * HEAD_DIM * HEADS
+        cu = cu_of(lengths)
+        flops = sum(4 * n * n * HEAD_DIM * HEADS for n in lengths)
         expected = varlen_attention_triton(q, k_, v, cu, seq)
         row = {"triton_packed": {"ms": bench_kernel(lambda: varlen_attention_triton(q, k_, v, cu, seq))}}
-        padded = [t.view(batch, seq, HEADS, HEAD_DIM).transpose(1, 2) for t in (q, k_, v)]
+        for name, fn in (("flash_packed", varlen_attention), ("cudnn_packed", varlen_attention_cudnn)):
+            try:
+                err = (fn(q, k_, v, cu, seq).float() - expected.float()).abs().max().item()
+                row[name] = {"ms": bench_kernel(lambda fn=fn: fn(q, k_, v, cu, seq)), "max_err_vs_triton": err}
+            except Exception as exc:  # noqa: BLE001
+                row[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        equal = len(set(lengths)) == 1
+        padded = [t.view(batch, seq, HEADS, HEAD_DIM).transpose(1, 2) for t in (q, k_, v)] if equal else []
         for name, backend in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
-                              ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)):
+                              ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)) if equal else ():
             try:
                 def fn(backend=backend):
                     with sdpa_kernel(backend):
@@ -310,8 +322,8 @@ def section_levers() -> dict:
         for r in row.values():
             if "ms" in r:
                 r["tflops"] = flops / r["ms"] / 1e9
-        result["attention"][f"b{batch}_s{seq}"] = row
-        print(f"attention b{batch} s{seq}: " + ", ".join(f"{k_}={v.get('ms', float('nan')) * 1000:.1f}us"
+        result["attention"][label] = row
+        print(f"attention {label}: " + ", ".join(f"{k_}={v.get('ms', float('nan')) * 1000:.1f}us"
                                                          for k_, v in row.items()), flush=True)
     return result
 

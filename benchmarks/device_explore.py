@@ -230,8 +230,11 @@ def section_levers() -> dict:
     - the FFN up-projection at M = 384 .. 49,152: cuBLAS without any epilogue, cuBLAS + bias_gelu,
       the fused Triton GEMM (erf), and cuBLASLt's GELU_BIAS epilogue through bertrt's binding
       (linear_bias_gelu_tanh), each with its max error against fp64 erf-GELU;
-    - attention on the packed layout (bertrt's Triton kernel, PyTorch's varlen flash kernel, cuDNN
-      through jagged tensors) and, for equal lengths, PyTorch's SDPA backends on the padded layout.
+    - attention on the packed layout (bertrt's Triton kernel, PyTorch's varlen flash kernel) and,
+      for equal lengths, PyTorch's SDPA backends on the padded layout. Session 6 also ran cuDNN on
+      the packed tokens through jagged tensors (SDPA on torch.nested views over cu_seqlens): 63-74
+      ms per call on an H200 and not capturable in a CUDA graph (session6/call2/explore.json), so
+      it is gone again.
     """
     from bertrt.ops.attention_triton import varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
@@ -287,7 +290,6 @@ def section_levers() -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from bertrt.ops.attention import varlen_attention
-    from bertrt.ops.attention_cudnn import varlen_attention_cudnn
 
     shapes = {"b8_s384": [384] * 8, "b32_s384": [384] * 32, "b128_s384": [384] * 128,
               "squad_like_256": attention_shapes()["squad_like_256"]}
@@ -300,7 +302,7 @@ def section_levers() -> dict:
         flops = sum(4 * n * n * HEAD_DIM * HEADS for n in lengths)
         expected = varlen_attention_triton(q, k_, v, cu, seq)
         row = {"triton_packed": {"ms": bench_kernel(lambda: varlen_attention_triton(q, k_, v, cu, seq))}}
-        for name, fn in (("flash_packed", varlen_attention), ("cudnn_packed", varlen_attention_cudnn)):
+        for name, fn in (("flash_packed", varlen_attention),):
             try:
                 err = (fn(q, k_, v, cu, seq).float() - expected.float()).abs().max().item()
                 row[name] = {"ms": bench_kernel(lambda fn=fn: fn(q, k_, v, cu, seq)), "max_err_vs_triton": err}

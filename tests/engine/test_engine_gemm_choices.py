@@ -171,20 +171,6 @@ def test_runtime_runs_a_recorded_attention_tiling(interpret, tiny_checkpoint, ma
                              ([(50, TILINGS_ATTENTION["triton-32x64"])], [(181, None)]))
 
 
-def test_runtime_runs_a_recorded_cudnn_attention_choice(monkeypatch, tiny_checkpoint, make_batch, attention_calls):
-    calls = []
-    real = runtime.varlen_attention_cudnn
-
-    def spy(q, k, v, cu_seqlens, max_seqlen):
-        calls.append(q.shape[0])
-        return real(q, k, v, cu_seqlens, max_seqlen)
-
-    monkeypatch.setattr(runtime, "varlen_attention_cudnn", spy)
-    _check_attention_choices(tiny_checkpoint, make_batch, attention_calls, {"attention": {64: "triton", 256: "cudnn"}},
-                             ([(50, None)], []))
-    assert calls == [181] * tiny_checkpoint.config.num_hidden_layers
-
-
 def test_every_attention_tiling_is_a_recordable_choice():
     assert set(TILINGS_ATTENTION) == set(ATTENTION_TILINGS)
     assert set(ATTENTION_TILINGS) <= set(OP_BACKENDS["attention"])
@@ -204,7 +190,7 @@ def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint)
     assert list(choices) == ["ffn_in_gelu", "attn_out", "ffn_out", "attention"]
     assert all(sorted(table) == [64, 1024, 2000] for table in choices.values())
     assert set(choices["ffn_in_gelu"].values()) <= {"cublas", "triton", "cublaslt-gelu"}  # tilings: not timed
-    assert set(choices["attention"].values()) <= {"torch", "triton", "cudnn", *ATTENTION_TILINGS}
+    assert set(choices["attention"].values()) <= {"torch", "triton", *ATTENTION_TILINGS}
     assert set(choices["attn_out"].values()) | set(choices["ffn_out"].values()) <= {
         "cublas", "cublas-accumulate", *SPLITK_BACKENDS}
 

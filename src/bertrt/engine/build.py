@@ -134,8 +134,8 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     """Time the ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
     linear_bias_gelu and cuBLASLt's GELU epilogue, linear_bias_gelu_tanh), of the attention output
     and FFN down projections with their bias + residual + LayerNorm (cuBLAS against linear_splitk, up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of
-    attention (the Triton kernel with attention_config_for's tiling against PyTorch's varlen flash,
-    cuDNN's fused attention and the Triton kernel with each other tiling of ``attention_triton.TILINGS``), each at a few
+    attention (the Triton kernel with attention_config_for's tiling against PyTorch's varlen flash
+    and the Triton kernel with each other tiling of ``attention_triton.TILINGS``), each at a few
     token counts; a Triton kernel must first agree with the other path.
 
     Args:
@@ -147,11 +147,10 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     Returns:
         {"ffn_in_gelu": {token count: "cublas" | "triton" | "cublaslt-gelu"},
         "attn_out": {...: "cublas" | a name in SPLITK_BACKENDS}, "ffn_out": {...},
-        "attention": {...: "triton" | "torch" | "cudnn" | a name in attention_triton.TILINGS}},
+        "attention": {...: "triton" | "torch" | a name in attention_triton.TILINGS}},
         or {} when the tensors are not on CUDA.
     """
     from bertrt.ops.attention import varlen_attention
-    from bertrt.ops.attention_cudnn import varlen_attention_cudnn
     from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
     from bertrt.ops.attention_triton import default_config, varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
@@ -191,8 +190,7 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                            for name, cfg in ATTENTION_TILINGS.items() if cfg != default}
                 choices["attention"][count] = _fastest(
                     "triton", lambda: varlen_attention_triton(q, k, v, cu, seq),
-                    {"torch": lambda: varlen_attention(q, k, v, cu, seq),
-                     "cudnn": lambda: varlen_attention_cudnn(q, k, v, cu, seq), **tilings},
+                    {"torch": lambda: varlen_attention(q, k, v, cu, seq), **tilings},
                     f"varlen_attention at {count} tokens")
             del x
     return choices

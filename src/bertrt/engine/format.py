@@ -38,8 +38,7 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 # (no longer timed by builds; engines that recorded it still load), "cublaslt-gelu" =
 # linear_gelu_tanh (one cuBLASLt call, bias and tanh-form GELU in its epilogue).
 # "attention": "triton" = bertrt.ops.attention_triton with attention_config_for's tiling, "triton-<M>x<N>"
-# = the same with that tiling (attention_triton.TILINGS), "torch" = PyTorch's fused varlen flash kernel,
-# "cudnn" = cuDNN's fused attention on the packed tokens (ops/attention_cudnn.py).
+# = the same with that tiling (attention_triton.TILINGS), "torch" = PyTorch's fused varlen flash kernel.
 # "attn_out" / "ffn_out": the attention output and FFN down projections, each followed by its bias +
 # residual + LayerNorm kernel: "cublas" = F.linear, "splitk<S>" = linear_splitk with S slices of K,
 # whose fp32 partials that LayerNorm kernel sums (SPLITK_BACKENDS), "cublas-accumulate" = cuBLAS
@@ -48,7 +47,7 @@ GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
 SPLITK_BACKENDS = {"splitk2": 2, "splitk4": 4}
 ATTENTION_TILINGS = tuple(ATTENTION_TILING_CONFIGS)
 OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped", "cublaslt-gelu"),
-               "attention": ("triton", "torch", *ATTENTION_TILINGS, "cudnn"),
+               "attention": ("triton", "torch", *ATTENTION_TILINGS),
                "attn_out": ("cublas", *SPLITK_BACKENDS, "cublas-accumulate"),
                "ffn_out": ("cublas", *SPLITK_BACKENDS, "cublas-accumulate")}
 GEMM_OPS = tuple(OP_BACKENDS)

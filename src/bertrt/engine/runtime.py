@@ -35,7 +35,6 @@ from bertrt.config import Precision
 from bertrt.engine.format import (SPLITK_BACKENDS, VOCAB_FILE, EngineError, EngineSpec, check_compute_capability,
                                   gemm_choice, read_spec, verify_weights)
 from bertrt.ops.attention import varlen_attention
-from bertrt.ops.attention_cudnn import varlen_attention_cudnn
 from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
 from bertrt.ops.attention_triton import varlen_attention_triton
 from bertrt.ops.bias_gelu import bias_gelu
@@ -374,8 +373,6 @@ def _attention(choice: str):
     """The attention function a recorded choice names (format.OP_BACKENDS["attention"])."""
     if choice == "torch":
         return varlen_attention
-    if choice == "cudnn":
-        return varlen_attention_cudnn
     tiling = ATTENTION_TILINGS.get(choice)  # None: attention_config_for's
     return varlen_attention_triton if tiling is None else functools.partial(varlen_attention_triton, config=tiling)
 

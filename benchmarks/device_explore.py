@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+# BERTRT_SRC: explore another checkout's source (an older commit's, for a before/after in one call).
+sys.path.insert(0, os.environ.get("BERTRT_SRC", str(REPO / "src")))
 
 from bertrt.harness.perf import environment  # noqa: E402
 

@@ -75,11 +75,48 @@ TILINGS = {
 }
 
 
+def _attend_block_impl(q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
+                       k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
+                       BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, MASK_D: tl.constexpr,
+                       DOT_PRECISION: tl.constexpr):
+    """One BLOCK_N block of keys and values into the online softmax of a block of queries.
+
+    Masks cost instructions in every iteration, so a whole block of keys (``MASK_N`` False) and a
+    head_dim that fills BLOCK_D (``MASK_D`` False) load and score without them; only a sequence's
+    last, partial block is masked."""
+    n_offs = n0 + tl.arange(0, BLOCK_N)
+    kt_ptrs = k_ptr + (start + n_offs)[None, :] * k_stride_t + head * k_stride_h + d_offs[:, None]
+    v_ptrs = v_ptr + (start + n_offs)[:, None] * v_stride_t + head * v_stride_h + d_offs[None, :]
+    if MASK_N:
+        n_mask = n_offs < seq_len
+        kt = tl.load(kt_ptrs, mask=d_mask[:, None] & n_mask[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
+        v = tl.load(v_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    elif MASK_D:
+        kt = tl.load(kt_ptrs, mask=d_mask[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=d_mask[None, :], other=0.0)
+    else:
+        kt = tl.load(kt_ptrs)
+        v = tl.load(v_ptrs)
+    scores = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+    if MASK_N:
+        scores = tl.where(n_mask[None, :], scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
+    alpha = tl.exp2(row_max - new_max)
+    p = tl.exp2(scores - new_max[:, None])
+    row_sum = row_sum * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, new_max, row_sum
+
+
+_attend_block = None  # the jitted device function, bound by jit() with the kernel (_HELPERS)
+_HELPERS = {"_attend_block": _attend_block_impl}
+
+
 def _varlen_attention_kernel(
     out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, num_seqs, qk_scale, head_dim,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # The query blocks of all sequences are numbered in order (sequence i owns counts[i] of them)
     # and programs take every num_programs-th: the grid follows the tokens, not batch x longest
@@ -91,7 +128,6 @@ def _varlen_attention_kernel(
         cu_seqlens_ptr + b_offs, mask=b_mask, other=0)
     counts = (lengths + BLOCK_M - 1) // BLOCK_M
     ends = tl.cumsum(counts, 0)  # one past each sequence's last block
-    n_range = tl.arange(0, BLOCK_N)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < head_dim
     for item in range(tl.program_id(0), tl.sum(counts, 0), tl.num_programs(0)):
@@ -109,21 +145,17 @@ def _varlen_attention_kernel(
         row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        for n0 in range(0, seq_len, BLOCK_N):
-            n_offs = n0 + n_range
-            n_mask = n_offs < seq_len
-            kt_ptrs = k_ptr + (start + n_offs)[None, :] * k_stride_t + head * k_stride_h + d_offs[:, None]
-            kt = tl.load(kt_ptrs, mask=d_mask[:, None] & n_mask[None, :], other=0.0)  # (BLOCK_D, BLOCK_N)
-            scores = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-            scores = tl.where(n_mask[None, :], scores, float("-inf"))
-            new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
-            alpha = tl.exp2(row_max - new_max)
-            p = tl.exp2(scores - new_max[:, None])
-            row_sum = row_sum * alpha + tl.sum(p, axis=1)
-            v_ptrs = v_ptr + (start + n_offs)[:, None] * v_stride_t + head * v_stride_h + d_offs[None, :]
-            v = tl.load(v_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            row_max = new_max
+        whole = seq_len - seq_len % BLOCK_N  # keys in whole blocks: no masks there
+        for n0 in range(0, whole, BLOCK_N):
+            acc, row_max, row_sum = _attend_block(
+                q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
+                k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
+                BLOCK_N, False, MASK_D, DOT_PRECISION)
+        if whole < seq_len:
+            acc, row_max, row_sum = _attend_block(
+                q, acc, row_max, row_sum, k_ptr, v_ptr, start, whole, seq_len, head, qk_scale,
+                k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
+                BLOCK_N, True, MASK_D, DOT_PRECISION)
 
         out = acc / row_sum[:, None]
         out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
@@ -164,13 +196,13 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     # block per sequence (programs past the last block exit at once; short sequences may loop).
     full = cdiv(total, cfg.block_m)
     grid = (full + min(batch, full), heads)
-    jit(_varlen_attention_kernel, per_request=("num_seqs", "cu_seqlens_ptr"))[grid](
+    jit(_varlen_attention_kernel, helpers=_HELPERS, per_request=("num_seqs", "cu_seqlens_ptr"))[grid](
         out, q, k, v, cu_seqlens.to(q.device, torch.int32), batch, scale * _LOG2E, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         # At least SEQUENCE_SLOTS sequence slots: a width per batch size would compile again for
         # each power of two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in).
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), SEQUENCE_SLOTS),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -93,3 +93,30 @@ def test_cublaslt_replays_in_a_cuda_graph(gpu):
     graph.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_plans_are_cached_per_shape_and_bounded(monkeypatch):
+    # cuBLASLt itself needs a GPU; what is checked here is the cache around it: one plan (one
+    # heuristic query) per shape, the least recently used freed beyond MAX_PLANS.
+    made, freed = [], []
+
+    class FakePlan:
+        def __init__(self, device, m, n, k, dtype, epilogue, bias):
+            self.m = m
+            made.append(m)
+
+        def run(self, x, weight, bias, out):
+            out.fill_(self.m)
+
+        def destroy(self):
+            freed.append(self.m)
+
+    monkeypatch.setattr(_cublaslt, "Plan", FakePlan)
+    monkeypatch.setattr(_cublaslt, "_PLANS", type(_cublaslt._PLANS)())
+    monkeypatch.setattr(_cublaslt, "MAX_PLANS", 2)
+    w, b = torch.zeros(4, 8, dtype=torch.float16), torch.zeros(4, dtype=torch.float16)
+    for m in (1, 2, 1, 3, 1, 2):
+        out = _cublaslt.matmul(torch.zeros(m, 8, dtype=torch.float16), w, b, _cublaslt.EPILOGUE_GELU_BIAS)
+        assert out.shape == (m, 4) and (out == m).all()
+    assert made == [1, 2, 3, 2]  # 1 stayed in use, so 2 was the one freed when 3 came
+    assert freed == [2, 3]

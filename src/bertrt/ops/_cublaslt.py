@@ -16,6 +16,7 @@ pointer is set per call, which is host-only work and safe inside CUDA graph capt
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import functools
@@ -86,6 +87,9 @@ def library() -> ctypes.CDLL:
         "cublasLtMatmulAlgoGetHeuristic": [p, p, p, p, p, p, p, i32, ctypes.POINTER(_HeuristicResult),
                                            ctypes.POINTER(i32)],
         "cublasLtMatmul": [p, p, p, p, p, p, p, p, p, p, p, p, p, p, size, p],
+        "cublasLtMatmulDescDestroy": [p],
+        "cublasLtMatrixLayoutDestroy": [p],
+        "cublasLtMatmulPreferenceDestroy": [p],
     }
     for fn, argtypes in signatures.items():
         getattr(lib, fn).argtypes = argtypes
@@ -149,12 +153,24 @@ class Plan:
                                                         ctypes.sizeof(limit)), "cublasLtMatmulPreferenceSetAttribute")
         self.heuristic, found = _HeuristicResult(), ctypes.c_int(0)
         a, b, c = self.layouts
-        _check(lib.cublasLtMatmulAlgoGetHeuristic(self.device.handle, self.desc, a, b, c, c, preference, 1,
-                                                  ctypes.byref(self.heuristic), ctypes.byref(found)),
-               "cublasLtMatmulAlgoGetHeuristic")
+        try:
+            _check(lib.cublasLtMatmulAlgoGetHeuristic(self.device.handle, self.desc, a, b, c, c, preference, 1,
+                                                      ctypes.byref(self.heuristic), ctypes.byref(found)),
+                   "cublasLtMatmulAlgoGetHeuristic")
+        finally:
+            lib.cublasLtMatmulPreferenceDestroy(preference)
         if found.value < 1:
             raise CublasLtError(f"cuBLASLt has no algorithm for M={m} N={n} K={k} {dtype} epilogue {epilogue}")
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
+
+    def destroy(self) -> None:
+        """Free the descriptors (host memory only: graphs that captured this plan's launches keep
+        working, since a captured launch no longer reads them)."""
+        lib = library()
+        for layout in self.layouts:
+            lib.cublasLtMatrixLayoutDestroy(layout)
+        lib.cublasLtMatmulDescDestroy(self.desc)
+        self.layouts = []
 
     def _set(self, attr: int, value: ctypes._SimpleCData) -> None:
         _check(library().cublasLtMatmulDescSetAttribute(self.desc, attr, ctypes.byref(value), ctypes.sizeof(value)),
@@ -173,7 +189,10 @@ class Plan:
             self.device.workspace.data_ptr(), WORKSPACE_BYTES, stream), "cublasLtMatmul")
 
 
-_PLANS: dict[tuple, Plan] = {}
+# Plans by shape, least recently used first. Eager batches (LoadGen's large ones) come with any
+# token count, so the cache is bounded; a plan costs one heuristic query (host work) to remake.
+_PLANS: collections.OrderedDict[tuple, Plan] = collections.OrderedDict()
+MAX_PLANS = 256
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
@@ -206,5 +225,8 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, epilogue: 
         plan = _PLANS.get(key)
         if plan is None:
             plan = _PLANS[key] = Plan(x.device, m, n, k, x.dtype, epilogue, bias)
+            if len(_PLANS) > MAX_PLANS:
+                _PLANS.popitem(last=False)[1].destroy()
+        _PLANS.move_to_end(key)
         plan.run(x, weight, bias, out)
     return out

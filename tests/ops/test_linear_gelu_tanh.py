@@ -120,3 +120,15 @@ def test_plans_are_cached_per_shape_and_bounded(monkeypatch):
         assert out.shape == (m, 4) and (out == m).all()
     assert made == [1, 2, 3, 2]  # 1 stayed in use, so 2 was the one freed when 3 came
     assert freed == [2, 3]
+
+
+def test_evicted_plans_are_freed_and_remade_on_gpu(gpu, monkeypatch):
+    monkeypatch.setattr(_cublaslt, "_PLANS", type(_cublaslt._PLANS)())
+    monkeypatch.setattr(_cublaslt, "MAX_PLANS", 2)
+    _, w, b = make_inputs(1, 64, 128, dtype=torch.float16, device="cuda")
+    for m in (8, 16, 24, 8, 32, 16):
+        x = make_inputs(m, 64, 128, dtype=torch.float16, device="cuda", seed=m)[0]
+        inputs = [x, w, b]
+        assert_like_torch(linear_bias_gelu_tanh(*inputs), torch_math(inputs, torch.float16),
+                          torch_math(inputs, torch.float64), torch.float16)
+    assert len(_cublaslt._PLANS) == 2

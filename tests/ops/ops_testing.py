@@ -37,3 +37,12 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def randn(*shape, generator, dtype=torch.float32, device="cpu", scale=1.0) -> torch.Tensor:
     return (torch.randn(shape, generator=generator) * scale).to(device=device, dtype=dtype)
+
+
+def linear_inputs(m, n, k, *, dtype=torch.float32, device="cpu", seed=0) -> list[torch.Tensor]:
+    """x (m, k), W (n, k), b (n,) of a linear layer, W scaled like a trained layer's (x @ W.T of
+    order 1, so an activation after it sees both its regimes)."""
+    g = gen(seed)
+    return [randn(m, k, generator=g, dtype=dtype, device=device),
+            randn(n, k, generator=g, dtype=dtype, device=device, scale=1.5 / k ** 0.5),
+            randn(n, generator=g, dtype=dtype, device=device, scale=0.5)]

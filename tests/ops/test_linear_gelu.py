@@ -7,15 +7,7 @@ import torch.nn.functional as F
 
 from bertrt.ops.linear_gelu import (LARGE_M, MEDIUM_M, SMALL_M, GemmConfig, _tma_usable, config_for, linear_bias_gelu,
                                     linear_bias_gelu_ref)
-from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
-
-
-def make_inputs(m, n, k, *, dtype=torch.float32, device="cpu", seed=0):
-    """Weights scaled like a trained layer's (x @ W.T of order 1, so GELU sees both its regimes)."""
-    g = gen(seed)
-    return [randn(m, k, generator=g, dtype=dtype, device=device),
-            randn(n, k, generator=g, dtype=dtype, device=device, scale=1.5 / math.sqrt(k)),
-            randn(n, generator=g, dtype=dtype, device=device, scale=0.5)]
+from ops_testing import DTYPES, assert_like_torch, linear_inputs, poisoned
 
 
 def torch_math(inputs, dtype):
@@ -41,7 +33,7 @@ INTERPRETABLE = [pytest.param(d, marks=pytest.mark.skip(reason="interpreter tl.d
 @pytest.mark.parametrize("m,n,k", [(1, 130, 48), (7, 130, 100), (97, 64, 48), (384 + 13, 130, 100)])
 def test_kernel_matches_fp64_like_torch(interpret, m, n, k, dtype):
     # M, N and K all cut the 64/128-wide tiles unevenly; K=48 is less than one K block.
-    check(make_inputs(m, n, k, dtype=dtype), dtype)
+    check(linear_inputs(m, n, k, dtype=dtype), dtype)
 
 
 TILINGS = [SMALL_M, MEDIUM_M, dataclasses.replace(MEDIUM_M, tma=False), LARGE_M, GemmConfig(32, 64, 32, group_m=2),
@@ -54,18 +46,18 @@ def test_every_tiling_covers_the_output(interpret, config, n):
     # 200 x N with group_m=2 gives partial groups and edge tiles on both axes; K=160 is 2.5 blocks of 64.
     # N=320 keeps output rows 16-byte aligned, so TMA tilings take the persistent descriptor kernel
     # (zero-filled loads and clipped stores at the edges); N=300 sends them to the pointer kernel.
-    check(make_inputs(200, n, 160, dtype=torch.float16, seed=1), torch.float16, config=config)
+    check(linear_inputs(200, n, 160, dtype=torch.float16, seed=1), torch.float16, config=config)
 
 
 def test_tma_kernel_is_taken_when_rows_are_aligned(interpret):
-    x, w, _ = make_inputs(8, 320, 160, dtype=torch.float16)
+    x, w, _ = linear_inputs(8, 320, 160, dtype=torch.float16)
     assert _tma_usable(x, w, torch.empty(8, 320, dtype=torch.float16))
     assert not _tma_usable(x, w, torch.empty(8, 300, dtype=torch.float16))
     assert not _tma_usable(x[:, 1:], w[:, 1:], torch.empty(8, 320, dtype=torch.float16))  # base off by 2 bytes
 
 
 def test_strided_input_rows(interpret):
-    x, w, b = make_inputs(9, 130, 48)
+    x, w, b = linear_inputs(9, 130, 48)
     wide = torch.zeros(9, 100)
     wide[:, 20:68] = x
     torch.testing.assert_close(linear_bias_gelu(wide[:, 20:68], w, b), linear_bias_gelu_ref(x, w, b),
@@ -73,12 +65,12 @@ def test_strided_input_rows(interpret):
 
 
 def test_empty_batch(interpret):
-    x, w, b = make_inputs(0, 130, 48)
+    x, w, b = linear_inputs(0, 130, 48)
     assert linear_bias_gelu(x, w, b).shape == (0, 130)
 
 
 def test_ref_is_erf_gelu_of_the_linear_layer(no_interpret):
-    x, w, b = make_inputs(5, 12, 8)
+    x, w, b = linear_inputs(5, 12, 8)
     s = (x.double() @ w.double().T + b.double())
     exact = 0.5 * s * (1 + torch.erf(s / math.sqrt(2)))
     torch.testing.assert_close(linear_bias_gelu(x, w, b).double(), exact, rtol=1e-5, atol=1e-6)
@@ -87,7 +79,7 @@ def test_ref_is_erf_gelu_of_the_linear_layer(no_interpret):
 
 
 def test_rejects_mismatched_arguments(no_interpret):
-    x, w, b = make_inputs(3, 12, 8)
+    x, w, b = linear_inputs(3, 12, 8)
     with pytest.raises(ValueError, match="weight"):
         linear_bias_gelu(x, w.T.contiguous(), b)
     with pytest.raises(ValueError, match="must match"):
@@ -103,7 +95,7 @@ def test_config_choice_is_a_pure_function_of_m():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [384, 3072, 49152 // 4 + 13])
 def test_bert_large_on_gpu(gpu, m, dtype):
-    check(make_inputs(m, 4096, 1024, dtype=dtype, device="cuda"), dtype)
+    check(linear_inputs(m, 4096, 1024, dtype=dtype, device="cuda"), dtype)
 
 
 @pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])

@@ -1,19 +1,12 @@
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bertrt.ops import _cublaslt
 from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh, linear_bias_gelu_tanh_ref
-from ops_testing import assert_like_torch, gen, poisoned, randn
+from ops_testing import assert_like_torch, linear_inputs, poisoned
 
 
-def make_inputs(tokens, k, n, *, dtype=torch.float32, device="cpu", seed=0):
-    g = gen(seed)
-    return [randn(tokens, k, generator=g, dtype=dtype, device=device),
-            randn(n, k, generator=g, dtype=dtype, device=device, scale=1.5 / math.sqrt(k)),
-            randn(n, generator=g, dtype=dtype, device=device, scale=0.5)]
 
 
 def torch_math(inputs, dtype):
@@ -22,7 +15,7 @@ def torch_math(inputs, dtype):
 
 
 def test_cpu_computes_the_tanh_form_not_erf(no_interpret):
-    x, w, b = make_inputs(9, 24, 40)
+    x, w, b = linear_inputs(9, 40, 24)
     got = linear_bias_gelu_tanh(x, w, b)
     pre = F.linear(x.double(), w.double(), b.double())
     torch.testing.assert_close(got.double(), F.gelu(pre, approximate="tanh"), rtol=1e-5, atol=1e-6)
@@ -32,7 +25,7 @@ def test_cpu_computes_the_tanh_form_not_erf(no_interpret):
 
 
 def test_out_is_written_and_checked(no_interpret):
-    x, w, b = make_inputs(5, 16, 8)
+    x, w, b = linear_inputs(5, 8, 16)
     out = poisoned((5, 8), torch.float32)
     assert linear_bias_gelu_tanh(x, w, b, out=out) is out
     torch.testing.assert_close(out, linear_bias_gelu_tanh_ref(x, w, b))
@@ -41,7 +34,7 @@ def test_out_is_written_and_checked(no_interpret):
 
 
 def test_cublaslt_is_not_offered_off_the_gpu(no_interpret):
-    x, w, b = make_inputs(4, 16, 8, dtype=torch.float16)
+    x, w, b = linear_inputs(4, 8, 16, dtype=torch.float16)
     assert not _cublaslt.supported(x, w, b)
     if not torch.cuda.is_available():
         _cublaslt.library.cache_clear()
@@ -52,7 +45,7 @@ def test_cublaslt_is_not_offered_off_the_gpu(no_interpret):
 def test_support_needs_aligned_contiguous_half_tensors():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    x, w, b = make_inputs(8, 64, 32, dtype=torch.float16, device="cuda")
+    x, w, b = linear_inputs(8, 32, 64, dtype=torch.float16, device="cuda")
     assert _cublaslt.supported(x, w, b)
     assert not _cublaslt.supported(x.float(), w.float(), b.float())
     assert not _cublaslt.supported(x[:, 1:33], w[:, :32], b)  # misaligned start
@@ -60,9 +53,9 @@ def test_support_needs_aligned_contiguous_half_tensors():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("tokens,k,n", [(1, 1024, 4096), (97, 64, 136), (3072, 1024, 4096)])
-def test_cublaslt_matches_fp64_like_torch(gpu, tokens, k, n, dtype):
-    inputs = make_inputs(tokens, k, n, dtype=dtype, device="cuda")
+@pytest.mark.parametrize("tokens,n,k", [(1, 4096, 1024), (97, 136, 64), (3072, 4096, 1024)])
+def test_cublaslt_matches_fp64_like_torch(gpu, tokens, n, k, dtype):
+    inputs = linear_inputs(tokens, n, k, dtype=dtype, device="cuda")
     assert _cublaslt.supported(*inputs)
     out = poisoned((tokens, n), dtype, "cuda")
     got = linear_bias_gelu_tanh(*inputs, out=out)
@@ -83,7 +76,7 @@ def test_cublaslt_epilogue_is_the_tanh_form(gpu):
 
 
 def test_cublaslt_replays_in_a_cuda_graph(gpu):
-    inputs = make_inputs(384, 1024, 4096, dtype=torch.float16, device="cuda")
+    inputs = linear_inputs(384, 4096, 1024, dtype=torch.float16, device="cuda")
     expected = linear_bias_gelu_tanh(*inputs)  # first call: plan and workspace, outside capture
     out = torch.empty_like(expected)
     graph = torch.cuda.CUDAGraph()
@@ -125,9 +118,9 @@ def test_plans_are_cached_per_shape_and_bounded(monkeypatch):
 def test_evicted_plans_are_freed_and_remade_on_gpu(gpu, monkeypatch):
     monkeypatch.setattr(_cublaslt, "_PLANS", type(_cublaslt._PLANS)())
     monkeypatch.setattr(_cublaslt, "MAX_PLANS", 2)
-    _, w, b = make_inputs(1, 64, 128, dtype=torch.float16, device="cuda")
+    _, w, b = linear_inputs(1, 128, 64, dtype=torch.float16, device="cuda")
     for m in (8, 16, 24, 8, 32, 16):
-        x = make_inputs(m, 64, 128, dtype=torch.float16, device="cuda", seed=m)[0]
+        x = linear_inputs(m, 128, 64, dtype=torch.float16, device="cuda", seed=m)[0]
         inputs = [x, w, b]
         assert_like_torch(linear_bias_gelu_tanh(*inputs), torch_math(inputs, torch.float16),
                           torch_math(inputs, torch.float64), torch.float16)

@@ -21,7 +21,7 @@ Steps, in priority order (a step that would overrun ``--budget`` is skipped and 
    padded) Offline and SingleStream; onnxruntime Offline with its CUDA provider where it exists,
    else Offline and SingleStream on the CPU provider (fp32, the host's cores).
 
-Writes ``loadgen_results.json`` (every report with its LoadGen summary text) and
+Writes ``loadgen_results.json.gz`` (every report with its LoadGen summary text) and
 ``loadgen_summaries.txt`` (the summaries one after another) into ``--out``, and prints a table.
 """
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import gzip
 import importlib
 import json
 import subprocess
@@ -146,9 +147,11 @@ def main() -> int:
         save()  # after every step: a run killed later keeps what it measured
 
     def save() -> None:
-        (out / "loadgen_results.json").write_text(json.dumps(
+        # Gzipped: the batch traces make it megabytes, and every committed byte travels with each
+        # later device call (64 MiB at most; a 9 MB results file once pushed a call over).
+        (out / "loadgen_results.json.gz").write_bytes(gzip.compress(json.dumps(
             {"env": env, "durations_s": {"bertrt": args.duration, "peers": args.peer_duration},
-             "results": results, "triton_compiles": compiles}, indent=2) + "\n")
+             "results": results, "triton_compiles": compiles}).encode()))
         (out / "loadgen_summaries.txt").write_text("".join(
             f"##### {r['step']} ({r['backend']}, {r['scenario']}, {r['mode']})\n{r['summary_text']}\n"
             for r in reports))

@@ -1,14 +1,15 @@
 """Plot LoadGen batch traces (the SUT's batches.json) side by side, one panel per trace:
 
     python benchmarks/plot_batches.py OUT.png LABEL=path/to/batches.json [LABEL=...]
-    python benchmarks/plot_batches.py OUT.png LABEL=loadgen_results.json#bertrt_server
+    python benchmarks/plot_batches.py OUT.png LABEL=loadgen_results.json.gz#bertrt_server
 
-The second form reads a step's trace from device_loadgen.py's results file. (`bertrt loadgen
+The second form reads a step's trace from device_loadgen.py's results file (gzipped or not). (`bertrt loadgen
 --plot FILE` plots the run it makes.)
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -20,7 +21,9 @@ def _rows(path: str) -> list[dict]:
     if "#" not in path:
         return read_batches(path)
     results, step = path.split("#", 1)
-    found = [r for r in json.loads(Path(results).read_text())["results"] if r.get("step") == step]
+    # device_loadgen.py writes its results gzipped (a device call carries at most 64 MiB of tree).
+    text = gzip.decompress(Path(results).read_bytes()).decode() if results.endswith(".gz") else Path(results).read_text()
+    found = [r for r in json.loads(text)["results"] if r.get("step") == step]
     if not found or "batch_trace" not in found[0]:
         raise SystemExit(f"{results}: no batch trace for step {step!r}")
     return rows_of(found[0]["batch_trace"])

@@ -1,3 +1,4 @@
+import gzip
 import json
 import runpy
 from pathlib import Path
@@ -50,6 +51,10 @@ def test_plots_several_traces(tmp_path, capsys):
     results.write_text(json.dumps({"results": [{"step": "bertrt_server", "batch_trace": json.loads(trace.read_text())}]}))
     assert main(["plot_batches.py", str(tmp_path / "d.png"), f"server={results}#bertrt_server"]) == 0
     assert (tmp_path / "d.png").read_bytes()[:8] == PNG
+    packed = tmp_path / "loadgen_results.json.gz"  # as device_loadgen.py now writes it
+    packed.write_bytes(gzip.compress(results.read_bytes()))
+    assert main(["plot_batches.py", str(tmp_path / "g.png"), f"server={packed}#bertrt_server"]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:8] == PNG
     with pytest.raises(SystemExit, match="no batch trace"):
         main(["plot_batches.py", str(tmp_path / "e.png"), f"x={results}#bertrt_offline"])
     assert main(["plot_batches.py", str(tmp_path / "c.png")]) == 2  # no trace: usage on stderr

@@ -120,7 +120,7 @@ def test_runtime_runs_a_recorded_cublaslt_choice(monkeypatch, tiny_checkpoint, m
         logits = engine.qa_logits(batch)
         with torch.inference_mode():
             error = (logits - reference.qa_logits(batch)).abs().max().item()
-        # The tanh form of GELU (<= 4.1e-4 from erf) moves the logits a little; exact elsewhere.
+        # The tanh form of GELU (<= 4.7e-4 from erf) moves the logits a little; exact elsewhere.
         assert error <= (1e-2 if expected else 1e-4)
         assert calls == expected * layers
         calls.clear()

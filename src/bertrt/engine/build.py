@@ -133,10 +133,11 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                       max_seq_length: int = 384) -> GemmChoices:
     """Time the ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
     linear_bias_gelu and cuBLASLt's GELU epilogue, linear_bias_gelu_tanh), of the attention output
-    and FFN down projections with their bias + residual + LayerNorm (cuBLAS against linear_splitk, up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of
-    attention (the Triton kernel with attention_config_for's tiling against PyTorch's varlen flash
-    and the Triton kernel with each other tiling of ``attention_triton.TILINGS``), each at a few
-    token counts; a Triton kernel must first agree with the other path.
+    and FFN down projections with their bias + residual + LayerNorm (cuBLAS against linear_splitk,
+    up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of attention (the Triton kernel with
+    attention_config_for's tiling against PyTorch's varlen flash and the Triton kernel with each
+    other tiling of ``attention_triton.TILINGS``), each at a few token counts; a candidate must
+    first agree with the default path.
 
     Args:
         tensors: the engine's tensors, on the GPU it is built for (layer 0's ``TUNED_TENSORS`` are used).

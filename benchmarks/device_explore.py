@@ -17,6 +17,10 @@ BERT-Large fp16 shapes throughout. Sections (each caught on its own; the JSON is
    timed at b1 s384 and b128 s384, with a per-kernel profile of b1 s384.
 5. levers: ceilings of this card, the up-projection's epilogue options (cuBLASLt's GELU epilogue
    among them) and PyTorch's SDPA backends against the Triton attention (``section_levers``).
+6. algorithms: every algorithm cuBLASLt's heuristic suggests for each projection at M = 384 .. 49,152,
+   timed against the engine's call, and 7. floors: BERT-Large's 96 GEMMs alone, chained as in one
+   pass, at 384 and 49,152 tokens: what the GEMMs cost whatever else the engine does
+   (``section_algorithms``, ``section_floors``).
 """
 
 from __future__ import annotations
@@ -331,6 +335,151 @@ def section_levers() -> dict:
     return result
 
 
+# The engine's four projections (N, K, cuBLASLt epilogue, accumulate into the residual).
+PROJECTIONS = {"qkv": (3 * HIDDEN, HIDDEN, "bias", False), "attn_out": (HIDDEN, HIDDEN, "default", True),
+               "ffn_in": (INTER, HIDDEN, "gelu_bias", False), "ffn_out": (HIDDEN, INTER, "default", True)}
+
+
+def _projection_call(op: str, x, w, b, out, algorithm: int | None):
+    """One projection as the engine runs it (algorithm None: its PyTorch / bertrt call), or through
+    cuBLASLt with the ``algorithm``-th suggestion."""
+    from bertrt.ops import _cublaslt
+    from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
+
+    n, k, epilogue, accumulate = PROJECTIONS[op]
+    if algorithm is None:
+        if op == "qkv":
+            return lambda: F.linear(x, w, b)
+        if op == "ffn_in":
+            return lambda: linear_bias_gelu_tanh(x, w, b)
+        return lambda: out.addmm_(x, w.t())
+    code = {"bias": _cublaslt.EPILOGUE_BIAS, "gelu_bias": _cublaslt.EPILOGUE_GELU_BIAS,
+            "default": _cublaslt.EPILOGUE_DEFAULT}[epilogue]
+    bias = b if epilogue != "default" else None
+    return lambda: _cublaslt.matmul(x, w, bias, code, out=out, accumulate=accumulate, algorithm=algorithm)
+
+
+def _projection_tensors(op: str, m: int, seed: int = 0):
+    n, k, _, _ = PROJECTIONS[op]
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(m, k, device="cuda", generator=g).to(DTYPE)
+    w = (torch.randn(n, k, device="cuda", generator=g) * 0.02).to(DTYPE)
+    b = (torch.randn(n, device="cuda", generator=g) * 0.02).to(DTYPE)
+    out = torch.randn(m, n, device="cuda", generator=g).to(DTYPE)
+    return x, w, b, out
+
+
+ALGORITHM_TOKENS = (384, 1536, 3072, 12288, 49152)
+
+
+def section_algorithms() -> dict:
+    """Each of cuBLASLt's suggested algorithms (up to 16) for the four projections, checked against
+    the engine's call and timed as the build times (graph replays). Accumulating calls are checked
+    on a fresh copy of the residual and timed adding into one buffer again and again."""
+    from bertrt.ops import _cublaslt
+
+    result = {}
+    for op, (n, k, epilogue, accumulate) in PROJECTIONS.items():
+        for m in ALGORITHM_TOKENS:
+            x, w, b, residual = _projection_tensors(op, m)
+            flops = 2 * m * n * k
+
+            def checked(algorithm):
+                out = residual.clone()
+                return _projection_call(op, x, w, b, out, algorithm)()
+
+            expected = checked(None).float()
+            scale = expected.abs().max().item()
+            out = residual.clone()
+            engine_ms = bench_kernel(_projection_call(op, x, w, b, out, None))
+            plain = {"bias": _cublaslt.EPILOGUE_BIAS, "gelu_bias": _cublaslt.EPILOGUE_GELU_BIAS,
+                     "default": _cublaslt.EPILOGUE_DEFAULT}[epilogue]
+            count = _cublaslt.heuristic_count(x, w, plain, accumulate=accumulate)
+            algos = []
+            for i in range(count):
+                try:
+                    err = (checked(i).float() - expected).abs().max().item() / scale
+                    ms = bench_kernel(_projection_call(op, x, w, b, out, i))
+                    algos.append({"index": i, "ms": ms, "tflops": flops / ms / 1e9, "rel_err": err})
+                except Exception as exc:  # noqa: BLE001
+                    algos.append({"index": i, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            ok = [a for a in algos if "ms" in a and a["rel_err"] <= 1e-2]
+            best = min(ok, key=lambda a: a["ms"]) if ok else None
+            row = {"engine_ms": engine_ms, "engine_tflops": flops / engine_ms / 1e9, "suggested": count,
+                   "algorithms": algos, "best_index": best and best["index"],
+                   "best_ms": best and best["ms"], "best_vs_engine": best and engine_ms / best["ms"],
+                   "first_vs_engine": algos and "ms" in algos[0] and engine_ms / algos[0]["ms"]}
+            result[f"{op}_M{m}"] = row
+            print(f"{op} M={m}: engine {engine_ms * 1000:.1f}us, {count} algorithms, best #{row['best_index']} "
+                  f"{(best or {}).get('ms', float('nan')) * 1000:.1f}us", flush=True)
+            del x, w, b, residual, out
+    torch.cuda.empty_cache()
+    return result
+
+
+def section_floors(algorithms: dict | None = None) -> dict:
+    """BERT-Large's GEMMs alone: 24 layers x the four projections, each layer with its own weights,
+    captured in one graph and replayed back to back; at 384 tokens (b1 s384) and 49,152 (b128 s384).
+    Variants: as the engine calls them, with the fastest suggested algorithm per projection (from
+    ``algorithms``), and fp8 (e4m3, per-tensor scales, torch._scaled_mm to fp16) for comparison.
+    With nvidia-smi's SM clock and power while the long one runs."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from device_profile import GpuTelemetry
+
+    layers = 24
+    result = {}
+    for m, replays in ((384, 300), (49152, 30)):
+        ops = {op: [_projection_tensors(op, m, seed=i) for i in range(layers)] for op in PROJECTIONS}
+        flops = 2 * m * layers * sum(n * k for n, k, _, _ in PROJECTIONS.values())
+        best = {op: (algorithms or {}).get(f"{op}_M{m}", {}).get("best_index") for op in PROJECTIONS}
+        variants = {"engine": {op: None for op in PROJECTIONS}}
+        if all(v is not None for v in best.values()):
+            variants["best_algorithms"] = best
+        row = {}
+        for name, choice in variants.items():
+            calls = [_projection_call(op, *ops[op][i], choice[op]) for i in range(layers) for op in PROJECTIONS]
+            row[name] = _time_chain(calls, replays, flops, GpuTelemetry)
+        try:
+            fp8 = []
+            for i in range(layers):
+                for op in PROJECTIONS:
+                    x, w, b, out = ops[op][i]
+                    x8, w8 = x.to(torch.float8_e4m3fn), (w * 50).to(torch.float8_e4m3fn)
+                    one = torch.ones((), device="cuda")
+                    fp8.append(lambda x8=x8, w8=w8, one=one: torch._scaled_mm(x8, w8.t(), scale_a=one, scale_b=one,
+                                                                           out_dtype=DTYPE))
+            row["fp8_no_epilogue"] = _time_chain(fp8, replays, flops, GpuTelemetry)
+        except Exception as exc:  # noqa: BLE001
+            row["fp8_no_epilogue"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        result[f"M{m}"] = row
+        print(f"floors M={m}: " + ", ".join(f"{k_}={v.get('ms_per_pass', float('nan')):.3f}ms"
+                                           for k_, v in row.items()), flush=True)
+        del ops
+        torch.cuda.empty_cache()
+    return result
+
+
+def _time_chain(calls, replays: int, flops: float, telemetry) -> dict:
+    for call in calls:
+        call()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    probe = telemetry()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    ms = start.elapsed_time(end) / replays
+    return {"ms_per_pass": ms, "tflops": flops / ms / 1e9, "gpu": probe.stop()}
+
+
 def top_kernels(fn, n=12) -> list:
     from torch.profiler import ProfilerActivity, profile
 
@@ -447,8 +596,13 @@ def main(argv: list[str]) -> int:
     only = set(argv[2].split(",")) if len(argv) > 2 else None
     report = {"kind": "bertrt-device-explore", "environment": environment(torch.device("cuda")), "sections": {}}
     start = time.perf_counter()
+    def floors():
+        algorithms = report["sections"].get("algorithms", {}).get("result")
+        return section_floors(algorithms)
+
     for name, fn in (("attention", section_attention), ("gemm", section_gemm), ("hf_graph", section_hf_graph),
-                     ("engine", section_engine), ("levers", section_levers)):
+                     ("engine", section_engine), ("levers", section_levers), ("algorithms", section_algorithms),
+                     ("floors", floors)):
         if only and name not in only:
             continue
         t0 = time.perf_counter()

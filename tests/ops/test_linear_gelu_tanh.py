@@ -94,7 +94,7 @@ def test_plans_are_cached_per_shape_and_bounded(monkeypatch):
     made, freed = [], []
 
     class FakePlan:
-        def __init__(self, device, m, n, k, dtype, epilogue, bias):
+        def __init__(self, device, m, n, k, dtype, epilogue, bias, **options):
             self.m = m
             made.append(m)
 
@@ -125,3 +125,34 @@ def test_evicted_plans_are_freed_and_remade_on_gpu(gpu, monkeypatch):
         assert_like_torch(linear_bias_gelu_tanh(*inputs), torch_math(inputs, torch.float16),
                           torch_math(inputs, torch.float64), torch.float16)
     assert len(_cublaslt._PLANS) == 2
+
+
+@pytest.mark.parametrize("tokens,n,k", [(384, 1024, 4096), (97, 136, 64)])
+def test_every_suggested_algorithm_computes_the_same_product(gpu, tokens, n, k):
+    # What a tuner may pick among: each of the heuristic's algorithms, with and without bias,
+    # written fresh or added into out (beta = 1).
+    x, w, b = linear_inputs(tokens, n, k, dtype=torch.float16, device="cuda")
+    residual = torch.randn(tokens, n, device="cuda").half()
+    exact = F.linear(x.double(), w.double())
+    plain = _cublaslt.EPILOGUE_DEFAULT
+    count = _cublaslt.heuristic_count(x, w, plain, accumulate=True)
+    assert count >= 1
+    for algorithm in range(count):
+        got = _cublaslt.matmul(x, w, None, plain, algorithm=algorithm)
+        assert_like_torch(got, F.linear(x, w), exact, torch.float16)
+        summed = _cublaslt.matmul(x, w, None, plain, out=residual.clone(), accumulate=True, algorithm=algorithm)
+        assert_like_torch(summed, F.linear(x, w) + residual, exact + residual.double(), torch.float16)
+    biased = _cublaslt.matmul(x, w, b, _cublaslt.EPILOGUE_BIAS)
+    assert_like_torch(biased, F.linear(x, w, b), exact + b.double(), torch.float16)
+    with pytest.raises(_cublaslt.CublasLtError, match="not #"):
+        _cublaslt.matmul(x, w, None, plain, algorithm=1000)
+
+
+def test_bias_must_match_the_epilogue_and_accumulate_needs_out(gpu):
+    x, w, b = linear_inputs(8, 32, 64, dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match="disagree"):
+        _cublaslt.matmul(x, w, None, _cublaslt.EPILOGUE_BIAS)
+    with pytest.raises(ValueError, match="disagree"):
+        _cublaslt.matmul(x, w, b, _cublaslt.EPILOGUE_DEFAULT)
+    with pytest.raises(ValueError, match="needs out"):
+        _cublaslt.matmul(x, w, None, _cublaslt.EPILOGUE_DEFAULT, accumulate=True)

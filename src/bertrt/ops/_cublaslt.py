@@ -10,9 +10,11 @@ The library is the cuBLASLt that torch's CUDA build has already loaded (found in
 memory map), so there is one copy in the process; it is opened on first use, never on import.
 Enum values and struct layouts are those of ``cublasLt.h`` (stable across CUDA 11-13).
 
-Only what ``linear_gelu_tanh`` needs: row-major ``out = epilogue(x @ W.T + b)`` for fp16/bf16,
-fp32 accumulation. Plans (descriptors + the heuristic's algorithm) are cached per shape; the bias
-pointer is set per call, which is host-only work and safe inside CUDA graph capture.
+Row-major ``out = epilogue(x @ W.T + b)`` for fp16/bf16 with fp32 accumulation, optionally added
+into ``out`` (beta = 1). Plans (descriptors + one of the heuristic's algorithms, its first by
+default) are cached per problem; the bias pointer is set per call, which is host-only work and safe
+inside CUDA graph capture. ``heuristic_count`` says how many algorithms the heuristic offers for a
+problem, so that a tuner can time each (FasterTransformer's GEMM tuning).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ _CUDA_DTYPES = {torch.float16: 2, torch.bfloat16: 14}  # cudaDataType CUDA_R_16F
 _CUDA_R_32F = 0
 _OP_N, _OP_T = 0, 1
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
-EPILOGUE_BIAS, EPILOGUE_GELU_BIAS = 4, 36  # cublasLtEpilogue_t
+EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_GELU_BIAS = 1, 4, 36  # cublasLtEpilogue_t
+_BIAS_EPILOGUES = (EPILOGUE_BIAS, EPILOGUE_GELU_BIAS)
 _PREF_MAX_WORKSPACE_BYTES = 1
 WORKSPACE_BYTES = 32 << 20  # an upper bound offered to the heuristic; allocated once per GPU
 ALIGNMENT = 16  # bytes: every pointer and row stride must be a multiple (the heuristic assumes it)
@@ -123,15 +126,17 @@ _LOCK = threading.Lock()
 
 
 class Plan:
-    """``out = epilogue(x @ W.T + bias)`` for one (M, N, K, dtype, epilogue) on one GPU."""
+    """``out = epilogue(x @ W.T + bias) [+ out]`` for one problem on one GPU, with the ``algorithm``-th
+    of the heuristic's suggestions (0: its first choice)."""
 
     def __init__(self, device: torch.device, m: int, n: int, k: int, dtype: torch.dtype, epilogue: int,
-                 bias: torch.Tensor):
+                 bias: torch.Tensor | None, *, accumulate: bool = False, algorithm: int = 0):
         lib = library()
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index not in _DEVICES:
             _DEVICES[index] = _Device(torch.device("cuda", index))
         self.device = _DEVICES[index]
+        self.epilogue = epilogue
         cuda_type = _CUDA_DTYPES[dtype]
         self.desc = ctypes.c_void_p()
         _check(lib.cublasLtMatmulDescCreate(ctypes.byref(self.desc), _COMPUTE_32F, _CUDA_R_32F),
@@ -140,29 +145,20 @@ class Plan:
         # row-major = (K, N) column-major, transposed) and B = x ((K, M) column-major, as is).
         for attr, value in ((_DESC_TRANSA, _OP_T), (_DESC_TRANSB, _OP_N), (_DESC_EPILOGUE, epilogue)):
             self._set(attr, ctypes.c_int32(value))
-        self.set_bias(bias)
+        if bias is not None:
+            self.set_bias(bias)
         self.layouts = []
         for rows, cols in ((k, n), (k, m), (n, m)):  # A, B, C = D
             layout = ctypes.c_void_p()
             _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), cuda_type, rows, cols, rows),
                    "cublasLtMatrixLayoutCreate")
             self.layouts.append(layout)
-        preference = ctypes.c_void_p()
-        _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(preference)), "cublasLtMatmulPreferenceCreate")
-        limit = ctypes.c_uint64(WORKSPACE_BYTES)
-        _check(lib.cublasLtMatmulPreferenceSetAttribute(preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(limit),
-                                                        ctypes.sizeof(limit)), "cublasLtMatmulPreferenceSetAttribute")
-        self.heuristic, found = _HeuristicResult(), ctypes.c_int(0)
-        a, b, c = self.layouts
-        try:
-            _check(lib.cublasLtMatmulAlgoGetHeuristic(self.device.handle, self.desc, a, b, c, c, preference, 1,
-                                                      ctypes.byref(self.heuristic), ctypes.byref(found)),
-                   "cublasLtMatmulAlgoGetHeuristic")
-        finally:
-            lib.cublasLtMatmulPreferenceDestroy(preference)
-        if found.value < 1:
-            raise CublasLtError(f"cuBLASLt has no algorithm for M={m} N={n} K={k} {dtype} epilogue {epilogue}")
-        self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
+        results = _heuristic(self.device, self.desc, self.layouts, algorithm + 1)
+        if len(results) <= algorithm:
+            raise CublasLtError(f"cuBLASLt offers {len(results)} algorithms for M={m} N={n} K={k} {dtype} "
+                                f"epilogue {epilogue}, not #{algorithm}")
+        self.heuristic = results[algorithm]
+        self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(1.0 if accumulate else 0.0)
 
     def destroy(self) -> None:
         """Free the descriptors (host memory only: graphs that captured this plan's launches keep
@@ -180,14 +176,45 @@ class Plan:
     def set_bias(self, bias: torch.Tensor) -> None:
         self._set(_DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
 
-    def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torch.Tensor) -> None:
+    def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
         a, b, c = self.layouts
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        self.set_bias(bias)
+        if self.epilogue in _BIAS_EPILOGUES:
+            self.set_bias(bias)
         _check(library().cublasLtMatmul(
             self.device.handle, self.desc, ctypes.byref(self.alpha), weight.data_ptr(), a, x.data_ptr(), b,
             ctypes.byref(self.beta), out.data_ptr(), c, out.data_ptr(), c, ctypes.byref(self.heuristic.algo),
             self.device.workspace.data_ptr(), WORKSPACE_BYTES, stream), "cublasLtMatmul")
+
+
+def _heuristic(device: _Device, desc: ctypes.c_void_p, layouts: list, count: int) -> list[_HeuristicResult]:
+    """Up to ``count`` algorithms the heuristic suggests for a problem, best guess first."""
+    lib = library()
+    preference = ctypes.c_void_p()
+    _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(preference)), "cublasLtMatmulPreferenceCreate")
+    limit = ctypes.c_uint64(WORKSPACE_BYTES)
+    results, found = (_HeuristicResult * count)(), ctypes.c_int(0)
+    a, b, c = layouts
+    try:
+        _check(lib.cublasLtMatmulPreferenceSetAttribute(preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(limit),
+                                                        ctypes.sizeof(limit)), "cublasLtMatmulPreferenceSetAttribute")
+        _check(lib.cublasLtMatmulAlgoGetHeuristic(device.handle, desc, a, b, c, c, preference, count, results,
+                                                  ctypes.byref(found)), "cublasLtMatmulAlgoGetHeuristic")
+    finally:
+        lib.cublasLtMatmulPreferenceDestroy(preference)
+    return [results[i] for i in range(found.value) if results[i].state == 0]
+
+
+def heuristic_count(x: torch.Tensor, weight: torch.Tensor, epilogue: int, *, accumulate: bool = False,
+                    limit: int = 16) -> int:
+    """How many algorithms (at most ``limit``) cuBLASLt suggests for this problem; each is
+    ``matmul(..., algorithm=i)`` for i below it."""
+    plan = Plan(x.device, x.shape[0], weight.shape[0], x.shape[1], x.dtype, epilogue, None,
+                accumulate=accumulate)
+    try:
+        return len(_heuristic(plan.device, plan.desc, plan.layouts, limit))
+    finally:
+        plan.destroy()
 
 
 # Plans by shape, least recently used first. Eager batches (LoadGen's large ones) come with any
@@ -196,36 +223,42 @@ _PLANS: collections.OrderedDict[tuple, Plan] = collections.OrderedDict()
 MAX_PLANS = 256
 
 
-def supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+def supported(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether ``matmul`` can take these tensors: one CUDA device, fp16/bf16 alike, contiguous,
     16-byte aligned (pointers and rows)."""
-    tensors = (x, weight, bias)
-    return (x.is_cuda and x.dim() == 2 and weight.dim() == 2 and bias.dim() == 1
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (x.is_cuda and x.dim() == 2 and weight.dim() == 2 and (bias is None or bias.dim() == 1)
             and x.dtype in _CUDA_DTYPES and all(t.dtype == x.dtype and t.device == x.device for t in tensors)
             and all(t.is_contiguous() and t.data_ptr() % ALIGNMENT == 0 for t in tensors)
-            and weight.shape[1] == x.shape[1] and bias.shape[0] == weight.shape[0]
+            and weight.shape[1] == x.shape[1] and (bias is None or bias.shape[0] == weight.shape[0])
             and (x.shape[1] * x.element_size()) % ALIGNMENT == 0
             and (weight.shape[0] * x.element_size()) % ALIGNMENT == 0)
 
 
-def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, epilogue: int,
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """``epilogue(x @ weight.T + bias)`` through cuBLASLt; the tensors must pass ``supported``.
+def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epilogue: int,
+           out: torch.Tensor | None = None, *, accumulate: bool = False, algorithm: int = 0) -> torch.Tensor:
+    """``epilogue(x @ weight.T + bias)`` through cuBLASLt, added into ``out`` when ``accumulate``;
+    the tensors (and ``out``) must pass ``supported``. ``bias`` is None with EPILOGUE_DEFAULT.
 
     Raises:
-        CublasLtError: cuBLASLt is missing or refused the problem.
+        CublasLtError: cuBLASLt is missing or refused the problem (or has no ``algorithm``-th algorithm).
     """
     m, k = x.shape
     n = weight.shape[0]
+    if (bias is None) != (epilogue not in _BIAS_EPILOGUES):
+        raise ValueError(f"epilogue {epilogue} and bias {None if bias is None else tuple(bias.shape)} disagree")
     if out is None:
+        if accumulate:
+            raise ValueError("accumulate needs out (what the product is added to)")
         out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    key = (x.device, m, n, k, x.dtype, epilogue)
+    key = (x.device, m, n, k, x.dtype, epilogue, accumulate, algorithm)
     with _LOCK:
         plan = _PLANS.get(key)
         if plan is None:
-            plan = _PLANS[key] = Plan(x.device, m, n, k, x.dtype, epilogue, bias)
+            plan = _PLANS[key] = Plan(x.device, m, n, k, x.dtype, epilogue, bias, accumulate=accumulate,
+                                      algorithm=algorithm)
             if len(_PLANS) > MAX_PLANS:
                 _PLANS.popitem(last=False)[1].destroy()
         _PLANS.move_to_end(key)

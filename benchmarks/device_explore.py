@@ -18,9 +18,9 @@ BERT-Large fp16 shapes throughout. Sections (each caught on its own; the JSON is
 5. levers: ceilings of this card, the up-projection's epilogue options (cuBLASLt's GELU epilogue
    among them) and PyTorch's SDPA backends against the Triton attention (``section_levers``).
 6. algorithms: every algorithm cuBLASLt's heuristic suggests for each projection at M = 384 .. 49,152,
-   timed against the engine's call, and 7. floors: BERT-Large's 96 GEMMs alone, chained as in one
-   pass, at 384 and 49,152 tokens: what the GEMMs cost whatever else the engine does
-   (``section_algorithms``, ``section_floors``).
+   timed against the engine's call (none was faster in a chained pass, session 7), and 7. floors:
+   BERT-Large's and -Base's GEMMs alone, chained as in one pass, at every cell's token count: what
+   the GEMMs cost whatever else the engine does (``section_algorithms``, ``section_floors``).
 """
 
 from __future__ import annotations
@@ -417,46 +417,67 @@ def section_algorithms() -> dict:
     return result
 
 
-def section_floors(algorithms: dict | None = None) -> dict:
-    """BERT-Large's GEMMs alone: 24 layers x the four projections, each layer with its own weights,
-    captured in one graph and replayed back to back; at 384 tokens (b1 s384) and 49,152 (b128 s384).
-    Variants: as the engine calls them, with the fastest suggested algorithm per projection (from
-    ``algorithms``), and fp8 (e4m3, per-tensor scales, torch._scaled_mm to fp16) for comparison.
-    With nvidia-smi's SM clock and power while the long one runs."""
+def section_floors() -> dict:
+    """The GEMMs of BERT-Large and BERT-Base alone: every layer's four projections, as the engine
+    calls them, each layer with its own weights (activations shared, as the engine reuses its
+    buffers), captured in one graph and replayed back to back, at the token count of every cell of
+    issue 3's table (batch 1, 8, 32, 128 x 128 and 384 tokens). No implementation that runs these
+    products in fp16 through cuBLAS can take less. BERT-Large also in fp8 (e4m3, per-tensor scales,
+    torch._scaled_mm to fp16, no epilogues) for comparison. With nvidia-smi's SM clock and power."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from device_profile import GpuTelemetry
 
-    layers = 24
+    models = {"large": (1024, 4096, 24), "base": (768, 3072, 12)}
+    counts = sorted({b * s for b in (1, 8, 32, 128) for s in (128, 384)})
     result = {}
-    for m, replays in ((384, 300), (49152, 30)):
-        ops = {op: [_projection_tensors(op, m, seed=i) for i in range(layers)] for op in PROJECTIONS}
-        flops = 2 * m * layers * sum(n * k for n, k, _, _ in PROJECTIONS.values())
-        best = {op: (algorithms or {}).get(f"{op}_M{m}", {}).get("best_index") for op in PROJECTIONS}
-        variants = {"engine": {op: None for op in PROJECTIONS}}
-        if all(v is not None for v in best.values()):
-            variants["best_algorithms"] = best
-        row = {}
-        for name, choice in variants.items():
-            calls = [_projection_call(op, *ops[op][i], choice[op]) for i in range(layers) for op in PROJECTIONS]
-            row[name] = _time_chain(calls, replays, flops, GpuTelemetry)
-        try:
-            fp8 = []
+    for model, (hidden, inter, layers) in models.items():
+        shapes = {"qkv": (3 * hidden, hidden), "attn_out": (hidden, hidden), "ffn_in": (inter, hidden),
+                  "ffn_out": (hidden, inter)}
+        g = torch.Generator(device="cuda").manual_seed(0)
+        weights = {op: [((torch.randn(n, k, device="cuda", generator=g) * 0.02).to(DTYPE),
+                         (torch.randn(n, device="cuda", generator=g) * 0.02).to(DTYPE)) for _ in range(layers)]
+                   for op, (n, k) in shapes.items()}
+        for m in counts:
+            acts = {op: (torch.randn(m, k, device="cuda", generator=g).to(DTYPE),
+                         torch.randn(m, n, device="cuda", generator=g).to(DTYPE)) for op, (n, k) in shapes.items()}
+            flops = 2 * m * layers * sum(n * k for n, k in shapes.values())
+            replays = max(10, min(400, int(300 * 4e11 / flops)))  # ~0.3 s at 400 TFLOP/s
+            calls = []
             for i in range(layers):
-                for op in PROJECTIONS:
-                    x, w, b, out = ops[op][i]
-                    x8, w8 = x.to(torch.float8_e4m3fn), (w * 50).to(torch.float8_e4m3fn)
+                for op in shapes:
+                    (x, out), (w, b) = acts[op], weights[op][i]
+                    calls.append(_engine_projection(op, x, w, b, out))
+            row = {"tokens": m, "engine_calls": _time_chain(calls, replays, flops, GpuTelemetry)}
+            if model == "large":
+                try:
                     one = torch.ones((), device="cuda")
-                    fp8.append(lambda x8=x8, w8=w8, one=one: torch._scaled_mm(x8, w8.t(), scale_a=one, scale_b=one,
-                                                                           out_dtype=DTYPE))
-            row["fp8_no_epilogue"] = _time_chain(fp8, replays, flops, GpuTelemetry)
-        except Exception as exc:  # noqa: BLE001
-            row["fp8_no_epilogue"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        result[f"M{m}"] = row
-        print(f"floors M={m}: " + ", ".join(f"{k_}={v.get('ms_per_pass', float('nan')):.3f}ms"
-                                           for k_, v in row.items()), flush=True)
-        del ops
-        torch.cuda.empty_cache()
+                    x8 = {op: acts[op][0].to(torch.float8_e4m3fn) for op in shapes}
+                    w8 = {op: [(w * 50).to(torch.float8_e4m3fn) for w, _ in weights[op]] for op in shapes}
+                    fp8 = [lambda x=x8[op], w=w8[op][i]: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one,
+                                                                          out_dtype=DTYPE)
+                           for i in range(layers) for op in shapes]
+                    row["fp8_no_epilogue"] = _time_chain(fp8, replays, flops, GpuTelemetry)
+                except Exception as exc:  # noqa: BLE001
+                    row["fp8_no_epilogue"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            result[f"{model}_T{m}"] = row
+            print(f"floors {model} T={m}: " + ", ".join(f"{k_}={v.get('ms_per_pass', float('nan')):.3f}ms"
+                                                      for k_, v in row.items() if isinstance(v, dict)), flush=True)
+            del acts
+            torch.cuda.empty_cache()
+        del weights
     return result
+
+
+def _engine_projection(op: str, x, w, b, out):
+    """A projection as the engine's runtime calls it at any width (section_algorithms's
+    ``_projection_call`` is BERT-Large's)."""
+    from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
+
+    if op == "qkv":
+        return lambda: F.linear(x, w, b)
+    if op == "ffn_in":
+        return lambda: linear_bias_gelu_tanh(x, w, b)
+    return lambda: out.addmm_(x, w.t())
 
 
 def _time_chain(calls, replays: int, flops: float, telemetry) -> dict:
@@ -596,13 +617,9 @@ def main(argv: list[str]) -> int:
     only = set(argv[2].split(",")) if len(argv) > 2 else None
     report = {"kind": "bertrt-device-explore", "environment": environment(torch.device("cuda")), "sections": {}}
     start = time.perf_counter()
-    def floors():
-        algorithms = report["sections"].get("algorithms", {}).get("result")
-        return section_floors(algorithms)
-
     for name, fn in (("attention", section_attention), ("gemm", section_gemm), ("hf_graph", section_hf_graph),
                      ("engine", section_engine), ("levers", section_levers), ("algorithms", section_algorithms),
-                     ("floors", floors)):
+                     ("floors", section_floors)):
         if only and name not in only:
             continue
         t0 = time.perf_counter()

@@ -422,8 +422,10 @@ def section_floors() -> dict:
     calls them, each layer with its own weights (activations shared, as the engine reuses its
     buffers), captured in one graph and replayed back to back, at the token count of every cell of
     issue 3's table (batch 1, 8, 32, 128 x 128 and 384 tokens). No implementation that runs these
-    products in fp16 through cuBLAS can take less. BERT-Large also in fp8 (e4m3, per-tensor scales,
-    torch._scaled_mm to fp16, no epilogues) for comparison. With nvidia-smi's SM clock and power."""
+    products in fp16 through cuBLAS can take less; nor less than "no_epilogue", the same products
+    without bias, GELU or residual. And one layer's attention by the fastest backend that runs here
+    (``_fastest_attention``). BERT-Large also in fp8 (e4m3, per-tensor scales, torch._scaled_mm to
+    fp16, no epilogues) for comparison. With nvidia-smi's SM clock and power."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from device_profile import GpuTelemetry
 
@@ -448,6 +450,10 @@ def section_floors() -> dict:
                     (x, out), (w, b) = acts[op], weights[op][i]
                     calls.append(_engine_projection(op, x, w, b, out))
             row = {"tokens": m, "engine_calls": _time_chain(calls, replays, flops, GpuTelemetry)}
+            # The products alone (no bias, GELU or residual in any epilogue): below any BERT.
+            bare = [lambda x=acts[op][0], w=weights[op][i][0]: F.linear(x, w) for i in range(layers) for op in shapes]
+            row["no_epilogue"] = _time_chain(bare, replays, flops, GpuTelemetry)
+            row["attention_ms_per_layer"] = _fastest_attention(m, hidden // 64)
             if model == "large":
                 try:
                     one = torch.ones((), device="cuda")
@@ -460,12 +466,54 @@ def section_floors() -> dict:
                 except Exception as exc:  # noqa: BLE001
                     row["fp8_no_epilogue"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             result[f"{model}_T{m}"] = row
-            print(f"floors {model} T={m}: " + ", ".join(f"{k_}={v.get('ms_per_pass', float('nan')):.3f}ms"
-                                                      for k_, v in row.items() if isinstance(v, dict)), flush=True)
+            attention = row["attention_ms_per_layer"]
+            print(f"floors {model} T={m}: " + ", ".join(f"{k_}={v['ms_per_pass']:.3f}ms" for k_, v in row.items()
+                                                      if isinstance(v, dict) and "ms_per_pass" in v)
+                  + f", attention {attention['fastest']} {attention['fastest_ms'] * 1000:.1f}us/layer", flush=True)
             del acts
             torch.cuda.empty_cache()
         del weights
     return result
+
+
+def _fastest_attention(tokens: int, heads: int) -> dict:
+    """One layer's attention at ``tokens`` tokens of equal sequences (batch x 128 or 384, as the
+    table's cells), by every backend that runs here: bertrt's Triton kernel (each tiling), PyTorch's
+    varlen flash kernel on the packed tokens, and SDPA's flash and cuDNN kernels on the padded
+    layout; ms per call (graph replays), and the fastest."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from bertrt.ops.attention import varlen_attention
+    from bertrt.ops.attention_triton import TILINGS, varlen_attention_triton
+
+    seq = 128 if tokens in (128, 1024, 4096, 16384) else 384
+    batch = tokens // seq
+    qkv = torch.randn(tokens, 3, heads, HEAD_DIM, device="cuda", dtype=DTYPE)
+    q, k, v = qkv.unbind(1)
+    cu = cu_of([seq] * batch)
+    padded = [t.reshape(batch, seq, heads, HEAD_DIM).transpose(1, 2) for t in (q, k, v)]
+
+    def sdpa(backend):
+        def fn():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(*padded)
+        return fn
+
+    candidates = {"triton": lambda: varlen_attention_triton(q, k, v, cu, seq),
+                  **{name: lambda cfg=cfg: varlen_attention_triton(q, k, v, cu, seq, config=cfg)
+                     for name, cfg in TILINGS.items()},
+                  "torch_varlen": lambda: varlen_attention(q, k, v, cu, seq),
+                  "sdpa_flash_padded": sdpa(SDPBackend.FLASH_ATTENTION),
+                  "sdpa_cudnn_padded": sdpa(SDPBackend.CUDNN_ATTENTION)}
+    times = {}
+    for name, fn in candidates.items():
+        try:
+            times[name] = bench_kernel(fn)
+        except Exception as exc:  # noqa: BLE001
+            times[name] = f"{type(exc).__name__}: {str(exc)[:120]}"
+    measured = {k_: v_ for k_, v_ in times.items() if isinstance(v_, float)}
+    best = min(measured, key=measured.get)
+    return {"batch": batch, "seq": seq, "by_backend": times, "fastest": best, "fastest_ms": measured[best]}
 
 
 def _engine_projection(op: str, x, w, b, out):

@@ -109,34 +109,6 @@ def jit(fn: Callable, helpers: dict[str, Callable] | None = None, *, per_request
     return _JITTED[key]
 
 
-# Programmatic dependent launch (Hopper on): a kernel launched with it may be scheduled while the
-# kernel before it drains, and waits (gdc_wait, its first instruction) until that kernel's writes
-# are visible. It hides part of the launch gap between two kernels, which at batch 1 is a large part
-# of a pass (BERT-Large b1 s384 on an H200: ~0.27 ms of gaps between ~170 kernels, against 1.09 ms
-# of kernels, session6/call2/profile_large.json). False turns it off for every kernel (A/B runs).
-PDL_ENABLED = True
-
-
-def dependent_launch(*tensors: torch.Tensor) -> dict[str, bool]:
-    """Launch keywords for a kernel with a ``WAIT_PRIOR: tl.constexpr`` parameter (see PDL_ENABLED):
-    ``{"WAIT_PRIOR": True, "launch_pdl": True}`` on a compiled launch on a GPU of compute
-    capability 9 or more with a Triton that supports it, else ``{"WAIT_PRIOR": False}``."""
-    on = (PDL_ENABLED and not interpret_requested() and all(t.is_cuda for t in tensors)
-          and _pdl_supported(tensors[0].device.index if tensors[0].device.index is not None
-                             else torch.cuda.current_device()))
-    return {"WAIT_PRIOR": True, "launch_pdl": True} if on else {"WAIT_PRIOR": False}
-
-
-@functools.cache
-def _pdl_supported(device_index: int) -> bool:
-    try:
-        from triton.backends.nvidia.compiler import CUDAOptions
-    except ImportError:
-        return False
-    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
-    return "launch_pdl" in fields and torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 

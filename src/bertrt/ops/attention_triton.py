@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from bertrt.ops._triton import cdiv, check_out, dependent_launch, jit, next_pow2, use_triton
+from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, use_triton
 from bertrt.ops.attention import varlen_attention_ref
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
@@ -116,10 +116,8 @@ def _varlen_attention_kernel(
     out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, num_seqs, qk_scale, head_dim,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
-    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, WAIT_PRIOR: tl.constexpr,
+    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    if WAIT_PRIOR:  # dependent launch: the previous kernel's writes must be visible first
-        tl.extra.cuda.gdc_wait()
     # The query blocks of all sequences are numbered in order (sequence i owns counts[i] of them)
     # and programs take every num_programs-th: the grid follows the tokens, not batch x longest
     # sequence, so a CUDA graph sized for 129 sequences launches no programs for absent ones.
@@ -206,5 +204,5 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         # each power of two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in).
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), SEQUENCE_SLOTS),
         MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **dependent_launch(q))
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

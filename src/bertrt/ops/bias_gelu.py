@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import (cdiv, check_out, dependent_launch, jit, next_pow2, num_warps_for,
-                                rows_contiguous, use_triton)
+from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
@@ -23,10 +22,8 @@ def bias_gelu_ref(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 def _bias_gelu_kernel(
     out_ptr, x_ptr, bias_ptr, n_tokens, width, out_stride, x_stride,
-    BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr, WAIT_PRIOR: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
-    if WAIT_PRIOR:  # dependent launch: the previous kernel's writes must be visible first
-        tl.extra.cuda.gdc_wait()
     t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     i_offs = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     i_mask = i_offs < width
@@ -61,6 +58,5 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, *, out: torch.Tensor | None =
     block_t = max(1, 4096 // block_i)
     grid = (cdiv(n_tokens, block_t), cdiv(width, block_i))
     jit(_bias_gelu_kernel, per_request=("n_tokens",))[grid](out, x, bias, n_tokens, width, out.stride(0), x.stride(0),
-                                 BLOCK_T=block_t, BLOCK_I=block_i, num_warps=num_warps_for(block_t * block_i),
-                                 **dependent_launch(x))
+                                 BLOCK_T=block_t, BLOCK_I=block_i, num_warps=num_warps_for(block_t * block_i))
     return out

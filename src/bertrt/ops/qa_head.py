@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import (cdiv, check_out, dependent_launch, jit, next_pow2, num_warps_for,
-                                rows_contiguous, use_triton)
+from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
@@ -23,10 +22,8 @@ def qa_head_ref(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
 
 def _qa_head_kernel(
     out_ptr, hidden_ptr, weight_ptr, bias_ptr, n_tokens, hidden, hidden_stride, weight_stride,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, WAIT_PRIOR: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    if WAIT_PRIOR:  # dependent launch: the previous kernel's writes must be visible first
-        tl.extra.cuda.gdc_wait()
     t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_mask = t_offs < n_tokens
     rows = t_offs.to(tl.int64)[:, None] * hidden_stride
@@ -77,5 +74,5 @@ def qa_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *,
     block_t = 16
     jit(_qa_head_kernel, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
         out, hidden, weight, bias, n_tokens, width, hidden.stride(0), weight.stride(0),
-        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h), **dependent_launch(hidden))
+        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))
     return out

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import (cdiv, check_out, dependent_launch, jit, layernorm_rows_impl, next_pow2,
-                                num_warps_for, rows_contiguous, use_triton)
+from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for,
+                                rows_contiguous, use_triton)
 
 _layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the kernel
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
@@ -33,10 +33,7 @@ def _bias_residual_layernorm_kernel(
     out_ptr, x_ptr, bias_ptr, res_ptr, gamma_ptr, beta_ptr,
     n_tokens, hidden, out_stride, x_stride, x_split_stride, res_stride, eps,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, SPLITS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    WAIT_PRIOR: tl.constexpr,
 ):
-    if WAIT_PRIOR:  # dependent launch: the previous kernel's writes must be visible first
-        tl.extra.cuda.gdc_wait()
     # One program normalises BLOCK_T tokens; a row of BLOCK_H >= hidden columns stays in registers.
     t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     h_offs = tl.arange(0, BLOCK_H)
@@ -106,5 +103,5 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         out, x, bias, residual, gamma, beta,
         n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0), eps,
         BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1, HAS_RESIDUAL=has_residual,
-        num_warps=num_warps_for(block_t * block_h), **dependent_launch(x))
+        num_warps=num_warps_for(block_t * block_h))
     return out

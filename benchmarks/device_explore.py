@@ -21,6 +21,7 @@ BERT-Large fp16 shapes throughout. Sections (each caught on its own; the JSON is
    timed against the engine's call (none was faster in a chained pass, session 7), and 7. floors:
    BERT-Large's and -Base's GEMMs alone, chained as in one pass, at every cell's token count: what
    the GEMMs cost whatever else the engine does (``section_algorithms``, ``section_floors``).
+8. sustained: the 8192^3 fp16 matmul ceiling over 0.05 s and over 4 s (``section_sustained``).
 """
 
 from __future__ import annotations
@@ -516,6 +517,24 @@ def _fastest_attention(tokens: int, heads: int) -> dict:
     return {"batch": batch, "seq": seq, "by_backend": times, "fastest": best, "fastest_ms": measured[best]}
 
 
+def section_sustained() -> dict:
+    """The fp16 matmul ceiling short and sustained: an 8192^3 product replayed from a graph for about
+    0.05 s (what ANCHORS.md's 718 TFLOP/s and a microbenchmark see) and for about 4 s (what a
+    long batch or a LoadGen run sees, once the 700 W cap has pulled the clock down)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from device_profile import GpuTelemetry
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    b = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    flops = 2 * 8192 ** 3
+    result = {}
+    for label, replays in (("short", 30), ("sustained", 2500)):
+        torch.cuda.synchronize()
+        time.sleep(2)  # let the card cool back to its idle clock between the two
+        result[label] = _time_chain([lambda: a @ b], replays, flops, GpuTelemetry)
+        print(f"8192^3 {label}: {result[label]['tflops']:.0f} TFLOP/s, {result[label]['gpu']}", flush=True)
+    return result
+
 def _engine_projection(op: str, x, w, b, out):
     """A projection as the engine's runtime calls it at any width (section_algorithms's
     ``_projection_call`` is BERT-Large's)."""
@@ -667,7 +686,7 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     for name, fn in (("attention", section_attention), ("gemm", section_gemm), ("hf_graph", section_hf_graph),
                      ("engine", section_engine), ("levers", section_levers), ("algorithms", section_algorithms),
-                     ("floors", section_floors)):
+                     ("floors", section_floors), ("sustained", section_sustained)):
         if only and name not in only:
             continue
         t0 = time.perf_counter()

@@ -302,3 +302,16 @@ def test_attention_timing_batches_are_ragged_and_exact(count):
         assert min(lengths) <= 384 // 4 and max(lengths) == 384
     if count <= 384:  # one request
         assert lengths == [count]
+
+
+def test_a_timed_default_attention_is_recorded_by_its_tiling():
+    # Recorded as "triton", the tiling would be re-picked per token count at run time, which is
+    # not what the build timed for the whole bound.
+    from bertrt.engine.build import pinned_attention
+    from bertrt.ops.attention_triton import AttentionConfig
+
+    assert pinned_attention("triton", TILINGS_ATTENTION["triton-64x64"]) == "triton-64x64"
+    assert pinned_attention("triton", TILINGS_ATTENTION["triton-128x64"]) == "triton-128x64"
+    assert pinned_attention("triton", AttentionConfig(64, 32, num_warps=8)) == "triton"  # no name: as it was
+    assert pinned_attention("torch", TILINGS_ATTENTION["triton-64x64"]) == "torch"
+    assert pinned_attention("triton-32x64", TILINGS_ATTENTION["triton-64x64"]) == "triton-32x64"

@@ -148,8 +148,8 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
     Returns:
         {"ffn_in_gelu": {token count: "cublas" | "triton" | "cublaslt-gelu"},
         "attn_out": {...: "cublas" | a name in SPLITK_BACKENDS}, "ffn_out": {...},
-        "attention": {...: "triton" | "torch" | a name in attention_triton.TILINGS}},
-        or {} when the tensors are not on CUDA.
+        "attention": {...: "torch" | a name in attention_triton.TILINGS | "triton" (a default
+        tiling with no name)}}, or {} when the tensors are not on CUDA.
     """
     from bertrt.ops.attention import varlen_attention
     from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
@@ -189,12 +189,26 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                 default = default_config(count, num_heads, hidden // num_heads)
                 tilings = {name: lambda cfg=cfg: varlen_attention_triton(q, k, v, cu, seq, config=cfg)
                            for name, cfg in ATTENTION_TILINGS.items() if cfg != default}
-                choices["attention"][count] = _fastest(
+                choices["attention"][count] = pinned_attention(_fastest(
                     "triton", lambda: varlen_attention_triton(q, k, v, cu, seq),
                     {"torch": lambda: varlen_attention(q, k, v, cu, seq), **tilings},
-                    f"varlen_attention at {count} tokens")
+                    f"varlen_attention at {count} tokens"), default)
             del x
     return choices
+
+
+def pinned_attention(choice: str, default) -> str:
+    """The name to record for attention timed as ``choice``: the default Triton kernel ("triton")
+    becomes the named tiling it ran with (``default``, an AttentionConfig), so that every token
+    count the bound covers runs what was timed. Recorded as "triton", the tiling would follow
+    attention_config_for at run time, which changes within a bound: at 16,384 tokens (BERT-Large
+    b128 s128) it picks 128 x 64, which took 104.7 us on an H200 against 68.9 for the 64 x 64 that
+    the 49,152-token timing had run (benchmarks/results/session7/call3/floors.json)."""
+    from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
+
+    if choice != "triton":
+        return choice
+    return next((name for name, config in ATTENTION_TILINGS.items() if config == default), choice)
 
 
 def _projection_choice(tensors: dict[str, torch.Tensor], prefix: str, count: int) -> str:

@@ -57,6 +57,7 @@ def test_perf_report_table_and_json(tiny_engine_dir, tmp_path):
     for key in ("date", "device_name", "driver", "torch", "triton", "transformers", "git_sha", "bertrt"):
         assert key in env
     assert report["settings"]["iterations"] == 3 and report["engine"]["precision"] == "fp32"
+    assert report["engine"]["gemm_choices"] == {}  # a CPU build times nothing
     path = perf.write_json(report, tmp_path / "out" / "perf.json")
     assert json.loads(path.read_text())["rows"] == report["rows"]
     table = perf.format_table(rows).splitlines()
@@ -137,3 +138,13 @@ def test_peers_get_an_attention_mask_by_default():
     padded = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     perf.peer_runner("hf", model, ids, types, padded)[0]()
     assert torch.equal(seen["attention_mask"], padded)
+
+
+def test_report_names_the_kernels_the_build_chose():
+    choices = {"attention": {64: "torch", 256: "triton-64x64"}, "ffn_out": {256: "cublas-accumulate"}}
+    engine = Engine.from_checkpoint(random_checkpoint(TINY), device="cpu", precision="fp32", max_tokens=256,
+                                    max_seq_length=64, max_batch=4, gemm_choices=choices)
+    summary = perf.engine_summary(engine)
+    assert summary["gemm_choices"] == {"attention": {"64": "torch", "256": "triton-64x64"},
+                                       "ffn_out": {"256": "cublas-accumulate"}}
+    json.dumps(summary)  # JSON keys are strings

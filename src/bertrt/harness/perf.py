@@ -307,7 +307,9 @@ def engine_summary(engine) -> dict[str, Any]:
     return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
             "intermediate": c.intermediate_size, "precision": engine.precision.value, "graphs": engine.graphs,
             "max_tokens": engine.max_tokens, "max_seq_length": engine.max_seq_length, "max_batch": engine.max_batch,
-            "source": engine.spec.source}
+            "source": engine.spec.source,
+            # What the build timed and chose per token count: two builds of one model can differ here.
+            "gemm_choices": {op: {str(k): v for k, v in table.items()} for op, table in engine.spec.gemm_choices.items()}}
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:

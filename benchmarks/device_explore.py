@@ -336,28 +336,25 @@ def section_levers() -> dict:
     return result
 
 
-# The engine's four projections (N, K, cuBLASLt epilogue, accumulate into the residual).
-PROJECTIONS = {"qkv": (3 * HIDDEN, HIDDEN, "bias", False), "attn_out": (HIDDEN, HIDDEN, "default", True),
-               "ffn_in": (INTER, HIDDEN, "gelu_bias", False), "ffn_out": (HIDDEN, INTER, "default", True)}
+# The engine's four projections (N, K, cuBLASLt epilogue constant in ops/_cublaslt.py, accumulate
+# into the residual).
+PROJECTIONS = {"qkv": (3 * HIDDEN, HIDDEN, "EPILOGUE_BIAS", False),
+               "attn_out": (HIDDEN, HIDDEN, "EPILOGUE_DEFAULT", True),
+               "ffn_in": (INTER, HIDDEN, "EPILOGUE_GELU_BIAS", False),
+               "ffn_out": (HIDDEN, INTER, "EPILOGUE_DEFAULT", True)}
 
 
 def _projection_call(op: str, x, w, b, out, algorithm: int | None):
     """One projection as the engine runs it (algorithm None: its PyTorch / bertrt call), or through
     cuBLASLt with the ``algorithm``-th suggestion."""
     from bertrt.ops import _cublaslt
-    from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 
-    n, k, epilogue, accumulate = PROJECTIONS[op]
     if algorithm is None:
-        if op == "qkv":
-            return lambda: F.linear(x, w, b)
-        if op == "ffn_in":
-            return lambda: linear_bias_gelu_tanh(x, w, b)
-        return lambda: out.addmm_(x, w.t())
-    code = {"bias": _cublaslt.EPILOGUE_BIAS, "gelu_bias": _cublaslt.EPILOGUE_GELU_BIAS,
-            "default": _cublaslt.EPILOGUE_DEFAULT}[epilogue]
-    bias = b if epilogue != "default" else None
-    return lambda: _cublaslt.matmul(x, w, bias, code, out=out, accumulate=accumulate, algorithm=algorithm)
+        return _engine_projection(op, x, w, b, out)
+    _, _, epilogue, accumulate = PROJECTIONS[op]
+    bias = None if epilogue == "EPILOGUE_DEFAULT" else b
+    return lambda: _cublaslt.matmul(x, w, bias, getattr(_cublaslt, epilogue), out=out, accumulate=accumulate,
+                                    algorithm=algorithm)
 
 
 def _projection_tensors(op: str, m: int, seed: int = 0):
@@ -393,9 +390,7 @@ def section_algorithms() -> dict:
             scale = expected.abs().max().item()
             out = residual.clone()
             engine_ms = bench_kernel(_projection_call(op, x, w, b, out, None))
-            plain = {"bias": _cublaslt.EPILOGUE_BIAS, "gelu_bias": _cublaslt.EPILOGUE_GELU_BIAS,
-                     "default": _cublaslt.EPILOGUE_DEFAULT}[epilogue]
-            count = _cublaslt.heuristic_count(x, w, plain, accumulate=accumulate)
+            count = _cublaslt.heuristic_count(x, w, getattr(_cublaslt, epilogue), accumulate=accumulate)
             algos = []
             for i in range(count):
                 try:
@@ -536,8 +531,7 @@ def section_sustained() -> dict:
     return result
 
 def _engine_projection(op: str, x, w, b, out):
-    """A projection as the engine's runtime calls it at any width (section_algorithms's
-    ``_projection_call`` is BERT-Large's)."""
+    """A projection as the engine's runtime calls it, at any width."""
     from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 
     if op == "qkv":

@@ -46,7 +46,8 @@ def linear_fp8(x_q: torch.Tensor, weight_q: torch.Tensor, x_scale: torch.Tensor,
     Args:
         x_q: (T, K) float8_e4m3fn input; its real value is ``x_q * x_scale``.
         weight_q: (N, K) float8_e4m3fn weight (nn.Linear layout); real value ``weight_q * w_scale``.
-        x_scale, w_scale: () fp32 scales, on x_q's device.
+        x_scale, w_scale: () fp32 scales, on x_q's device (a (N,) per-channel w_scale runs the
+            reference's math).
         bias: optional (N,) fp16/bf16 bias (the activation dtype).
         gelu: apply GELU (tanh form) after the bias.
         out_dtype: fp16, bf16 or fp32 for a real-valued output, or float8_e4m3fn for one rounded
@@ -62,6 +63,7 @@ def linear_fp8(x_q: torch.Tensor, weight_q: torch.Tensor, x_scale: torch.Tensor,
         None if gelu else _cublaslt.EPILOGUE_DEFAULT)
     key = (x_q.shape[1], weight_q.shape[0], gelu, bias is not None, out_dtype)
     if (epilogue is not None and key not in _REFUSED and _cublaslt.supported_fp8(x_q, weight_q, bias)
+            and w_scale.numel() == 1  # cuBLASLt's scale pointers are per tensor here
             and out_dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn)):
         out = torch.empty(x_q.shape[0], weight_q.shape[0], dtype=out_dtype, device=x_q.device)
         try:

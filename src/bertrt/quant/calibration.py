@@ -167,12 +167,16 @@ def observe_reference(model, batches: Iterable, *, progress: bool = True, seed: 
     for i, layer in enumerate(model.layers):
         for projection in PROJECTIONS:
             module = layer.get_submodule(projection)
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, i=i, p=projection: (observer(input_name(i, p)).observe(args[0]),
-                                                         observer(output_name(i, p)).observe(out))))
+            def record(m, args, out, i=i, p=projection):  # returns None: the output is left as it is
+                observer(input_name(i, p)).observe(args[0])
+                observer(output_name(i, p)).observe(out)
+
+            handles.append(module.register_forward_hook(record))
         for sublayer in RESIDUALS:
-            handles.append(layer.get_submodule(sublayer).register_forward_pre_hook(
-                lambda m, args, i=i, s=sublayer: observer(residual_name(i, s)).observe(args[0])))
+            def record_residual(m, args, i=i, s=sublayer):
+                observer(residual_name(i, s)).observe(args[0])
+
+            handles.append(layer.get_submodule(sublayer).register_forward_pre_hook(record_residual))
     try:
         with torch.inference_mode():
             for batch in tqdm(batches, desc="calibrating", unit="batch", total=total, disable=not progress):

@@ -35,9 +35,6 @@ _add_bias_gelu = _grouped_tile = _int8_epilogue = None  # jitted device function
 
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.int8)
 INT8_MAX = 127  # symmetric: -128 is never produced
-# 1.5 * 2**23: adding it to an fp32 |v| <= 2**22 leaves no fraction bits, so the addition rounds v to
-# an integer, half to even (IEEE round-to-nearest); subtracting it again gives that integer exactly.
-_ROUNDING_MAGIC = 12582912.0
 
 # Tilings a build may time and record by name. Not yet timed on a GPU (benchmarks/int8_gemm.py
 # times each against torch._int_mm and fp16 F.linear); the shapes follow what makes Hopper's
@@ -102,9 +99,13 @@ def linear_int8_ref(x_q: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tens
 
 
 def _round_to_int8_impl(v, inv_scale):
-    """v * inv_scale rounded half to even, clamped to [-127, 127], as int8 (fp32 ``v``)."""
+    """v * inv_scale rounded half to even, clamped to [-127, 127], as int8 (fp32 ``v``).
+
+    12582912 = 1.5 * 2^23: fp32 numbers near it have no fraction bits, so adding it to the clamped
+    value rounds that to an integer, half to even (IEEE round-to-nearest), and subtracting it again
+    is exact. The interpreter has no libdevice ``rint``; this runs the same in both modes."""
     v = tl.minimum(tl.maximum(v * inv_scale, -127.0), 127.0)
-    return ((v + _ROUNDING_MAGIC) - _ROUNDING_MAGIC).to(tl.int8)
+    return ((v + 12582912.0) - 12582912.0).to(tl.int8)
 
 
 def _int8_epilogue_impl(acc, m0, n0, M, N, scale_ptr, bias_ptr, residual_ptr, residual_stride, out_ptr,

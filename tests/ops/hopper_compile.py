@@ -7,7 +7,8 @@ to PTX and ptxas (shipped in Triton's wheel) to a cubin for compute capability 9
 GPU. Each op's public function is called on small CPU tensors with its kernel launch recorded
 instead of run (the tensors' dtypes and the op's tiling choices make the signature), then each
 recorded launch is compiled. Shapes are chosen to reach every tiling the engine uses, in fp16 and bf16,
-except the TMA GEMM kernel, which the ops take only on a Hopper GPU.
+except linear_gelu's TMA GEMM kernel, which the op takes only on a Hopper GPU (linear_int8's is
+compiled: its ``tma_usable`` is stubbed here).
 
 Run it in a process where Triton was imported without TRITON_INTERPRET (the test does).
 Exit status 1 if any launch fails to compile.

@@ -166,8 +166,11 @@ def test_rejects_bad_arguments(no_interpret, bad, match):
     x, w, scale = args.pop("x"), args.pop("w"), args.pop("scale")
     with pytest.raises(ValueError, match=match):
         linear_int8(x, w, scale, **args)
+
+
+def test_quantize_rejects_a_scale_per_element(no_interpret):
     with pytest.raises(ValueError, match="scale"):
-        quantize_int8(torch.zeros(3), torch.ones(2))
+        quantize_int8(torch.zeros(3), torch.ones(3))
 
 
 def test_config_choice_is_a_pure_function_of_the_shape():
@@ -216,3 +219,23 @@ def test_capturable_and_no_recompile_for_new_token_counts(gpu, monkeypatch):
         run(m)
     torch.cuda.synchronize()
     assert compiles == []
+
+
+def test_benchmark_dry_run(tmp_path):
+    # benchmarks/int8_gemm.py on the CPU: tiny shapes, every tiling through the interpreter, each
+    # checked against the ref (its own process: it sets TRITON_INTERPRET before importing triton).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "int8_gemm.py"
+    out = tmp_path / "int8_gemm.json"
+    done = subprocess.run([sys.executable, str(script), str(out), "--dry-run", "--commit", "0" * 40],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["commit"] == "0" * 40 and report["environment"]["torch"] == torch.__version__
+    row = report["rows"]["qkv_M37"]
+    assert row["int_mm"]["ok"] and set(row["tilings"]) == {"default", *TILINGS}
+    assert all(t[e]["ok"] and t[e]["tops"] > 0 for t in row["tilings"].values() for e in ("gemm", "mode1", "mode2"))

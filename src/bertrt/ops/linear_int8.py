@@ -39,7 +39,8 @@ INT8_MAX = 127  # symmetric: -128 is never produced
 # Tilings a build may time and record by name. Not yet timed on a GPU (benchmarks/int8_gemm.py
 # times each against torch._int_mm and fp16 F.linear); the shapes follow what makes Hopper's
 # wgmma busy: 128 x 256 or 256 x 128 output tiles for two warpgroups, BLOCK_K = 128 int8, 3-4
-# stages of shared memory (48 KiB per stage at 128 x 256 x 128: 3 stages = 144 KiB of 227).
+# stages of shared memory (48 KiB per stage at 128 x 256 x 128: 3 stages = 144 KiB of 227; the
+# sm_90 compile of the TMA kernel with its fp16 epilogue needs 176 KiB, 208 KiB at 256 x 128).
 # Without TMA (pre-Hopper GPUs, rows not 16-byte aligned) the same tiles load through pointers.
 TILINGS = {
     "64x128x128": GemmConfig(64, 128, 128, group_m=8, num_warps=4, num_stages=4, tma=True),

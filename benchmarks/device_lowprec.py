@@ -117,8 +117,10 @@ def section_speed(report, args, device, tmp):
     for precision in args.speed_precisions.split(","):
         t0 = time.perf_counter()
         try:
+            cache_dir = tmp / "large"
+            cache_dir.mkdir(exist_ok=True)
             path = quant_build(checkpoint, tmp / f"large-{precision}", precision, {"method": "max"}, data=args.data,
-                               device=device, calib_num=128, cache_dir=tmp)
+                               device=device, calib_num=128, cache_dir=cache_dir)
             build_s = time.perf_counter() - t0
             engine = Engine.load(path, device=device)
             peers = ["hf", "hf-graph"] if precision == "fp16" else []

@@ -177,19 +177,21 @@ def quant_code(t: torch.Tensor | None) -> int:
     return QUANT_CODES[format_of(t.dtype)]
 
 
-def quantize_impl(y, inv_scale, QUANT: tl.constexpr):
-    """fp32 ``y * inv_scale`` clamped to the format's range and rounded: QUANT 1 = e4m3 (nearest
-    even, the hardware conversion), 2 = int8 (half away from zero)."""
-    y = y * inv_scale
-    if QUANT == 1:
-        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
-        # Round to e4m3's 3 mantissa bits (nearest even) on the fp32 bits, so that the conversion
-        # below is exact whatever its rounding; below e4m3's smallest normal (2^-6) the step is 2^-9.
-        bits = y.to(tl.int32, bitcast=True)
-        bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576
-        rounded = tl.where(tl.abs(y) < 0.015625, tl.floor(y * 512.0 + 0.5) / 512.0,
-                           bits.to(tl.float32, bitcast=True))
-        return rounded.to(tl.float8e4nv)
-    y = tl.minimum(tl.maximum(y, -127.0), 127.0)
+def quantize_e4m3_impl(y, inv_scale):
+    """fp32 ``y * inv_scale`` clamped to +-448 and rounded to e4m3 (nearest even)."""
+    y = tl.minimum(tl.maximum(y * inv_scale, -448.0), 448.0)
+    # Round to e4m3's 3 mantissa bits on the fp32 bits, so that the conversion below is exact
+    # whatever its rounding; below e4m3's smallest normal (2^-6) its step is 2^-9.
+    bits = y.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576
+    rounded = tl.where(tl.abs(y) < 0.015625, tl.floor(y * 512.0 + 0.5) / 512.0, bits.to(tl.float32, bitcast=True))
+    return rounded.to(tl.float8e4nv)
+
+
+def quantize_int8_impl(y, inv_scale):
+    """fp32 ``y * inv_scale`` clamped to +-127 and rounded half away from zero to int8."""
+    y = tl.minimum(tl.maximum(y * inv_scale, -127.0), 127.0)
     return tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5)).to(tl.int8)
 
+
+QUANT_HELPERS = {"_quantize_e4m3": quantize_e4m3_impl, "_quantize_int8": quantize_int8_impl}

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, quant_code, quantize_impl, use_triton
+from bertrt.ops._triton import QUANT_HELPERS, cdiv, check_out, jit, next_pow2, quant_code, use_triton
 from bertrt.ops.attention import varlen_attention_ref
 from bertrt.quant.numerics import format_of, quantize_ref
 
@@ -110,8 +110,8 @@ def _attend_block_impl(q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_le
 
 
 _attend_block = None  # the jitted device function, bound by jit() with the kernel (_HELPERS)
-_quantize = None  # _triton.quantize_impl, likewise
-_HELPERS = {"_attend_block": _attend_block_impl, "_quantize": quantize_impl}
+_quantize = None  # _triton.QUANT_HELPERS, likewise
+_HELPERS = {"_attend_block": _attend_block_impl, **QUANT_HELPERS}
 
 
 def _varlen_attention_kernel(
@@ -161,9 +161,10 @@ def _varlen_attention_kernel(
 
         out = acc / row_sum[:, None]
         out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
-        if QUANT:  # the output projection's low-precision input, rounded from fp32 here
-            tl.store(out_ptrs, _quantize(out, tl.load(out_inv_scale_ptr), QUANT),
-                     mask=m_mask[:, None] & d_mask[None, :])
+        if QUANT == 1:  # the output projection's low-precision input, rounded from fp32 here
+            tl.store(out_ptrs, _quantize_e4m3(out, tl.load(out_inv_scale_ptr)), mask=m_mask[:, None] & d_mask[None, :])
+        elif QUANT == 2:
+            tl.store(out_ptrs, _quantize_int8(out, tl.load(out_inv_scale_ptr)), mask=m_mask[:, None] & d_mask[None, :])
         else:
             tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for, quant_code,
-                                quantize_impl, rows_contiguous, use_triton)
+from bertrt.ops._triton import (QUANT_HELPERS, cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for,
+                                quant_code, rows_contiguous, use_triton)
 from bertrt.quant.numerics import format_of, quantize_ref
 
 _layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the kernel
-_quantize = None  # _triton.quantize_impl, likewise
-_HELPERS = {"_layernorm_rows": layernorm_rows_impl, "_quantize": quantize_impl}
+_quantize = None  # _triton.QUANT_HELPERS, likewise
+_HELPERS = {"_layernorm_rows": layernorm_rows_impl, **QUANT_HELPERS}
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
@@ -56,8 +56,11 @@ def _embed_layernorm_kernel(
     out_rows = t_offs.to(tl.int64)[:, None] * out_stride
     tl.store(out_ptr + out_rows + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
     if QUANT:  # the first GEMM's low-precision input, rounded from the fp32 values
-        q = _quantize(y, tl.load(q_inv_scale_ptr), QUANT)
-        tl.store(q_ptr + t_offs.to(tl.int64)[:, None] * q_stride + h_offs[None, :], q, mask=mask)
+        q_ptrs = q_ptr + t_offs.to(tl.int64)[:, None] * q_stride + h_offs[None, :]
+        if QUANT == 1:
+            tl.store(q_ptrs, _quantize_e4m3(y, tl.load(q_inv_scale_ptr)), mask=mask)
+        else:
+            tl.store(q_ptrs, _quantize_int8(y, tl.load(q_inv_scale_ptr)), mask=mask)
 
 
 def embed_layernorm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,

@@ -61,7 +61,7 @@ def linear_fp8(x_q: torch.Tensor, weight_q: torch.Tensor, x_scale: torch.Tensor,
         raise ValueError("an e4m3 output needs out_inv_scale, and only it")
     epilogue = (_cublaslt.EPILOGUE_GELU_BIAS if gelu else _cublaslt.EPILOGUE_BIAS) if bias is not None else (
         None if gelu else _cublaslt.EPILOGUE_DEFAULT)
-    key = (x_q.shape[1], weight_q.shape[0], gelu, bias is not None, out_dtype)
+    key = (x_q.shape[0], x_q.shape[1], weight_q.shape[0], gelu, bias is not None, out_dtype)
     if (epilogue is not None and key not in _REFUSED and _cublaslt.supported_fp8(x_q, weight_q, bias)
             and w_scale.numel() == 1  # cuBLASLt's scale pointers are per tensor here
             and out_dtype in (torch.float16, torch.bfloat16, torch.float8_e4m3fn)):

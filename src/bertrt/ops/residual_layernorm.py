@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from bertrt.quant.numerics import format_of, quantize_ref
 
-from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for, quant_code,
-                                quantize_impl, rows_contiguous, use_triton)
+from bertrt.ops._triton import (QUANT_HELPERS, cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for,
+                                quant_code, rows_contiguous, use_triton)
 
 _layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the kernel
-_quantize = None  # _triton.quantize_impl, likewise
-_HELPERS = {"_layernorm_rows": layernorm_rows_impl, "_quantize": quantize_impl}
+_quantize = None  # _triton.QUANT_HELPERS, likewise
+_HELPERS = {"_layernorm_rows": layernorm_rows_impl, **QUANT_HELPERS}
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
@@ -67,8 +67,11 @@ def _bias_residual_layernorm_kernel(
     tl.store(out_ptr + rows * out_stride + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
     if QUANT:
         # The next GEMM's low-precision input, rounded from the fp32 values here: no pass of its own.
-        q = _quantize(y, tl.load(q_inv_scale_ptr), QUANT)
-        tl.store(q_ptr + rows * q_stride + h_offs[None, :], q, mask=mask)
+        q_ptrs = q_ptr + rows * q_stride + h_offs[None, :]
+        if QUANT == 1:
+            tl.store(q_ptrs, _quantize_e4m3(y, tl.load(q_inv_scale_ptr)), mask=mask)
+        else:
+            tl.store(q_ptrs, _quantize_int8(y, tl.load(q_inv_scale_ptr)), mask=mask)
 
 
 def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,

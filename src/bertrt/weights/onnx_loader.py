@@ -146,13 +146,13 @@ def _linears(g: _Graph) -> list[tuple[object, np.ndarray, np.ndarray | None, str
 
 
 def _attention_use(g: _Graph, start: str) -> tuple[str, int]:
-    """The first matmul of two activations that ``start`` flows into, and which operand it is."""
+    """The first matmul of two activations that ``start`` flows into (by its output), and which operand it is."""
     seen, queue = {start}, deque([start])
     while queue:
         name = queue.popleft()
         for node, idx in g.consumers.get(name, []):
             if node.op_type == "MatMul" and all(g.const(i) is None for i in node.input):
-                return node.name or str(id(node)), idx
+                return node.output[0], idx
             for out in node.output:
                 if out not in seen:
                     seen.add(out)
@@ -195,6 +195,28 @@ def _embeddings(g: _Graph, config: BertConfig) -> dict[str, np.ndarray]:
     return out
 
 
+def _encoder_linears(g: _Graph, linears: list, layers: int) -> list[dict[str, tuple]]:
+    """Per encoder layer, Hugging Face module name (``attention.self.query``, ...) -> its Linear
+    (as ``_linears`` gives it): six Linears per layer in order, Q/K/V told apart by the attention matmuls."""
+    if len(linears) < 6 * layers:
+        raise _StructureError(f"expected at least {6 * layers} Linear layers, found {len(linears)}")
+    found = []
+    for i in range(layers):
+        proj = linears[6 * i:6 * i + 3]
+        if len({lin[3] for lin in proj}) != 1:
+            raise _StructureError(f"layer {i}: the first three Linears do not share their input")
+        uses = [_attention_use(g, lin[4]) for lin in proj]
+        q = [j for j, (_, idx) in enumerate(uses) if idx == 0]
+        k = [j for j, (node, idx) in enumerate(uses) if idx == 1 and q and node == uses[q[0]][0]]
+        if len(q) != 1 or len(k) != 1:
+            raise _StructureError(f"layer {i}: cannot tell query, key and value apart")
+        (v,) = {0, 1, 2} - {q[0], k[0]}
+        found.append({"attention.self.query": proj[q[0]], "attention.self.key": proj[k[0]],
+                      "attention.self.value": proj[v], "attention.output.dense": linears[6 * i + 3],
+                      "intermediate.dense": linears[6 * i + 4], "output.dense": linears[6 * i + 5]})
+    return found
+
+
 def _structural_state(g: _Graph, config: BertConfig) -> dict[str, torch.Tensor]:
     state: dict[str, np.ndarray] = {}
     for kind, table in _embeddings(g, config).items():
@@ -206,8 +228,6 @@ def _structural_state(g: _Graph, config: BertConfig) -> dict[str, torch.Tensor]:
         raise _StructureError(f"expected {1 + 2 * layers} LayerNormalization nodes, found {len(norms)} "
                               "(export with opset >= 17 so LayerNorm is one node)")
     linears = _linears(g)
-    if len(linears) < 6 * layers:
-        raise _StructureError(f"expected at least {6 * layers} Linear layers, found {len(linears)}")
 
     def put(module: str, linear) -> None:
         state[f"{module}.weight"], state[f"{module}.bias"] = linear[1], linear[2]
@@ -216,22 +236,10 @@ def _structural_state(g: _Graph, config: BertConfig) -> dict[str, torch.Tensor]:
         state[f"{module}.weight"], state[f"{module}.bias"] = g.const(node.input[1]), g.const(node.input[2])
 
     put_norm("bert.embeddings.LayerNorm", norms[0])
-    for i in range(layers):
+    for i, modules in enumerate(_encoder_linears(g, linears, layers)):
         p = f"bert.encoder.layer.{i}."
-        proj = linears[6 * i:6 * i + 3]
-        if len({lin[3] for lin in proj}) != 1:
-            raise _StructureError(f"layer {i}: the first three Linears do not share their input")
-        uses = [_attention_use(g, lin[4]) for lin in proj]
-        q = [j for j, (_, idx) in enumerate(uses) if idx == 0]
-        k = [j for j, (node, idx) in enumerate(uses) if idx == 1 and q and node == uses[q[0]][0]]
-        if len(q) != 1 or len(k) != 1:
-            raise _StructureError(f"layer {i}: cannot tell query, key and value apart")
-        (v,) = {0, 1, 2} - {q[0], k[0]}
-        for part, j in (("query", q[0]), ("key", k[0]), ("value", v)):
-            put(p + f"attention.self.{part}", proj[j])
-        put(p + "attention.output.dense", linears[6 * i + 3])
-        put(p + "intermediate.dense", linears[6 * i + 4])
-        put(p + "output.dense", linears[6 * i + 5])
+        for module, linear in modules.items():
+            put(p + module, linear)
         put_norm(p + "attention.output.LayerNorm", norms[1 + 2 * i])
         put_norm(p + "output.LayerNorm", norms[2 + 2 * i])
 

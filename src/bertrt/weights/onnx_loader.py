@@ -20,6 +20,7 @@ the ``.onnx`` file (``vocab.txt`` too, for tokenising). ``onnx`` is imported her
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import deque
 from pathlib import Path
@@ -288,22 +289,35 @@ def load_onnx(path: str | Path) -> Checkpoint:
     except ImportError as exc:
         raise CheckpointError(f"{path}: reading ONNX needs the onnx package (pip install 'bertrt[onnx]')") from exc
     try:
-        g = _Graph(onnx.load(str(path)).graph)
+        graph = onnx.load(str(path)).graph
     except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError... for bad files
         raise CheckpointError(f"{path}: cannot read ONNX model ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    from bertrt.weights import onnx_qdq
+
+    stripped = onnx_qdq.strip(graph, source=str(path))  # quantization-aware models: a float graph + scales
+    g = _Graph(graph)
     vocab = path.parent / "vocab.txt"
     vocab_file = vocab if vocab.is_file() else None
 
+    def with_scales(ckpt: Checkpoint) -> Checkpoint:
+        if stripped is None:
+            return ckpt
+        return dataclasses.replace(ckpt, quant=onnx_qdq.place(stripped, g, config.num_hidden_layers))
+
     try:
         tensors = from_hf_names(_named_state(g), config, source=str(path))
-        return Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
+        ckpt = Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
     except CheckpointError as exc:
         by_name = str(exc).removeprefix(f"{path}: ")
+    else:
+        return with_scales(ckpt)
     try:
         tensors = from_hf_names(_structural_state(g, config), config, source=str(path))
-        return Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
+        ckpt = Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
     except (_StructureError, CheckpointError) as exc:
         by_structure = str(exc).removeprefix(f"{path}: ")
+    else:
+        return with_scales(ckpt)
     raise CheckpointError(f"{path}: cannot map the ONNX initializers to BERT weights. By name: {by_name}. "
                           f"By graph structure: {by_structure}")

@@ -1,0 +1,429 @@
+"""Quantization-aware ONNX models (QuantizeLinear/DequantizeLinear pairs, as pytorch-quantization exports
+them): scales read from the graph, weights dequantized, unmapped patterns refused, and the numbers
+onnxruntime computes on the Q/DQ graph reproduced from what was loaded.
+
+The models are made here: a tiny float BERT exported by torch.onnx.export, then pairs inserted with
+onnx.helper before the inputs and weights of its linear layers (and, for some tests, of its attention
+matmuls and residual adds), with clip values calibrated on the float graph.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from loader_helpers import padded, sample_sequences, tiny_hf
+
+from bertrt.packed import pack_sequences
+from bertrt.reference import ReferenceBert
+from bertrt.weights import CheckpointError, load_checkpoint
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from test_onnx_loader import export  # noqa: E402
+
+QMAX = {"int8": 127.0, "fp8": 448.0}
+ZERO_POINT = {"int8": TensorProto.INT8, "fp8": TensorProto.FLOAT8E4M3FN}
+# Odd sizes: head dim 12, intermediate 44, 3 layers.
+SIZES = dict(hidden_size=36, num_attention_heads=3, intermediate_size=44, num_hidden_layers=3)
+LENGTHS = (9, 17, 4)
+_MODULES = {"attention/self/query": "attn.qkv", "attention/self/key": "attn.qkv", "attention/self/value": "attn.qkv",
+            "attention/output/dense": "attn.out", "intermediate/dense": "ffn.in", "output/dense": "ffn.out"}
+
+
+@pytest.fixture(scope="module")
+def float_export(tmp_path_factory):
+    """(folder with model.onnx + config.json, the HF model) of a tiny float BERT for QA."""
+    folder = tmp_path_factory.mktemp("float")
+    model = tiny_hf(**SIZES)
+    export(model, folder, dynamo=False)
+    return folder, model
+
+
+def canonical(node, idx: int) -> str:
+    """The canonical name of what input ``idx`` of a TorchScript-exported node quantizes."""
+    m = re.match(r"^/bert/encoder/layer\.(\d+)/(.+)/(\w+)$", node.name)
+    layer, module, op = m[1], m[2], m[3]
+    if module in _MODULES:
+        return f"layers.{layer}.{_MODULES[module]}.{'input' if idx == 0 else 'weight'}"
+    if module == "attention/self":
+        return f"layers.{layer}.attn.{[('q', 'k'), ('probs', 'v')][op == 'MatMul_1'][idx]}.input"
+    return f"layers.{layer}.{'attn' if module == 'attention/output' else 'ffn'}.residual.input"
+
+
+def ort_session(model_proto):
+    options = ort.SessionOptions()
+    # No graph rewrites: the Q/DQ graph runs as ONNX defines it (no fused integer kernels).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def ort_qa(model_proto, lengths=LENGTHS) -> torch.Tensor:
+    """onnxruntime's QA logits of every real token, (total_tokens, 2)."""
+    ids, types = sample_sequences(64, lengths, seed=1)
+    inputs = {k: v.numpy() for k, v in padded(ids, types).items()}
+    start, end = ort_session(model_proto).run(None, inputs)
+    mask = inputs["attention_mask"].astype(bool)
+    return torch.stack([torch.from_numpy(start[mask]), torch.from_numpy(end[mask])], dim=-1)
+
+
+def activation_peaks(model_proto, names: list[str]) -> dict[str, float]:
+    """max |x| of each named tensor over the test sequences, run in the float graph."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model_proto)
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    ids, types = sample_sequences(64, LENGTHS, seed=1)
+    inputs = {k: v.numpy() for k, v in padded(ids, types).items()}
+    values = ort_session(probe).run(names, inputs)
+    return {n: float(np.abs(v).max()) for n, v in zip(names, values)}
+
+
+def quantize_graph(float_model, *, fmt: str = "int8", per_channel: bool = True, transposed: bool = False,
+                   extra: tuple[str, ...] = (), head: bool = False, qkv_spread: float = 0.0):
+    """A copy of ``float_model`` with Q/DQ pairs before each encoder linear layer's input and weight.
+
+    Args:
+        fmt: "int8" (int8 zero points) or "fp8" (float8e4m3fn zero points).
+        per_channel: weight scales per output channel, else per tensor.
+        transposed: weights stored (out, in) and transposed before the MatMul, as pytorch-quantization's
+            Linear exports; else stored (in, out) and read by the MatMul directly.
+        extra: also quantize "attention" (both matmuls' operands) and/or "residual" (both inputs of the adds).
+        head: also quantize the QA head's input (a pattern bertrt does not map).
+        qkv_spread: K's input clip value is (1 + qkv_spread) times Q's and V's.
+    Returns:
+        (the Q/DQ model, canonical name -> list of the clip values inserted for it (scale * qmax, fp32)).
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(float_model)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    qmax = np.float32(QMAX[fmt])
+    amaxes: dict[str, list[np.ndarray]] = {}
+    pending = []  # (node, input index, kind)
+    for node in graph.node:
+        encoder = node.name.startswith("/bert/encoder/")
+        if node.op_type == "MatMul" and node.input[1] in inits and (encoder or head):
+            pending += [(node, 0, "activation"), (node, 1, "weight")]
+        elif node.op_type == "MatMul" and encoder and "attention" in extra:
+            pending += [(node, 0, "activation"), (node, 1, "activation")]
+        elif node.op_type == "Add" and re.search(r"/(attention/output|output)/Add$", node.name) and "residual" in extra:
+            pending += [(node, 0, "activation"), (node, 1, "activation")]
+    peaks = activation_peaks(float_model, sorted({n.input[i] for n, i, k in pending if k == "activation"}))
+    new_nodes: dict[str, list] = {}  # consumer name -> nodes to insert before it
+    for node, idx, kind in pending:
+        src, prefix = node.input[idx], f"{node.name}/input{idx}_quantizer"
+        axis = None
+        if kind == "weight":
+            w = numpy_helper.to_array(inits[src])  # (in, out)
+            if transposed:
+                w = w.T.copy()
+                inits[src].CopyFrom(numpy_helper.from_array(w, src))
+            out_axis = 0 if transposed else 1
+            amax = np.abs(w).max(axis=1 - out_axis) if per_channel else np.abs(w).max()
+            axis = out_axis if per_channel else None
+        else:
+            amax = np.float32(peaks[src] * 1.25)  # headroom: values quantized upstream may exceed the float peak
+            if qkv_spread and "/attention/self/key/" in node.name:
+                amax = np.float32(amax * (1 + qkv_spread))
+        scale = (np.asarray(amax, np.float32) / qmax).astype(np.float32)
+        scale_name, zp_name = f"{prefix}/scale", f"{prefix}/zero_point"
+        graph.initializer.append(numpy_helper.from_array(scale, scale_name))
+        zp_shape = list(scale.shape)  # per axis, one zero point per channel
+        graph.initializer.append(helper.make_tensor(zp_name, ZERO_POINT[fmt], zp_shape, [0] * scale.size))
+        attrs = {} if axis is None else {"axis": axis}
+        quantized, dequantized = f"{prefix}/QuantizeLinear_output_0", f"{prefix}/DequantizeLinear_output_0"
+        nodes = [helper.make_node("QuantizeLinear", [src, scale_name, zp_name], [quantized],
+                                  name=f"{prefix}/QuantizeLinear", **attrs),
+                 helper.make_node("DequantizeLinear", [quantized, scale_name, zp_name], [dequantized],
+                                  name=f"{prefix}/DequantizeLinear", **attrs)]
+        read = dequantized
+        if kind == "weight" and transposed:
+            read = f"{prefix}/Transpose_output_0"
+            nodes.append(helper.make_node("Transpose", [dequantized], [read], name=f"{prefix}/Transpose", perm=[1, 0]))
+        new_nodes.setdefault(node.name, []).extend(nodes)
+        node.input[idx] = read
+        if node.name.startswith("/bert/encoder/"):
+            amaxes.setdefault(canonical(node, idx), []).append(scale * qmax)
+    ordered = []
+    for node in graph.node:
+        ordered += new_nodes.get(node.name, []) + [node]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    model.opset_import[0].version = max(model.opset_import[0].version, 19)  # float8 Q/DQ
+    model.ir_version = max(model.ir_version, 9)
+    onnx.checker.check_model(model)
+    return model, amaxes
+
+
+def save(model, folder, float_folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(float_folder / "config.json", folder / "config.json")
+    onnx.save(model, str(folder / "model.onnx"))
+    return folder / "model.onnx"
+
+
+def load(model, tmp_path, float_folder, **kwargs):
+    """Save ``model`` and load it back with bertrt, warnings turned into errors unless ``kwargs`` expect some."""
+    path = save(model, tmp_path / "qdq", float_folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return load_checkpoint(path)
+
+
+def expected_scales(amaxes: dict[str, list[np.ndarray]], hidden: int) -> dict[str, np.ndarray]:
+    """The clip value bertrt should report per name: q|k|v weights concatenated, inputs the largest."""
+    out = {}
+    for name, found in amaxes.items():
+        if name.endswith("qkv.weight"):
+            parts = [np.broadcast_to(a, (hidden,)) for a in found]
+            out[name] = found[0] if all(a.ndim == 0 for a in found) and len({float(a) for a in found}) == 1 \
+                else np.concatenate(parts)
+        elif name.endswith(".weight"):
+            out[name] = found[0]
+        else:
+            out[name] = np.max(found)
+    return out
+
+
+def fake_quantize_ref(x: torch.Tensor, amax: torch.Tensor, fmt: str) -> torch.Tensor:
+    """ONNX's DequantizeLinear(QuantizeLinear(x)) at scale amax / qmax (per tensor)."""
+    scale = amax / QMAX[fmt]
+    y = x / scale
+    y = torch.round(y).clamp(-128, 127) if fmt == "int8" else y.clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    return y * scale
+
+
+def simulated_qa(ckpt) -> torch.Tensor:
+    """ReferenceBert on the loaded (dequantized) weights with each linear layer's input fake-quantized
+    at the loaded clip value: what the Q/DQ graph computes, in plain PyTorch."""
+    model = ReferenceBert.from_checkpoint(ckpt).eval()
+    hooks = []
+    for name, module in model.named_modules():
+        amax = ckpt.quant.amax.get(f"{name}.input")
+        if amax is not None:
+            hooks.append(module.register_forward_pre_hook(
+                lambda m, args, amax=amax: (fake_quantize_ref(args[0], amax, ckpt.quant.format),)))
+    ids, types = sample_sequences(64, LENGTHS, seed=1)
+    with torch.no_grad():
+        return model.qa_logits(pack_sequences(ids, types))
+
+
+# --- scales and weights ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+@pytest.mark.parametrize("per_channel,transposed", [(True, False), (False, False), (True, True)],
+                         ids=["per-channel", "per-tensor", "per-channel-transposed"])
+def test_scales_and_weights_from_the_graph(tmp_path, float_export, fmt, per_channel, transposed):
+    folder, hf = float_export
+    float_model = onnx.load(str(folder / "model.onnx"))
+    model, amaxes = quantize_graph(float_model, fmt=fmt, per_channel=per_channel, transposed=transposed)
+    ckpt = load(model, tmp_path, folder)
+    assert ckpt.quant is not None and ckpt.quant.format == fmt and ckpt.quant.qmax == QMAX[fmt]
+    h, layers = SIZES["hidden_size"], SIZES["num_hidden_layers"]
+    want = expected_scales(amaxes, h)
+    assert len(want) == 8 * layers and ckpt.quant.amax.keys() == want.keys()
+    for name, value in want.items():
+        got = ckpt.quant.amax[name]
+        assert got.dtype == torch.float32, name
+        assert torch.equal(got, torch.from_numpy(np.asarray(value, np.float32))), name
+    shapes = {"attn.qkv": 3 * h, "attn.out": h, "ffn.in": SIZES["intermediate_size"], "ffn.out": h}
+    for kind, rows in shapes.items():
+        # Per tensor, Q, K and V have three clip values: fused, they become one per row.
+        per_row = per_channel or kind == "attn.qkv"
+        assert ckpt.quant.amax[f"layers.1.{kind}.weight"].shape == ((rows,) if per_row else ())
+        assert ckpt.quant.amax[f"layers.1.{kind}.input"].shape == ()
+
+    # The weights are what the graph computes with, DQ(Q(W)): on the quantization grid, close to W.
+    float_w = hf.state_dict()["bert.encoder.layer.2.intermediate.dense.weight"]
+    w = ckpt.tensors["layers.2.ffn.in.weight"]
+    scale = ckpt.quant.scale("layers.2.ffn.in.weight")
+    scale = scale[:, None] if per_channel else scale
+    steps = w / scale
+    assert not torch.equal(w, float_w)
+    if fmt == "int8":
+        assert torch.equal(steps, torch.round(steps)) or (steps - torch.round(steps)).abs().max() < 1e-4
+        assert (w - float_w).abs().max() <= scale.max() / 2 * 1.0001
+    else:
+        assert torch.equal(steps.to(torch.float8_e4m3fn).float() * scale, w)
+    q_rows = ckpt.tensors["layers.0.attn.qkv.weight"][:h]
+    assert (q_rows - hf.state_dict()["bert.encoder.layer.0.attention.self.query.weight"]).abs().max() < 0.1
+
+
+def test_float_model_has_no_scales(float_export):
+    folder, _ = float_export
+    assert load_checkpoint(folder / "model.onnx").quant is None
+
+
+def test_weights_stored_quantized(tmp_path, float_export):
+    """An int8 initializer read by a DequantizeLinear alone (no QuantizeLinear) is a quantized weight too."""
+    folder, _ = float_export
+    float_model = onnx.load(str(folder / "model.onnx"))
+    model, _ = quantize_graph(float_model, fmt="int8", per_channel=True)
+    reference = load(model, tmp_path / "pairs", folder)
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits]:
+        w, scale = numpy_helper.to_array(inits[node.input[0]]), numpy_helper.to_array(inits[node.input[1]])
+        q = np.clip(np.rint(w / scale), -128, 127).astype(np.int8)  # axis 1: scale broadcasts over rows
+        inits[node.input[0]].CopyFrom(numpy_helper.from_array(q, node.input[0]))
+        dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == node.output[0])
+        dq.input[0] = node.input[0]
+        model.graph.node.remove(node)
+    ckpt = load(model, tmp_path / "stored", folder)
+    assert ckpt.quant.amax.keys() == reference.quant.amax.keys()
+    assert all(torch.equal(ckpt.quant.amax[k], reference.quant.amax[k]) for k in ckpt.quant.amax)
+    assert all(torch.equal(ckpt.tensors[k], reference.tensors[k]) for k in ckpt.tensors)
+
+
+def test_qkv_input_clip_values_that_differ(tmp_path, float_export):
+    """Q, K and V read one tensor: bertrt keeps the largest of their clip values and says so."""
+    folder, _ = float_export
+    model, amaxes = quantize_graph(onnx.load(str(folder / "model.onnx")), qkv_spread=0.05)
+    with pytest.warns(UserWarning, match=r"layers\.0\.attn\.qkv\.input is quantized with 3 clip values"):
+        ckpt = load_checkpoint(save(model, tmp_path / "qdq", folder))
+    found = amaxes["layers.0.attn.qkv.input"]
+    assert len(found) == 3 and max(found) > 1.04 * min(found)
+    assert torch.equal(ckpt.quant.amax["layers.0.attn.qkv.input"], torch.tensor(float(max(found))))
+
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")), qkv_spread=0.005)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within 1%: no warning
+        load_checkpoint(save(model, tmp_path / "close", folder))
+
+
+def test_attention_and_residual_pairs_recorded(tmp_path, float_export):
+    folder, _ = float_export
+    model, amaxes = quantize_graph(onnx.load(str(folder / "model.onnx")), extra=("attention", "residual"))
+    with pytest.warns(UserWarning, match="bertrt runs attention and the residual adds in fp16/fp32") as record:
+        ckpt = load_checkpoint(save(model, tmp_path / "qdq", folder))
+    assert len([w for w in record if "fp16/fp32" in str(w.message)]) == 1
+    want = expected_scales(amaxes, SIZES["hidden_size"])
+    for i in range(SIZES["num_hidden_layers"]):
+        for name in ("attn.q", "attn.k", "attn.v", "attn.probs", "attn.residual", "ffn.residual"):
+            assert f"layers.{i}.{name}.input" in ckpt.quant.amax
+    assert ckpt.quant.amax.keys() == want.keys()
+    for name, value in want.items():
+        assert torch.equal(ckpt.quant.amax[name], torch.from_numpy(np.asarray(value, np.float32))), name
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+def _insert_pair(model, consumer_name: str, idx: int, *, zero_point=None, name: str = "custom/QuantizeLinear"):
+    """Put a per-tensor int8 Q/DQ pair (scale 0.05) before input ``idx`` of the named node."""
+    graph = model.graph
+    node = next(n for n in graph.node if n.name == consumer_name)
+    zp = zero_point if zero_point is not None else np.zeros((), np.int8)
+    graph.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "custom/scale"),
+                              numpy_helper.from_array(zp, "custom/zero_point")])
+    pair = [helper.make_node("QuantizeLinear", [node.input[idx], "custom/scale", "custom/zero_point"], ["custom/q"],
+                             name=name),
+            helper.make_node("DequantizeLinear", ["custom/q", "custom/scale", "custom/zero_point"], ["custom/dq"],
+                             name="custom/DequantizeLinear")]
+    node.input[idx] = "custom/dq"
+    position = list(graph.node).index(node)
+    for offset, new in enumerate(pair):
+        graph.node.insert(position + offset, new)
+    return model
+
+
+@pytest.mark.parametrize("consumer,idx", [
+    ("/qa_outputs/MatMul", 0),                                            # the QA head's input
+    ("/bert/encoder/layer.1/attention/self/query/Add", 1),               # a matmul's output, before its bias
+    ("/bert/embeddings/LayerNorm/LayerNormalization", 0),                 # the embeddings' sum
+    ("/bert/encoder/layer.0/intermediate/intermediate_act_fn/Mul", 0),    # inside GELU
+], ids=["head", "before-bias", "embeddings", "gelu"])
+def test_unmapped_pattern_names_the_node(tmp_path, float_export, consumer, idx):
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")))
+    _insert_pair(model, consumer, idx, name="odd/input_quantizer/QuantizeLinear")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(save(model, tmp_path / "qdq", folder))
+    message = str(info.value)
+    assert "'odd/input_quantizer/QuantizeLinear' (QuantizeLinear)" in message
+    assert f"'{consumer}'" in message and "bertrt maps" in message and "linear layers" in message
+
+
+def test_quantized_head_weight_refused(tmp_path, float_export):
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")), head=True)
+    with pytest.raises(CheckpointError, match=r"'/qa_outputs/MatMul/input\d_quantizer/QuantizeLinear' "
+                                              r"\(QuantizeLinear\) quantizes .*not a linear layer of the encoder"
+                                              r"|'/qa_outputs/MatMul/input0_quantizer/QuantizeLinear'"):
+        load_checkpoint(save(model, tmp_path / "qdq", folder))
+
+
+@pytest.mark.parametrize("zero_point,what", [(np.array(3, np.int8), "non-zero zero point"),
+                                              (np.array(0, np.uint8), "uint8 zero point")])
+def test_zero_points_bertrt_does_not_map(tmp_path, float_export, zero_point, what):
+    folder, _ = float_export
+    model = _insert_pair(onnx.load(str(folder / "model.onnx")), "/bert/encoder/layer.0/attention/output/dense/MatMul",
+                         0, zero_point=zero_point)
+    with pytest.raises(CheckpointError, match=rf"'custom/QuantizeLinear' \(QuantizeLinear\).*{what}.*bertrt maps"):
+        load_checkpoint(save(model, tmp_path / "qdq", folder))
+
+
+def test_weight_scaled_per_input_channel_refused(tmp_path, float_export):
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")), per_channel=True)
+    node = next(n for n in model.graph.node if n.name == "/bert/encoder/layer.1/output/dense/MatMul/input1_quantizer/"
+                                                          "QuantizeLinear")
+    inits = {t.name: t for t in model.graph.initializer}
+    w = numpy_helper.to_array(inits[node.input[0]])  # (in, out): scales along axis 0 = input channels
+    scale = (np.abs(w).max(axis=1) / 127).astype(np.float32)
+    inits[node.input[1]].CopyFrom(numpy_helper.from_array(scale, node.input[1]))
+    for n in model.graph.node:
+        if n.input and n.input[1:2] == [node.input[1]]:
+            next(a for a in n.attribute if a.name == "axis").i = 0
+    with pytest.raises(CheckpointError, match=r"'/bert/encoder/layer.1/output/dense/MatMul/input1_quantizer/"
+                                              r"QuantizeLinear' \(QuantizeLinear\) scales the weight of "
+                                              r"'/bert/encoder/layer.1/output/dense/MatMul' \(MatMul\) per input"):
+        load_checkpoint(save(model, tmp_path / "qdq", folder))
+
+
+def test_integer_operators_refused(tmp_path, float_export):
+    folder, _ = float_export
+    model = onnx.load(str(folder / "model.onnx"))
+    node = next(n for n in model.graph.node if n.name == "/bert/encoder/layer.0/intermediate/dense/MatMul")
+    node.op_type, node.name = "MatMulInteger", "int/MatMulInteger"
+    with pytest.raises(CheckpointError, match=r"'int/MatMulInteger' \(MatMulInteger\) computes in integers"):
+        load_checkpoint(save(model, tmp_path / "qdq", folder))
+
+
+# --- numerics -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt,per_channel", [("int8", True), ("int8", False), ("fp8", True)])
+def test_onnxruntime_on_the_qdq_graph_matches_the_loaded_scales(tmp_path, float_export, fmt, per_channel):
+    """What onnxruntime computes on the Q/DQ graph is the loaded weights with each linear layer's input
+    fake-quantized at the loaded clip value; and it is not what the float graph computes."""
+    folder, _ = float_export
+    float_model = onnx.load(str(folder / "model.onnx"))
+    model, _ = quantize_graph(float_model, fmt=fmt, per_channel=per_channel, transposed=True)
+    ckpt = load(model, tmp_path, folder)
+    theirs, float_theirs = ort_qa(model), ort_qa(float_model)
+    ours = simulated_qa(ckpt)
+    quant_effect = (theirs - float_theirs).abs().max().item()
+    assert quant_effect > 1e-2  # the scales matter
+    assert (ours - theirs).abs().max().item() <= 0.01 * quant_effect + 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8"])
+def test_bertrt_cpu_simulation_matches_onnxruntime(tmp_path, float_export, fmt):
+    """The int8/fp8 engine built from the graph's scales, simulated on the CPU, against onnxruntime running
+    the Q/DQ graph: its error is a small part of what quantization itself changes."""
+    from bertrt import engine
+
+    folder, _ = float_export
+    float_model = onnx.load(str(folder / "model.onnx"))
+    model, _ = quantize_graph(float_model, fmt=fmt, per_channel=True, transposed=True)
+    ckpt = load(model, tmp_path, folder)
+    engine.build(ckpt, tmp_path / "engine", precision=fmt, device="cpu")
+    ids, types = sample_sequences(64, LENGTHS, seed=1)
+    ours = engine.Engine.load(tmp_path / "engine", device="cpu").qa_logits(pack_sequences(ids, types)).float()
+    theirs, float_theirs = ort_qa(model), ort_qa(float_model)
+    quant_effect = (theirs - float_theirs).abs().max().item()
+    assert (ours - theirs).abs().max().item() <= 0.1 * quant_effect + 1e-3

@@ -14,6 +14,10 @@ Two ways to tell which initializer is which parameter, tried in this order:
    V, attention output, intermediate, output), and Q/K/V are told apart by how they reach the
    attention matmuls (Q is the left operand of the scores, K the right, V the right of the context).
 
+A quantization-aware model (QuantizeLinear/DequantizeLinear pairs, as pytorch-quantization exports)
+is first reduced to its float graph by ``onnx_qdq``, which reads the pairs' scales into
+``Checkpoint.quant``; its weights load as what the graph computes with, DQ(Q(W)).
+
 The number of attention heads cannot be read from the weights, so a ``config.json`` must sit beside
 the ``.onnx`` file (``vocab.txt`` too, for tokenising). ``onnx`` is imported here only.
 """
@@ -273,8 +277,11 @@ def load_onnx(path: str | Path) -> Checkpoint:
     Args:
         path: the ``.onnx`` file (external data files beside it are read too); ``config.json`` must
             be in the same folder, ``vocab.txt`` is picked up when present.
+    Returns:
+        The checkpoint; ``quant`` holds the scales when the graph has QuantizeLinear/DequantizeLinear.
     Raises:
-        CheckpointError: no config.json, an unreadable file, or initializers that cannot be mapped.
+        CheckpointError: no config.json, an unreadable file, initializers that cannot be mapped, or a
+            quantized pattern bertrt does not map (naming the node).
         ConfigError: the config is not a BERT encoder.
     """
     path = Path(path)

@@ -38,6 +38,7 @@ _QUANTIZED_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "Dyna
                   "QOrderedAttention", "QOrderedLayerNormalization", "QOrderedGelu", "MatMulNBits"}
 _LINEAR_KINDS = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
                  "attention.output.dense": "attn.out", "intermediate.dense": "ffn.in", "output.dense": "ffn.out"}
+_LINEAR_INPUTS = ("attn.qkv", "attn.out", "ffn.in", "ffn.out")
 # Ops a quantized activation may pass through on its way to an attention matmul: input index of the data.
 _THROUGH = {"Reshape": (0,), "Transpose": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Identity": (0,),
             "Dropout": (0,), "Cast": (0,), "Div": (0,), "Mul": (0, 1), "Where": (1, 2)}
@@ -134,11 +135,17 @@ def strip(graph, *, source: str) -> Stripped | None:
         return None
 
     inits = {t.name: t for t in graph.initializer}
-    consts = {name: numpy_helper.to_array(t) for name, t in inits.items()}
-    for node in nodes:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     producer = {out: node for node in nodes for out in node.output}
+
+    def const(name: str) -> np.ndarray | None:
+        """The value of an initializer, a Constant or an Identity of either; None for computed tensors."""
+        node = producer.get(name)
+        if node is not None and node.op_type == "Identity":
+            return const(node.input[0])
+        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return numpy_helper.to_array(inits[name]) if name in inits and node is None else None
+
     consumers: dict[str, list] = {}
     for node in nodes:
         for idx, name in enumerate(node.input):
@@ -147,10 +154,10 @@ def strip(graph, *, source: str) -> Stripped | None:
 
     def params(node):
         """(scale, zero point, per-channel axis or None, format) of a Q or DQ node."""
-        scale = consts.get(node.input[1])
+        scale = const(node.input[1])
         if scale is None:
             raise _refuse(source, f"node {describe(node)} takes its scale from '{node.input[1]}', not a constant")
-        zero_point = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        zero_point = const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if len(node.input) > 2 and node.input[2] and zero_point is None:
             raise _refuse(source, f"node {describe(node)} takes its zero point from a computed tensor")
         if _attr(node, "block_size", 0):
@@ -174,15 +181,15 @@ def strip(graph, *, source: str) -> Stripped | None:
             raise _refuse(source, f"node {describe(dq)} writes an output of the graph")
         uses = [(n.output[0], idx) for n, idx in consumers.get(dq.output[0], [])]
         torch_scale = torch.from_numpy(scale.reshape(-1) if axis is not None else scale.reshape(()))
-        if stored in consts:  # a weight stored quantized, read by a DequantizeLinear alone
-            value = consts[stored]
+        value = const(stored)
+        if value is not None:  # a weight stored quantized, read by a DequantizeLinear alone
             if value.dtype.name not in ("int8", "float8_e4m3fn"):
                 raise _refuse(source, f"node {describe(dq)} dequantizes a {value.dtype.name} constant")
             axis = None if axis is None else axis % value.ndim
             weight = torch.from_numpy(value.astype(np.float32)) * _broadcast(torch_scale, axis, value.ndim)
             pair, holder = _Pair(describe(dq), fmt, scale * QMAX[fmt], axis, uses), dq.output[0]
         elif q is not None and q.op_type == "QuantizeLinear":
-            q_scale, q_zero_point, q_axis, q_fmt = params(q)
+            q_scale, _, q_axis, q_fmt = params(q)
             if (q_fmt, q_axis) != (fmt, axis) or not np.array_equal(q_scale, scale):
                 raise _refuse(source, f"nodes {describe(q)} and {describe(dq)} quantize and dequantize with "
                                       "different scales, axes or types")
@@ -190,7 +197,7 @@ def strip(graph, *, source: str) -> Stripped | None:
                 raise _refuse(source, f"node {describe(q)} feeds a node other than a DequantizeLinear")
             removed.add(q.output[0])
             pair, src = _Pair(describe(q), fmt, scale * QMAX[fmt], axis, uses), q.input[0]
-            value = consts.get(src)
+            value = const(src)
             if value is None or not np.issubdtype(value.dtype, np.floating):
                 activations.append(pair)
                 rename[dq.output[0]] = rename.get(src, src)
@@ -233,6 +240,11 @@ def strip(graph, *, source: str) -> Stripped | None:
                 node.input[idx] = rename[name]
         graph.node.append(node)
     graph.initializer.extend(new_inits)
+    # Float weights only the removed pairs read would be found again by name: drop them.
+    read = {name for node in kept for name in node.input} | {o.name for o in graph.output}
+    orphans = {n.input[0] for n in nodes if n.op_type == "QuantizeLinear"} - read - set(weights)
+    for name in orphans & set(inits):
+        graph.initializer.remove(inits[name])
     return Stripped(source, activations, weights)
 
 
@@ -254,7 +266,7 @@ def _reduce(values: dict[str, list[np.ndarray]], source: str) -> dict[str, torch
         top, low = max(float(v) for v in found), min(float(v) for v in found)
         if top - low > 0.01 * top and not name.endswith("residual.input"):
             warnings.warn(f"{source}: {name} is quantized with {len(found)} clip values from {low:.6g} to "
-                          f"{top:.6g}; bertrt uses the largest", stacklevel=3)
+                          f"{top:.6g}; bertrt uses the largest")
         out[name] = torch.tensor(top, dtype=torch.float32)
     return out
 
@@ -265,7 +277,7 @@ def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
     Raises:
         CheckpointError: a pair on anything but the patterns in ``MAPPED``, naming its node.
     """
-    source = stripped.source
+    source, unclaimed = stripped.source, dict(stripped.weights)
     try:
         encoder = _encoder_linears(g, _linears(g), layers)
     except _StructureError as exc:
@@ -290,7 +302,7 @@ def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
         parts: dict[str, np.ndarray] = {}
         for module, linear in modules.items():
             name, out_axis = _weight_source(g, linear[0])
-            pair = stripped.weights.pop(name, None)
+            pair = unclaimed.pop(name, None)
             if pair is None:
                 continue
             if pair.axis is not None and pair.axis != out_axis:
@@ -309,7 +321,7 @@ def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
             parts["attn.qkv"] = qkv[0] if scalars else np.concatenate([np.broadcast_to(p, (h,)) for p in qkv])
         for kind, value in parts.items():
             amax[f"layers.{i}.{kind}.weight"] = [value]
-    for name, pair in stripped.weights.items():
+    for name, pair in unclaimed.items():
         users = ", ".join(describe(by_out[key]) for key, _ in pair.uses if key in by_out) or "nothing"
         raise _refuse(source, f"node {pair.node} quantizes the weight '{name}' read by {users}, which is not a "
                               "linear layer of the encoder")
@@ -356,14 +368,15 @@ def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
                 reader = describe(by_out[key]) if key in by_out else f"'{key}'"
                 raise _refuse(source, f"node {pair.node} quantizes input {idx} of node {reader}, which bertrt "
                                       "does not map")
-            if not name.endswith(("qkv.input", "out.input", "in.input")):
-                beyond_linears.add(name.split(".", 2)[2].removesuffix(".input"))
+            what = name.split(".", 2)[2].removesuffix(".input")  # attn.qkv, attn.q, ffn.residual...
+            if what not in _LINEAR_INPUTS:
+                beyond_linears.add(what)
             amax.setdefault(name, []).append(pair.amax)
 
     if beyond_linears:
         warnings.warn(f"{source}: the graph also quantizes {', '.join(sorted(beyond_linears))}; bertrt runs "
                       "attention and the residual adds in fp16/fp32 for this checkpoint (their scales are kept "
-                      "in Checkpoint.quant)", stacklevel=2)
+                      "in Checkpoint.quant)")
     weights = {k: torch.from_numpy(np.array(v[0], dtype=np.float32)) for k, v in amax.items() if k.endswith(".weight")}
     inputs = _reduce({k: v for k, v in amax.items() if not k.endswith(".weight")}, source)
     return QuantScales(format=stripped.format, amax={**weights, **inputs})

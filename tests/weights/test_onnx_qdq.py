@@ -311,6 +311,68 @@ def test_attention_and_residual_pairs_recorded(tmp_path, float_export):
         assert torch.equal(ckpt.quant.amax[name], torch.from_numpy(np.asarray(value, np.float32))), name
 
 
+class FakeQuantLinear(torch.nn.Linear):
+    """A Linear whose input (per tensor) and weight (per output channel or per tensor) are fake-quantized
+    to int8, as pytorch-quantization's QuantLinear exports: torch.onnx turns each into a Q/DQ pair."""
+
+    def __init__(self, linear: torch.nn.Linear, input_amax: float, per_channel: bool):
+        super().__init__(linear.in_features, linear.out_features)
+        self.load_state_dict(linear.state_dict())
+        w = self.weight.detach().abs()
+        self.register_buffer("input_scale", torch.tensor(input_amax) / 127)
+        self.register_buffer("weight_scale", (w.amax(dim=1) if per_channel else w.max()) / 127)
+        self.per_channel = per_channel
+
+    def forward(self, x):
+        x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, torch.tensor(0, dtype=torch.int32), -128, 127)
+        if self.per_channel:
+            zero = torch.zeros(self.out_features, dtype=torch.int32)
+            w = torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale, zero, 0, -128, 127)
+        else:
+            w = torch.fake_quantize_per_tensor_affine(self.weight, self.weight_scale,
+                                                      torch.tensor(0, dtype=torch.int32), -128, 127)
+        return torch.nn.functional.linear(x, w, self.bias)
+
+
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "per-tensor"])
+def test_fake_quant_modules_exported_by_torch(tmp_path, per_channel):
+    """torch.onnx.export of fake-quantized Linears (the pytorch-quantization path): scales as the modules hold them,
+    and onnxruntime's numbers reproduced from what was loaded."""
+    model = tiny_hf(**SIZES)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".encoder." in f".{n}"}
+    peaks: dict[str, float] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: peaks.__setitem__(n, args[0].abs().max().item()))
+             for n, m in linears.items()]
+    ids, types = sample_sequences(64, LENGTHS, seed=1)
+    with torch.no_grad():
+        model(**padded(ids, types))
+    for hook in hooks:
+        hook.remove()
+    for name, linear in linears.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, FakeQuantLinear(linear, 1.25 * peaks[name], per_channel))
+    path = export(model, tmp_path, dynamo=False)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+    ckpt = load_checkpoint(path)
+    assert ckpt.quant.format == "int8"
+    for i in range(SIZES["num_hidden_layers"]):
+        p = f"bert.encoder.layer.{i}."
+        q, k, v = (model.get_submodule(p + f"attention.self.{part}") for part in ("query", "key", "value"))
+        qkv = torch.cat([torch.broadcast_to(m.weight_scale * 127, (m.out_features,)) for m in (q, k, v)])
+        assert torch.equal(ckpt.quant.amax[f"layers.{i}.attn.qkv.weight"], qkv)
+        assert torch.equal(ckpt.quant.amax[f"layers.{i}.attn.qkv.input"], q.input_scale * 127)
+        for module, kind in (("attention.output.dense", "attn.out"), ("intermediate.dense", "ffn.in"),
+                             ("output.dense", "ffn.out")):
+            linear = model.get_submodule(p + module)
+            assert torch.equal(ckpt.quant.amax[f"layers.{i}.{kind}.weight"], linear.weight_scale * 127)
+            assert torch.equal(ckpt.quant.amax[f"layers.{i}.{kind}.input"], linear.input_scale * 127)
+    # (torch's own fake quantization multiplies by 1 / scale where ONNX divides: one step apart at some
+    # rounding boundaries, so the graph, not the torch module, is the reference.)
+    assert (simulated_qa(ckpt) - ort_qa(onnx.load(str(path)))).abs().max().item() <= 1e-4
+
+
 # --- refusals -------------------------------------------------------------------------------------
 
 def _insert_pair(model, consumer_name: str, idx: int, *, zero_point=None, name: str = "custom/QuantizeLinear"):

@@ -85,7 +85,7 @@ def activation_peaks(model_proto, names: list[str]) -> dict[str, float]:
 
 
 def quantize_graph(float_model, *, fmt: str = "int8", per_channel: bool = True, transposed: bool = False,
-                   extra: tuple[str, ...] = (), head: bool = False, qkv_spread: float = 0.0):
+                   weights: bool = True, extra: tuple[str, ...] = (), head: bool = False, qkv_spread: float = 0.0):
     """A copy of ``float_model`` with Q/DQ pairs before each encoder linear layer's input and weight.
 
     Args:
@@ -93,6 +93,7 @@ def quantize_graph(float_model, *, fmt: str = "int8", per_channel: bool = True, 
         per_channel: weight scales per output channel, else per tensor.
         transposed: weights stored (out, in) and transposed before the MatMul, as pytorch-quantization's
             Linear exports; else stored (in, out) and read by the MatMul directly.
+        weights: quantize the weights too (else the linear layers' inputs only).
         extra: also quantize "attention" (both matmuls' operands) and/or "residual" (both inputs of the adds).
         head: also quantize the QA head's input (a pattern bertrt does not map).
         qkv_spread: K's input clip value is (1 + qkv_spread) times Q's and V's.
@@ -109,7 +110,7 @@ def quantize_graph(float_model, *, fmt: str = "int8", per_channel: bool = True, 
     for node in graph.node:
         encoder = node.name.startswith("/bert/encoder/")
         if node.op_type == "MatMul" and node.input[1] in inits and (encoder or head):
-            pending += [(node, 0, "activation"), (node, 1, "weight")]
+            pending += [(node, 0, "activation")] + ([(node, 1, "weight")] if weights else [])
         elif node.op_type == "MatMul" and encoder and "attention" in extra:
             pending += [(node, 0, "activation"), (node, 1, "activation")]
         elif node.op_type == "Add" and re.search(r"/(attention/output|output)/Add$", node.name) and "residual" in extra:
@@ -258,6 +259,41 @@ def test_scales_and_weights_from_the_graph(tmp_path, float_export, fmt, per_chan
 def test_float_model_has_no_scales(float_export):
     folder, _ = float_export
     assert load_checkpoint(folder / "model.onnx").quant is None
+
+
+def test_inputs_only(tmp_path, float_export):
+    """Pairs on the activations alone: their scales are kept, the weights are the float ones."""
+    folder, _ = float_export
+    model, amaxes = quantize_graph(onnx.load(str(folder / "model.onnx")), weights=False)
+    ckpt = load(model, tmp_path, folder)
+    float_ckpt = load_checkpoint(folder / "model.onnx")
+    assert sorted(ckpt.quant.amax) == sorted(amaxes) and all(k.endswith(".input") for k in amaxes)
+    assert all(torch.equal(ckpt.tensors[k], float_ckpt.tensors[k]) for k in float_ckpt.tensors)
+
+
+def anonymize(model):
+    """Node and initializer names gone, as the torch.export-based exporter leaves them."""
+    names = {t.name: f"val_{i}" for i, t in enumerate(model.graph.initializer)}
+    for t in model.graph.initializer:
+        t.name = names[t.name]
+    for node in model.graph.node:
+        node.name = ""
+        node.input[:] = [names.get(n, n) for n in node.input]
+    return model
+
+
+def test_anonymous_graph_read_by_structure(tmp_path, float_export):
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")), per_channel=True, transposed=True,
+                              extra=("attention", "residual"))
+    with pytest.warns(UserWarning, match="fp16/fp32"):
+        named = load_checkpoint(save(model, tmp_path / "named", folder))
+    with pytest.warns(UserWarning, match="fp16/fp32"):
+        anonymous = load_checkpoint(save(anonymize(model), tmp_path / "anonymous", folder))
+    assert anonymous.tensors.keys() == named.tensors.keys()
+    assert all(torch.equal(anonymous.tensors[k], named.tensors[k]) for k in named.tensors)
+    assert anonymous.quant.amax.keys() == named.quant.amax.keys()
+    assert all(torch.equal(anonymous.quant.amax[k], named.quant.amax[k]) for k in named.quant.amax)
 
 
 def test_weights_stored_quantized(tmp_path, float_export):
@@ -426,6 +462,15 @@ def test_zero_points_bertrt_does_not_map(tmp_path, float_export, zero_point, wha
     model = _insert_pair(onnx.load(str(folder / "model.onnx")), "/bert/encoder/layer.0/attention/output/dense/MatMul",
                          0, zero_point=zero_point)
     with pytest.raises(CheckpointError, match=rf"'custom/QuantizeLinear' \(QuantizeLinear\).*{what}.*bertrt maps"):
+        load_checkpoint(save(model, tmp_path / "qdq", folder))
+
+
+def test_mixed_formats_refused(tmp_path, float_export):
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")), fmt="int8")
+    fp8_zero = helper.make_tensor("unused", TensorProto.FLOAT8E4M3FN, [], [0.0])
+    _insert_pair(model, "/bert/encoder/layer.0/attention/self/MatMul", 0, zero_point=numpy_helper.to_array(fp8_zero))
+    with pytest.raises(CheckpointError, match=r"mixes int8 and fp8 quantization.*'custom/QuantizeLinear'"):
         load_checkpoint(save(model, tmp_path / "qdq", folder))
 
 

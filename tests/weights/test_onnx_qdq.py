@@ -332,6 +332,24 @@ def test_qkv_input_clip_values_that_differ(tmp_path, float_export):
         load_checkpoint(save(model, tmp_path / "close", folder))
 
 
+def test_shape_readers_and_data_movement_after_a_pair(tmp_path, float_export):
+    """A Shape of a dequantized activation reads no values, and an Identity passes them on unchanged."""
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")))
+    reference = load(model, tmp_path / "plain", folder)
+    graph = model.graph
+    dq = next(n for n in graph.node if n.name == "/bert/encoder/layer.1/intermediate/dense/MatMul/input0_quantizer/"
+                                                  "DequantizeLinear")
+    matmul = next(n for n in graph.node if n.name == "/bert/encoder/layer.1/intermediate/dense/MatMul")
+    position = list(graph.node).index(matmul)
+    graph.node.insert(position, helper.make_node("Shape", [dq.output[0]], ["dq_shape"], name="dq/Shape"))
+    graph.node.insert(position, helper.make_node("Identity", [dq.output[0]], ["dq_copy"], name="dq/Identity"))
+    matmul.input[0] = "dq_copy"
+    ckpt = load(model, tmp_path / "moved", folder)
+    assert ckpt.quant.amax.keys() == reference.quant.amax.keys()
+    assert all(torch.equal(ckpt.quant.amax[k], reference.quant.amax[k]) for k in ckpt.quant.amax)
+
+
 def test_attention_and_residual_pairs_recorded(tmp_path, float_export):
     folder, _ = float_export
     model, amaxes = quantize_graph(onnx.load(str(folder / "model.onnx")), extra=("attention", "residual"))

@@ -39,9 +39,12 @@ _QUANTIZED_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "Dyna
 _LINEAR_KINDS = {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
                  "attention.output.dense": "attn.out", "intermediate.dense": "ffn.in", "output.dense": "ffn.out"}
 _LINEAR_INPUTS = ("attn.qkv", "attn.out", "ffn.in", "ffn.out")
-# Ops a quantized activation may pass through on its way to an attention matmul: input index of the data.
-_THROUGH = {"Reshape": (0,), "Transpose": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Identity": (0,),
-            "Dropout": (0,), "Cast": (0,), "Div": (0,), "Mul": (0, 1), "Where": (1, 2)}
+# Ops a quantized activation may pass through on its way to what it feeds (op -> input index of the data):
+# data movement, anywhere; scaling by a constant and masking, on the way to an attention matmul only.
+_MOVES = {"Reshape": (0,), "Transpose": (0,), "Squeeze": (0,), "Unsqueeze": (0,), "Identity": (0,),
+          "Dropout": (0,), "Cast": (0,)}
+_SCALINGS = {"Div": (0,), "Mul": (0, 1), "Where": (1, 2)}
+_SHAPE_READERS = ("Shape", "Size")  # read no values
 
 
 def describe(node) -> str:
@@ -326,44 +329,49 @@ def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
         raise _refuse(source, f"node {pair.node} quantizes the weight '{name}' read by {users}, which is not a "
                               "linear layer of the encoder")
 
-    def through(key: str, idx: int) -> set[tuple[str, int]]:
-        """The uses a value read at input ``idx`` of node ``key`` reaches past shape ops and constant scalings."""
-        found, queue, seen = set(), deque([(key, idx)]), set()
+    def ends(key: str, idx: int) -> set[tuple[str, int, bool]]:
+        """Where a value read at input ``idx`` of node ``key`` ends up past ``_MOVES`` and ``_SCALINGS``:
+        (node, input index, whether a scaling was crossed)."""
+        found, queue, seen = set(), deque([(key, idx, False)]), set()
         while queue:
-            key, idx = queue.popleft()
+            key, idx, scaled = item = queue.popleft()
             node = by_out.get(key)
-            if node is None or (key, idx) in seen:
-                found.add((key, idx))
+            if node is None or item in seen or key in attention_of or key in linear_of:
+                found.add(item)
                 continue
-            seen.add((key, idx))
+            seen.add(item)
             others = [n for j, n in enumerate(node.input) if j != idx and n]
-            constant_scaling = node.op_type not in ("Mul", "Div") or all(g.const(n) is not None for n in others)
-            if key not in attention_of and idx in _THROUGH.get(node.op_type, ()) and constant_scaling:
-                queue.extend((n.output[0], j) for n, j in g.consumers.get(node.output[0], []))
-            else:
-                found.add((key, idx))
+            moves = idx in _MOVES.get(node.op_type, ())
+            scales = idx in _SCALINGS.get(node.op_type, ()) and (
+                node.op_type == "Where" or all(g.const(n) is not None for n in others))
+            if moves or scales:
+                queue.extend((n.output[0], j, scaled or scales) for n, j in g.consumers.get(node.output[0], []))
+            elif node.op_type not in _SHAPE_READERS:
+                found.add(item)
         return found
 
-    def role(key: str, idx: int) -> str | None:
+    def role(key: str, idx: int, scaled: bool) -> str | None:
+        """The canonical name of what input ``idx`` of node ``key`` is, when bertrt maps it."""
+        node = by_out.get(key)
+        if key in attention_of:
+            layer, operands = attention_of[key]
+            return f"layers.{layer}.attn.{operands[idx]}.input"
+        if scaled or node is None:
+            return None
         if key in linear_of and idx == 0:
             layer, kind = linear_of[key]
             return f"layers.{layer}.{'attn.qkv' if kind in ('q', 'k', 'v') else kind}.input"
-        node = by_out.get(key)
-        if node is not None and node.op_type == "Add" and all(g.const(n) is None for n in node.input):
+        if node.op_type == "Add" and all(g.const(n) is None for n in node.input):
             sublayer = {residual_of.get(n) for n in node.input} - {None}
-            if len(sublayer) == 1:
-                return f"{sublayer.pop()}.residual.input"
-        ends = through(key, idx)
-        names = {f"layers.{attention_of[k][0]}.attn.{attention_of[k][1][j]}.input"
-                 for k, j in ends if k in attention_of and j in (0, 1)}
-        return names.pop() if len(names) == 1 and len(ends) == 1 else None
+            return f"{sublayer.pop()}.residual.input" if len(sublayer) == 1 else None
+        return None
 
     beyond_linears = set()
     for pair in stripped.activations:
         if pair.axis is not None:
             raise _refuse(source, f"node {pair.node} quantizes an activation per channel")
-        for key, idx in pair.uses:
-            name = role(key, idx)
+        for key, idx, scaled in {end for use in pair.uses for end in ends(*use)}:
+            name = role(key, idx, scaled)
             if name is None:
                 reader = describe(by_out[key]) if key in by_out else f"'{key}'"
                 raise _refuse(source, f"node {pair.node} quantizes input {idx} of node {reader}, which bertrt "

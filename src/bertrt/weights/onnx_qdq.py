@@ -264,13 +264,15 @@ def _weight_source(g: _Graph, node) -> tuple[str, int]:
 def _reduce(values: dict[str, list[np.ndarray]], source: str) -> dict[str, torch.Tensor]:
     """One clip value per name: the largest. Where the graph's differ by more than 1% for the input of a
     linear layer (Q, K and V read one tensor), a warning; a residual add's two operands may differ."""
-    out = {}
+    out, spread = {}, []
     for name, found in values.items():
         top, low = max(float(v) for v in found), min(float(v) for v in found)
         if top - low > 0.01 * top and not name.endswith("residual.input"):
-            warnings.warn(f"{source}: {name} is quantized with {len(found)} clip values from {low:.6g} to "
-                          f"{top:.6g}; bertrt uses the largest")
+            spread.append(f"{name} ({len(found)} from {low:.6g} to {top:.6g})")
         out[name] = torch.tensor(top, dtype=torch.float32)
+    if spread:
+        warnings.warn(f"{source}: inputs quantized by several pairs with clip values more than 1% apart: {'; '.join(spread)}; "
+                      "bertrt uses the largest")
     return out
 
 

@@ -49,3 +49,21 @@ def _normal_permissions(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
     for item in folder.iterdir():
         os.chmod(item, 0o666 & ~umask)
+
+
+def write_file_atomically(out: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Create or replace file ``out`` with ``fill(tmp)`` (which writes the temporary sibling it is
+    given): readers see the old file or the whole new one, never part of it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        fill(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out

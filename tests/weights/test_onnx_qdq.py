@@ -536,10 +536,35 @@ def test_onnxruntime_on_the_qdq_graph_matches_the_loaded_scales(tmp_path, float_
     assert (ours - theirs).abs().max().item() <= 0.01 * quant_effect + 1e-5
 
 
+@pytest.mark.parametrize("fmt,per_channel", [("int8", True), ("fp8", True), ("fp8", False)])
+def test_engine_takes_the_graphs_scales(tmp_path, float_export, fmt, per_channel):
+    """A low-precision build of a quantization-aware checkpoint calibrates nothing: its input scales are
+    the graph's, and its quantized weights are the graph's integers / e4m3 values at the graph's scales."""
+    from safetensors.torch import load_file
+
+    from bertrt import engine
+
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")), fmt=fmt, per_channel=per_channel)
+    ckpt = load(model, tmp_path, folder)
+    path = engine.build(ckpt, tmp_path / "engine", precision=fmt, device="cpu")
+    stored = load_file(str(path / "weights.safetensors"))
+    for i in range(SIZES["num_hidden_layers"]):
+        for kind in ("attn.qkv", "attn.out", "ffn.in", "ffn.out"):
+            p = f"layers.{i}.{kind}."
+            assert torch.equal(stored[p + "input_scale"], ckpt.quant.scale(p + "input")), p
+            w_scale = ckpt.quant.scale(p + "weight")
+            assert torch.equal(stored[p + "weight_scale"].expand_as(w_scale), w_scale), p
+            w_scale = w_scale[:, None] if w_scale.dim() else w_scale
+            assert torch.equal(stored[p + "weight"].float() * w_scale, ckpt.tensors[p + "weight"]), p
+
+
 @pytest.mark.parametrize("fmt", ["int8", "fp8"])
 def test_bertrt_cpu_simulation_matches_onnxruntime(tmp_path, float_export, fmt):
     """The int8/fp8 engine built from the graph's scales, simulated on the CPU, against onnxruntime running
-    the Q/DQ graph: its error is a small part of what quantization itself changes."""
+    the Q/DQ graph: the same function, so its error is a tiny part of what quantization itself changes
+    (the plain-PyTorch simulation of the loaded scales is within 4e-7 of it where quantization moves
+    the logits by 0.1)."""
     from bertrt import engine
 
     folder, _ = float_export
@@ -551,4 +576,4 @@ def test_bertrt_cpu_simulation_matches_onnxruntime(tmp_path, float_export, fmt):
     ours = engine.Engine.load(tmp_path / "engine", device="cpu").qa_logits(pack_sequences(ids, types)).float()
     theirs, float_theirs = ort_qa(model), ort_qa(float_model)
     quant_effect = (theirs - float_theirs).abs().max().item()
-    assert (ours - theirs).abs().max().item() <= 0.1 * quant_effect + 1e-3
+    assert (ours - theirs).abs().max().item() <= 0.01 * quant_effect + 1e-5

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from bertrt.weights.onnx_loader import _attention_use, _encoder_linears, _Graph, _linears, _StructureError
-from bertrt.weights.schema import QMAX, CheckpointError, QuantScales
+from bertrt.quant.recipe import QMAX
+from bertrt.weights.schema import CheckpointError, QuantScales
 
 MAPPED = ("bertrt maps QuantizeLinear/DequantizeLinear pairs (int8 with zero point 0, or float8e4m3fn) on the "
           "inputs (per tensor) and weights (per tensor or per output channel) of the encoder's linear layers "

@@ -26,13 +26,11 @@ from pathlib import Path
 import torch
 
 from bertrt.config import BertConfig
+from bertrt.quant.recipe import QMAX
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names what is wrong."""
-
-
-QMAX = {"int8": 127.0, "fp8": 448.0}  # largest quantized magnitude: int8, float8 e4m3fn
 
 
 @dataclasses.dataclass

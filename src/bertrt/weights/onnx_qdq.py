@@ -109,9 +109,11 @@ def _broadcast(scale: torch.Tensor, axis: int | None, ndim: int) -> torch.Tensor
     return scale.reshape(shape)
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
+def _qdq(x: torch.Tensor, scale: torch.Tensor, fmt: str) -> torch.Tensor:
     """DQ(Q(x)) as ONNX defines it: x / scale rounded half to even (int8, saturated to [-128, 127]) or
-    cast to e4m3fn (saturated to +-448), times scale; ``scale`` already broadcasts against x."""
+    cast to e4m3fn (saturated to +-448), times scale; ``scale`` already broadcasts against x. (The
+    engine's ``quant.numerics`` rounds x * (1 / scale), half away from zero for int8: for a weight
+    already on the grid, both give back the same values.)"""
     y = x / scale
     if fmt == "int8":
         y = torch.round(y).clamp(-128, 127)
@@ -178,9 +180,9 @@ def strip(graph, *, source: str) -> Stripped | None:
         if dq.op_type != "DequantizeLinear":
             continue
         stored, q = dq.input[0], producer.get(dq.input[0])
-        if q is not None and q.op_type == "QuantizeLinear":
-            params(q)  # a pair's faults are named at its first node
+        q_params = params(q) if q is not None and q.op_type == "QuantizeLinear" else None  # named first
         scale, zero_point, axis, fmt = params(dq)
+        amax = (scale * np.float32(QMAX[fmt])).astype(np.float32)
         if dq.output[0] in graph_outputs:
             raise _refuse(source, f"node {describe(dq)} writes an output of the graph")
         uses = [(n.output[0], idx) for n, idx in consumers.get(dq.output[0], [])]
@@ -191,16 +193,16 @@ def strip(graph, *, source: str) -> Stripped | None:
                 raise _refuse(source, f"node {describe(dq)} dequantizes a {value.dtype.name} constant")
             axis = None if axis is None else axis % value.ndim
             weight = torch.from_numpy(value.astype(np.float32)) * _broadcast(torch_scale, axis, value.ndim)
-            pair, holder = _Pair(describe(dq), fmt, scale * QMAX[fmt], axis, uses), dq.output[0]
-        elif q is not None and q.op_type == "QuantizeLinear":
-            q_scale, _, q_axis, q_fmt = params(q)
+            pair, holder = _Pair(describe(dq), fmt, amax, axis, uses), dq.output[0]
+        elif q_params is not None:
+            q_scale, _, q_axis, q_fmt = q_params
             if (q_fmt, q_axis) != (fmt, axis) or not np.array_equal(q_scale, scale):
                 raise _refuse(source, f"nodes {describe(q)} and {describe(dq)} quantize and dequantize with "
                                       "different scales, axes or types")
             if any(n.op_type != "DequantizeLinear" for n, _ in consumers.get(q.output[0], [])):
                 raise _refuse(source, f"node {describe(q)} feeds a node other than a DequantizeLinear")
             removed.add(q.output[0])
-            pair, src = _Pair(describe(q), fmt, scale * QMAX[fmt], axis, uses), q.input[0]
+            pair, src = _Pair(describe(q), fmt, amax, axis, uses), q.input[0]
             value = const(src)
             if value is None or not np.issubdtype(value.dtype, np.floating):
                 activations.append(pair)
@@ -211,7 +213,7 @@ def strip(graph, *, source: str) -> Stripped | None:
             # when nothing else reads the weight, so loading by name still finds it.
             axis = None if axis is None else axis % value.ndim
             x = torch.from_numpy(np.array(value, dtype=np.float32))
-            weight = fake_quantize(x, _broadcast(torch_scale, axis, x.ndim), fmt)
+            weight = _qdq(x, _broadcast(torch_scale, axis, x.ndim), fmt)
             pair.axis = axis
             only_here = all(n.op_type == "QuantizeLinear" and n.output[0] in removed
                             for n, _ in consumers.get(src, []))
@@ -272,8 +274,8 @@ def _reduce(values: dict[str, list[np.ndarray]], source: str) -> dict[str, torch
             spread.append(f"{name} ({len(found)} from {low:.6g} to {top:.6g})")
         out[name] = torch.tensor(top, dtype=torch.float32)
     if spread:
-        warnings.warn(f"{source}: inputs quantized by several pairs with clip values more than 1% apart: {'; '.join(spread)}; "
-                      "bertrt uses the largest")
+        warnings.warn(f"{source}: inputs quantized by several pairs with clip values more than 1% apart: "
+                      f"{'; '.join(spread)}; bertrt uses the largest")
     return out
 
 

@@ -14,12 +14,17 @@ Two ways to tell which initializer is which parameter, tried in this order:
    V, attention output, intermediate, output), and Q/K/V are told apart by how they reach the
    attention matmuls (Q is the left operand of the scores, K the right, V the right of the context).
 
+A quantization-aware model (QuantizeLinear/DequantizeLinear pairs, as pytorch-quantization exports)
+is first reduced to its float graph by ``onnx_qdq``, which reads the pairs' scales into
+``Checkpoint.quant``; its weights load as what the graph computes with, DQ(Q(W)).
+
 The number of attention heads cannot be read from the weights, so a ``config.json`` must sit beside
 the ``.onnx`` file (``vocab.txt`` too, for tokenising). ``onnx`` is imported here only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import deque
 from pathlib import Path
@@ -146,13 +151,13 @@ def _linears(g: _Graph) -> list[tuple[object, np.ndarray, np.ndarray | None, str
 
 
 def _attention_use(g: _Graph, start: str) -> tuple[str, int]:
-    """The first matmul of two activations that ``start`` flows into, and which operand it is."""
+    """The first matmul of two activations that ``start`` flows into (by its output), and which operand it is."""
     seen, queue = {start}, deque([start])
     while queue:
         name = queue.popleft()
         for node, idx in g.consumers.get(name, []):
             if node.op_type == "MatMul" and all(g.const(i) is None for i in node.input):
-                return node.name or str(id(node)), idx
+                return node.output[0], idx
             for out in node.output:
                 if out not in seen:
                     seen.add(out)
@@ -195,6 +200,28 @@ def _embeddings(g: _Graph, config: BertConfig) -> dict[str, np.ndarray]:
     return out
 
 
+def _encoder_linears(g: _Graph, linears: list, layers: int) -> list[dict[str, tuple]]:
+    """Per encoder layer, Hugging Face module name (``attention.self.query``, ...) -> its Linear
+    (as ``_linears`` gives it): six Linears per layer in order, Q/K/V told apart by the attention matmuls."""
+    if len(linears) < 6 * layers:
+        raise _StructureError(f"expected at least {6 * layers} Linear layers, found {len(linears)}")
+    found = []
+    for i in range(layers):
+        proj = linears[6 * i:6 * i + 3]
+        if len({lin[3] for lin in proj}) != 1:
+            raise _StructureError(f"layer {i}: the first three Linears do not share their input")
+        uses = [_attention_use(g, lin[4]) for lin in proj]
+        q = [j for j, (_, idx) in enumerate(uses) if idx == 0]
+        k = [j for j, (node, idx) in enumerate(uses) if idx == 1 and q and node == uses[q[0]][0]]
+        if len(q) != 1 or len(k) != 1:
+            raise _StructureError(f"layer {i}: cannot tell query, key and value apart")
+        (v,) = {0, 1, 2} - {q[0], k[0]}
+        found.append({"attention.self.query": proj[q[0]], "attention.self.key": proj[k[0]],
+                      "attention.self.value": proj[v], "attention.output.dense": linears[6 * i + 3],
+                      "intermediate.dense": linears[6 * i + 4], "output.dense": linears[6 * i + 5]})
+    return found
+
+
 def _structural_state(g: _Graph, config: BertConfig) -> dict[str, torch.Tensor]:
     state: dict[str, np.ndarray] = {}
     for kind, table in _embeddings(g, config).items():
@@ -206,8 +233,6 @@ def _structural_state(g: _Graph, config: BertConfig) -> dict[str, torch.Tensor]:
         raise _StructureError(f"expected {1 + 2 * layers} LayerNormalization nodes, found {len(norms)} "
                               "(export with opset >= 17 so LayerNorm is one node)")
     linears = _linears(g)
-    if len(linears) < 6 * layers:
-        raise _StructureError(f"expected at least {6 * layers} Linear layers, found {len(linears)}")
 
     def put(module: str, linear) -> None:
         state[f"{module}.weight"], state[f"{module}.bias"] = linear[1], linear[2]
@@ -216,22 +241,10 @@ def _structural_state(g: _Graph, config: BertConfig) -> dict[str, torch.Tensor]:
         state[f"{module}.weight"], state[f"{module}.bias"] = g.const(node.input[1]), g.const(node.input[2])
 
     put_norm("bert.embeddings.LayerNorm", norms[0])
-    for i in range(layers):
+    for i, modules in enumerate(_encoder_linears(g, linears, layers)):
         p = f"bert.encoder.layer.{i}."
-        proj = linears[6 * i:6 * i + 3]
-        if len({lin[3] for lin in proj}) != 1:
-            raise _StructureError(f"layer {i}: the first three Linears do not share their input")
-        uses = [_attention_use(g, lin[4]) for lin in proj]
-        q = [j for j, (_, idx) in enumerate(uses) if idx == 0]
-        k = [j for j, (node, idx) in enumerate(uses) if idx == 1 and q and node == uses[q[0]][0]]
-        if len(q) != 1 or len(k) != 1:
-            raise _StructureError(f"layer {i}: cannot tell query, key and value apart")
-        (v,) = {0, 1, 2} - {q[0], k[0]}
-        for part, j in (("query", q[0]), ("key", k[0]), ("value", v)):
-            put(p + f"attention.self.{part}", proj[j])
-        put(p + "attention.output.dense", linears[6 * i + 3])
-        put(p + "intermediate.dense", linears[6 * i + 4])
-        put(p + "output.dense", linears[6 * i + 5])
+        for module, linear in modules.items():
+            put(p + module, linear)
         put_norm(p + "attention.output.LayerNorm", norms[1 + 2 * i])
         put_norm(p + "output.LayerNorm", norms[2 + 2 * i])
 
@@ -264,8 +277,11 @@ def load_onnx(path: str | Path) -> Checkpoint:
     Args:
         path: the ``.onnx`` file (external data files beside it are read too); ``config.json`` must
             be in the same folder, ``vocab.txt`` is picked up when present.
+    Returns:
+        The checkpoint; ``quant`` holds the scales when the graph has QuantizeLinear/DequantizeLinear.
     Raises:
-        CheckpointError: no config.json, an unreadable file, or initializers that cannot be mapped.
+        CheckpointError: no config.json, an unreadable file, initializers that cannot be mapped, or a
+            quantized pattern bertrt does not map (naming the node).
         ConfigError: the config is not a BERT encoder.
     """
     path = Path(path)
@@ -280,22 +296,35 @@ def load_onnx(path: str | Path) -> Checkpoint:
     except ImportError as exc:
         raise CheckpointError(f"{path}: reading ONNX needs the onnx package (pip install 'bertrt[onnx]')") from exc
     try:
-        g = _Graph(onnx.load(str(path)).graph)
+        graph = onnx.load(str(path)).graph
     except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError... for bad files
         raise CheckpointError(f"{path}: cannot read ONNX model ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    from bertrt.weights import onnx_qdq
+
+    stripped = onnx_qdq.strip(graph, source=str(path))  # quantization-aware models: a float graph + scales
+    g = _Graph(graph)
     vocab = path.parent / "vocab.txt"
     vocab_file = vocab if vocab.is_file() else None
 
+    def with_scales(ckpt: Checkpoint) -> Checkpoint:
+        if stripped is None:
+            return ckpt
+        return dataclasses.replace(ckpt, quant=onnx_qdq.place(stripped, g, config.num_hidden_layers))
+
     try:
         tensors = from_hf_names(_named_state(g), config, source=str(path))
-        return Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
+        ckpt = Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
     except CheckpointError as exc:
         by_name = str(exc).removeprefix(f"{path}: ")
+    else:
+        return with_scales(ckpt)
     try:
         tensors = from_hf_names(_structural_state(g, config), config, source=str(path))
-        return Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
+        ckpt = Checkpoint(config, tensors, vocab_file=vocab_file, source=str(path))
     except (_StructureError, CheckpointError) as exc:
         by_structure = str(exc).removeprefix(f"{path}: ")
+    else:
+        return with_scales(ckpt)
     raise CheckpointError(f"{path}: cannot map the ONNX initializers to BERT weights. By name: {by_name}. "
                           f"By graph structure: {by_structure}")

@@ -26,10 +26,42 @@ from pathlib import Path
 import torch
 
 from bertrt.config import BertConfig
+from bertrt.quant.recipe import QMAX
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names what is wrong."""
+
+
+@dataclasses.dataclass
+class QuantScales:
+    """The quantization a checkpoint was trained with (quantization-aware training), as data.
+
+    Args:
+        format: ``"int8"`` (zero point 0) or ``"fp8"`` (e4m3fn).
+        amax: canonical name -> fp32 clip value (scale * ``QMAX[format]``). Names:
+            ``layers.{i}.{attn.qkv,attn.out,ffn.in,ffn.out}.input`` () for the linear layers' inputs;
+            ``layers.{i}.{attn.qkv,attn.out,ffn.in,ffn.out}.weight`` () per tensor or (out_features,)
+            per output channel (q|k|v rows for ``attn.qkv``);
+            ``layers.{i}.attn.{q,k,v,probs}.input`` and ``layers.{i}.{attn,ffn}.residual.input`` ()
+            when the source also quantized attention's matmuls or the residual adds. A name that is
+            absent was not quantized in the source.
+    """
+
+    format: str
+    amax: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        if self.format not in QMAX:
+            raise CheckpointError(f"quantization format {self.format!r}: expected one of {sorted(QMAX)}")
+
+    @property
+    def qmax(self) -> float:
+        return QMAX[self.format]
+
+    def scale(self, name: str) -> torch.Tensor:
+        """The quantization step of ``name``: amax / qmax."""
+        return self.amax[name] / self.qmax
 
 
 HEADS = ("qa", "classifier")
@@ -77,12 +109,15 @@ class Checkpoint:
         tensors: canonical name -> tensor (any float dtype, CPU).
         vocab_file: path of the WordPiece vocab.txt, if the checkpoint has one.
         source: where it was loaded from (for messages).
+        quant: the scales of a quantization-aware checkpoint (its ``tensors`` are then the
+            dequantized weights); None for a float checkpoint.
     """
 
     config: BertConfig
     tensors: dict[str, torch.Tensor]
     vocab_file: Path | None = None
     source: str = "<memory>"
+    quant: QuantScales | None = None
 
     def __post_init__(self) -> None:
         validate(self.config, self.tensors, source=self.source)

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A config that does not describe a BERT encoder bertrt can run."""
+from bertrt.errors import ConfigError  # noqa: F401  (re-exported: bertrt.config.ConfigError)
 
 
 class Precision(str, enum.Enum):

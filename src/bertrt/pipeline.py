@@ -4,20 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from bertrt.device import resolve_device
 from bertrt.tokenizer import BertTokenizer
 from bertrt.weights import CheckpointError, load_checkpoint
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """'auto'/None -> CUDA when present, else CPU; otherwise as given (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
-    return dev
 
 
 def load_qa(model: str | Path | None = None, *, device: str | None = None, engine: str | Path | None = None):

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 
 def parse_articles(text: str | None) -> slice | None:
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
 
     if text is None:
         return None
@@ -32,7 +32,7 @@ def parse_articles(text: str | None) -> slice | None:
 
 
 def load_json(path: str, what: str):
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
 
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -41,7 +41,7 @@ def load_json(path: str, what: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
     from bertrt.tasks.squad_metric import evaluate
 
     data = load_json(args.data, "--data")

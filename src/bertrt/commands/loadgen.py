@@ -78,7 +78,7 @@ def options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
     from bertrt.harness.loadgen.report import format_table
     from bertrt.harness.loadgen.runner import run as run_harness
 

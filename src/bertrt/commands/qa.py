@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 def read_text_arg(value: str, what: str) -> str:
     """A literal value, or the contents of @FILE (UTF-8)."""
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
 
     if not value.startswith("@"):
         return value
@@ -43,7 +43,7 @@ def read_text_arg(value: str, what: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
     from bertrt.pipeline import load_qa
     from bertrt.tasks.qa import answer_question
 

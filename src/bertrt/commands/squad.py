@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
     from bertrt.commands.evaluate import load_json, parse_articles
     from bertrt.pipeline import load_qa
     from bertrt.tasks.squad import FeatureConfig, make_features, postprocess, read_squad, run_qa_model, write_predictions

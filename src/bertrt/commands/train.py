@@ -55,7 +55,7 @@ def register(subparsers) -> None:
 
 
 def _config(args):
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
     from bertrt.tasks.train import TrainConfig
 
     if args.epochs <= 0 or args.lr <= 0 or args.batch_size <= 0:
@@ -67,7 +67,7 @@ def _config(args):
 def run_squad(args: argparse.Namespace) -> int:
     import torch
 
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
     from bertrt.commands.evaluate import parse_articles
     from bertrt.tasks.train import Distillation, train_squad
 

@@ -39,9 +39,9 @@ class TrainConfig:
     mixed_precision: bool = True  # bf16 autocast on CUDA
 
     def resolved_device(self) -> torch.device:
-        if self.device:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from bertrt.device import resolve_device
+
+        return resolve_device(self.device)
 
 
 @dataclasses.dataclass

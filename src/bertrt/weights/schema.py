@@ -28,8 +28,7 @@ import torch
 from bertrt.config import BertConfig
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names what is wrong."""
+from bertrt.errors import CheckpointError  # noqa: F401  (re-exported: bertrt.weights.CheckpointError)
 
 
 HEADS = ("qa", "classifier")

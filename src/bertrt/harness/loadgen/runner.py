@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bertrt.cli import UserError
+from bertrt.errors import UserError
 from bertrt.harness.loadgen import accuracy, report as reporting
-from bertrt.harness.loadgen.backends import make_backend, require_qa_head, resolve_device
+from bertrt.device import resolve_device
+from bertrt.harness.loadgen.backends import make_backend, require_qa_head
 from bertrt.harness.loadgen.qsl import SquadQSL
 from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, log_settings, loadgen_settings
 from bertrt.harness.loadgen.sut import BatchingSUT

@@ -12,7 +12,7 @@ import dataclasses
 import enum
 from pathlib import Path
 
-from bertrt.cli import UserError
+from bertrt.errors import UserError
 
 # The model name LoadGen's built-in mlperf.conf and user.conf files use for this benchmark.
 MLPERF_MODEL = "bert"

@@ -15,8 +15,9 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 
-from bertrt.errors import BertrtError, UserError  # noqa: F401  (UserError re-exported for older imports)
+from bertrt.errors import BertrtError, BertrtWarning, UserError  # noqa: F401  (UserError re-exported)
 
 # Each module has ``register(subparsers)`` which adds its parser and sets ``func`` (args -> exit code).
 COMMANDS = (
@@ -76,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INPUT
     command = args.command
     try:
-        if getattr(args, "device", None) is not None:  # a malformed device fails before anything loads
-            from bertrt.device import check_device
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", BertrtWarning)
+            warnings.showwarning = _one_line_warnings(command, warnings.showwarning)
+            if getattr(args, "device", None) is not None:  # a malformed device fails before anything loads
+                from bertrt.device import check_device
 
-            check_device(args.device)
-        return int(args.func(args) or 0)
+                check_device(args.device)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"bertrt {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -98,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bertrt {command}: error: {describe(exc)}", file=sys.stderr)
         return code
+
+
+def _one_line_warnings(command: str, default):
+    """``warnings.showwarning`` printing bertrt's own warnings as one line each."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BertrtWarning):
+            print(f"bertrt {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
 
 
 def _expected(exc: BaseException) -> int | None:

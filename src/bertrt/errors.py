@@ -26,3 +26,8 @@ class CheckpointError(BertrtError, ValueError):
 
 class DeviceError(BertrtError, ValueError):
     """A device string that is not 'auto', 'cpu', 'cuda' or 'cuda:N', or names a device not present."""
+
+
+class BertrtWarning(UserWarning):
+    """bertrt changed what was asked (cut a question, dropped a duplicate, clamped a window): the
+    ``bertrt`` command prints it as one line ``bertrt COMMAND: warning: ...`` on stderr."""

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from bertrt.packed import PackedBatch, pack_sequences, pad_packed
 from bertrt.reference import ReferenceBert
+from bertrt.atomic import MARKER, marker_text
 from bertrt.weights import Checkpoint, load_checkpoint, save_hf_folder
 
 
@@ -252,7 +253,8 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     checkpoint = load_checkpoint(base)
     if checkpoint.vocab_file is None:
         raise ValueError(f"{checkpoint.source}: no vocab.txt beside the weights")
-    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case,
+                              vocab_size=checkpoint.config.vocab_size)
     examples = read_squad(data, articles)
     if not examples:
         raise ValueError(f"{data}: no questions in articles {articles.start}:{articles.stop}")
@@ -272,7 +274,7 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     if distill is not None:
         log["distillation"] = {**dataclasses.asdict(distill), "teachers": [str(t) for t in distill.teachers]}
     trained = model.to_checkpoint(vocab_file=checkpoint.vocab_file, source=str(out))
-    extra = {"training_log.json": json.dumps(log, indent=2) + "\n"}
+    extra = {"training_log.json": json.dumps(log, indent=2) + "\n", MARKER: marker_text("model")}
     if model_card:
         extra["README.md"] = model_card
     save_hf_folder(trained, out, dtype=save_dtype, extra_files=extra)
@@ -364,7 +366,8 @@ def train_classifier(base: str | Path | None, train_tsv: str | Path, out: str | 
     checkpoint = load_checkpoint(base)
     if checkpoint.vocab_file is None:
         raise ValueError(f"{checkpoint.source}: no vocab.txt beside the weights")
-    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case,
+                              vocab_size=checkpoint.config.vocab_size)
     pairs = read_pair_tsv(train_tsv, exclude_ids=exclude_ids)
     model = model_for_finetuning(checkpoint, "classifier", seed=config.seed)
     log = train(model, encode_pairs(pairs, tokenizer, max_seq_length), _classifier_loss, config,
@@ -375,5 +378,6 @@ def train_classifier(base: str | Path | None, train_tsv: str | Path, out: str | 
         predicted = predict_labels(model, encode_pairs(dev, tokenizer, max_seq_length))
         log["dev"] = {"data": str(dev_tsv), **accuracy_f1(predicted, [p.label for p in dev])}
     trained = model.to_checkpoint(vocab_file=checkpoint.vocab_file, source=str(out))
-    save_hf_folder(trained, out, extra_files={"training_log.json": json.dumps(log, indent=2) + "\n"})
+    save_hf_folder(trained, out, extra_files={"training_log.json": json.dumps(log, indent=2) + "\n",
+                                                  MARKER: marker_text("model")})
     return log

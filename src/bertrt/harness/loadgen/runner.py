@@ -90,7 +90,8 @@ def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQS
         backend = build()
         vocab = _vocab_file(options, checkpoint, backend)
     config = checkpoint.config if checkpoint is not None else getattr(getattr(backend, "model", None), "config", None)
-    tokenizer = BertTokenizer(vocab, lowercase=config.do_lower_case if config is not None else True)
+    tokenizer = BertTokenizer(vocab, lowercase=config.do_lower_case if config is not None else True,
+                              vocab_size=config.vocab_size if config is not None else None)
     qsl = SquadQSL(options.data, tokenizer, articles=options.articles, count=options.count, progress=progress)
     backend = backend or build()
     warm_up(backend, qsl, options.batch_tokens(), full_batch=device.type == "cuda")

@@ -255,6 +255,17 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
         raise ValueError(f"{checkpoint.source}: no vocab.txt beside the weights")
     tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case,
                               vocab_size=checkpoint.config.vocab_size)
+    feature_config = feature_config or FeatureConfig()
+    positions = checkpoint.config.max_position_embeddings
+    if feature_config.max_seq_length > positions:
+        import warnings
+
+        from bertrt.errors import BertrtWarning
+
+        warnings.warn(f"{checkpoint.source}: the position table has {positions} rows: training on "
+                      f"{positions}-token windows instead of {feature_config.max_seq_length}", BertrtWarning)
+        feature_config = FeatureConfig(positions, min(feature_config.doc_stride, positions // 2),
+                                       min(feature_config.max_query_length, positions // 2))
     examples = read_squad(data, articles)
     if not examples:
         raise ValueError(f"{data}: no questions in articles {articles.start}:{articles.stop}")
@@ -368,6 +379,9 @@ def train_classifier(base: str | Path | None, train_tsv: str | Path, out: str | 
         raise ValueError(f"{checkpoint.source}: no vocab.txt beside the weights")
     tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case,
                               vocab_size=checkpoint.config.vocab_size)
+    if max_seq_length > checkpoint.config.max_position_embeddings:
+        raise ValueError(f"max_seq_length {max_seq_length}: the model's position table has only "
+                         f"{checkpoint.config.max_position_embeddings} rows")
     pairs = read_pair_tsv(train_tsv, exclude_ids=exclude_ids)
     model = model_for_finetuning(checkpoint, "classifier", seed=config.seed)
     log = train(model, encode_pairs(pairs, tokenizer, max_seq_length), _classifier_loss, config,

@@ -13,6 +13,7 @@ import enum
 from pathlib import Path
 
 from bertrt.errors import UserError
+from bertrt.tasks.squad import parse_articles  # noqa: F401  (re-exported: one parser of --articles)
 
 # The model name LoadGen's built-in mlperf.conf and user.conf files use for this benchmark.
 MLPERF_MODEL = "bert"
@@ -111,17 +112,6 @@ class HarnessOptions:
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return {Scenario.OFFLINE: 65536, Scenario.SERVER: 32768}.get(self.scenario, 8192)
-
-
-def parse_articles(text: str) -> slice:
-    """``"32:48"`` -> slice(32, 48); ``"5"`` -> slice(5, 6)."""
-    try:
-        if ":" in text:
-            start, _, stop = text.partition(":")
-            return slice(int(start) if start else None, int(stop) if stop else None)
-        return slice(int(text), int(text) + 1)
-    except ValueError:
-        raise UserError(f"--articles must look like START:END (e.g. 32:48), got {text!r}") from None
 
 
 def loadgen_settings(options: HarnessOptions, sample_count: int):

@@ -308,11 +308,11 @@ def read_pair_tsv(path: str | Path, *, exclude_ids: str | Path | None = None) ->
     path = Path(path)
     skip = set()
     if exclude_ids is not None:
-        for line in Path(exclude_ids).read_text(encoding="utf-8-sig").splitlines():
+        for line in _read_utf8(exclude_ids).splitlines():
             parts = line.strip().split("\t")
             if len(parts) >= 2:
                 skip.add((parts[0], parts[1]))
-    rows = path.read_text(encoding="utf-8-sig").splitlines()
+    rows = _read_utf8(path).splitlines()
     if not rows:
         raise ValueError(f"{path}: empty file")
     out = []
@@ -325,7 +325,16 @@ def read_pair_tsv(path: str | Path, *, exclude_ids: str | Path | None = None) ->
         if (parts[1], parts[2]) in skip:
             continue
         out.append(PairExample(int(parts[0]), parts[3], parts[4], (parts[1], parts[2])))
+    if not out:
+        raise ValueError(f"{path}: no sentence pairs to use (after the header{' and --exclude-ids' if skip else ''})")
     return out
+
+
+def _read_utf8(path: str | Path) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
 def encode_pairs(pairs: Sequence[PairExample], tokenizer, max_seq_length: int = 128) -> list[Example]:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from bertrt.atomic import folder_kind, write_folder_atomically
 from bertrt.errors import UserError
 from bertrt.harness.loadgen import accuracy, report as reporting
 from bertrt.device import resolve_device
@@ -28,6 +30,11 @@ from bertrt.harness.loadgen.qsl import SquadQSL
 from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, log_settings, loadgen_settings
 from bertrt.harness.loadgen.sut import BatchingSUT
 from bertrt.harness.loadgen.trace import TRACE_FILE, rows_of, summarize, write_batches
+
+# The marker kind of a folder ``run_test`` wrote (see ``bertrt.atomic``).
+OUTPUT_KIND = "loadgen"
+# How often the waiting thread wakes to take a Ctrl-C while LoadGen runs.
+POLL_S = 0.1
 
 
 def require_loadgen():
@@ -159,26 +166,58 @@ def frozen_heap():
 def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 1) -> dict:
     """Run LoadGen once; write its logs, report.json (and accuracy.json) into ``options.out``.
 
+    The run writes into a temporary sibling of ``options.out`` which replaces it only once the
+    run is complete, so an interrupted or failed run leaves the previous run's folder as it was.
+    ``options.out`` may be replaced when it is empty or a LoadGen output folder bertrt wrote
+    (``options.overwrite``: any folder). LoadGen runs on a worker thread, so Ctrl-C reaches the
+    calling thread at once (KeyboardInterrupt) instead of after LoadGen returns.
+
     Returns:
         The report dict (see ``report.build_report``), with "accuracy" in accuracy mode.
     """
     lg = require_loadgen()
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = loadgen_settings(options, len(qsl))
+    reports: list[dict] = []
+
+    def fill(folder: Path) -> None:
+        reports.append(_run_into(lg, folder, settings, options, qsl, backend, workers=workers))
+
+    def may_replace(existing: Path) -> bool:
+        return options.overwrite or folder_kind(existing) == OUTPUT_KIND or not any(existing.iterdir())
+
+    try:
+        write_folder_atomically(out, fill, may_replace=may_replace, kind=OUTPUT_KIND,
+                                refuse_message="exists and is not a LoadGen output folder bertrt wrote; "
+                                               "choose a new folder or pass --overwrite")
+    except ValueError as exc:
+        if reports:  # the run itself succeeded: only the destination was refused
+            raise UserError(str(exc)) from None
+        raise
+    report = reports[0]
+    for key in ("summary_file",):
+        if key in report:
+            report[key] = str(out / Path(report[key]).name)
+    return report
+
+
+def _run_into(lg, out: Path, settings, options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int) -> dict:
     latency_s = settings.server_target_latency_ns / 1e9
     sut = BatchingSUT(backend, qsl, scenario=options.scenario, max_batch_tokens=options.batch_tokens(),
                       latency_target_s=latency_s, workers=workers).start()
     sut_handle, qsl_handle = sut.construct(), qsl.construct()
+    finished = False
     try:
         with frozen_heap():
             # A missing audit.config path keeps a stray ./audit.config from changing the run.
-            lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings(out),
-                                        str(out / "audit.config"))
+            _interruptible(lg.StartTestWithLogSettings, sut_handle, qsl_handle, settings, log_settings(out),
+                           str(out / "audit.config"))
+        finished = True
     finally:
         sut.stop()
-        lg.DestroySUT(sut_handle)
-        lg.DestroyQSL(qsl_handle)
+        if finished:  # an interrupted LoadGen still holds them on its thread; the process is ending
+            lg.DestroySUT(sut_handle)
+            lg.DestroyQSL(qsl_handle)
     if sut.error is not None:
         raise RuntimeError(f"the {backend.name} backend failed during the run: {sut.error}") from sut.error
 
@@ -193,6 +232,25 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
         report["accuracy"] = scores
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _interruptible(function, *args) -> None:
+    """Call ``function(*args)`` on a daemon thread and wait for it; Ctrl-C (KeyboardInterrupt) is
+    taken by the calling thread within ``POLL_S`` and leaves the call running, to end with the process."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            function(*args)
+        except BaseException as exc:  # noqa: BLE001  (handed to the waiting thread)
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="loadgen", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(POLL_S)
+    if failure:
+        raise failure[0]
 
 
 def run(options: HarnessOptions, *, progress: bool = False) -> dict:

@@ -85,8 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 check_device(args.device)
             return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"bertrt {command}: interrupted", file=sys.stderr)
+        if getattr(exc, "process_must_end", False):
+            # Work that cannot be stopped (a LoadGen run) still holds threads: the interpreter's
+            # normal shutdown would abort on them, so the process ends here.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `bertrt ... | head`: the reader has gone; nothing more to say
         _silence_stdout()

@@ -181,7 +181,7 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
     reports: list[dict] = []
 
     def fill(folder: Path) -> None:
-        reports.append(_run_into(lg, folder, settings, options, qsl, backend, workers=workers))
+        reports.append(_run_into(lg, folder, out, settings, options, qsl, backend, workers=workers))
 
     def may_replace(existing: Path) -> bool:
         return options.overwrite or folder_kind(existing) == OUTPUT_KIND or not any(existing.iterdir())
@@ -194,35 +194,37 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
         if reports:  # the run itself succeeded: only the destination was refused
             raise UserError(str(exc)) from None
         raise
-    report = reports[0]
-    for key in ("summary_file",):
-        if key in report:
-            report[key] = str(out / Path(report[key]).name)
-    return report
+    return reports[0]
 
 
-def _run_into(lg, out: Path, settings, options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int) -> dict:
+def _run_into(lg, out: Path, final: Path, settings, options: HarnessOptions, qsl: SquadQSL, backend, *,
+              workers: int) -> dict:
+    """Run LoadGen with its logs in ``out``, a temporary folder that becomes ``final``."""
     latency_s = settings.server_target_latency_ns / 1e9
     sut = BatchingSUT(backend, qsl, scenario=options.scenario, max_batch_tokens=options.batch_tokens(),
                       latency_target_s=latency_s, workers=workers).start()
     sut_handle, qsl_handle = sut.construct(), qsl.construct()
-    finished = False
     try:
         with frozen_heap():
             # A missing audit.config path keeps a stray ./audit.config from changing the run.
             _interruptible(lg.StartTestWithLogSettings, sut_handle, qsl_handle, settings, log_settings(out),
                            str(out / "audit.config"))
-        finished = True
-    finally:
+    except KeyboardInterrupt:
+        # LoadGen goes on calling the SUT from its own threads until the process ends (which the
+        # interrupt is about to do): the SUT stays up, since a stopped SUT would fail those calls.
+        raise
+    except BaseException:
         sut.stop()
-        if finished:  # an interrupted LoadGen still holds them on its thread; the process is ending
-            lg.DestroySUT(sut_handle)
-            lg.DestroyQSL(qsl_handle)
+        raise
+    sut.stop()
+    lg.DestroySUT(sut_handle)
+    lg.DestroyQSL(qsl_handle)
     if sut.error is not None:
         raise RuntimeError(f"the {backend.name} backend failed during the run: {sut.error}") from sut.error
 
     report = reporting.build_report(out, options, backend_name=backend.name, samples=len(qsl),
                                     batches=sut.batches, completed=sut.samples)
+    report["summary_file"] = str(final / reporting.SUMMARY)
     report["sut_phases_ms"] = summarize(rows_of(write_batches(out / TRACE_FILE, sut.trace)))
     if options.mode is Mode.ACCURACY:
         scores = accuracy.score(qsl, accuracy.read_accuracy_log(out / accuracy.ACCURACY_LOG))
@@ -236,7 +238,8 @@ def _run_into(lg, out: Path, settings, options: HarnessOptions, qsl: SquadQSL, b
 
 def _interruptible(function, *args) -> None:
     """Call ``function(*args)`` on a daemon thread and wait for it; Ctrl-C (KeyboardInterrupt) is
-    taken by the calling thread within ``POLL_S`` and leaves the call running, to end with the process."""
+    taken by the calling thread within ``POLL_S`` and leaves the call to end with the process (the
+    KeyboardInterrupt carries ``process_must_end = True``)."""
     failure: list[BaseException] = []
 
     def target() -> None:
@@ -247,8 +250,14 @@ def _interruptible(function, *args) -> None:
 
     worker = threading.Thread(target=target, name="loadgen", daemon=True)
     worker.start()
-    while worker.is_alive():
-        worker.join(POLL_S)
+    try:
+        while worker.is_alive():
+            worker.join(POLL_S)
+    except KeyboardInterrupt as exc:
+        # LoadGen cannot be stopped from outside and its threads go on: the process has to end
+        # without the interpreter's normal shutdown (``bertrt.cli`` does so on this flag).
+        exc.process_must_end = True
+        raise
     if failure:
         raise failure[0]
 

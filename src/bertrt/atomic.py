@@ -54,7 +54,7 @@ def _inside(child: Path, parent: Path) -> bool:
 def check_destination(path: str | Path, *, flag: str = "--out", folder: bool = False, kind: str | None = None,
                       inputs: Iterable[tuple[str, str | Path | None]] = (),
                       siblings: Iterable[tuple[str, str | Path | None]] = (),
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool | None = False, replaceable: Callable[[Path], bool] | None = None) -> Path:
     """Check, before any work, that ``path`` can be written without destroying anything.
 
     Args:
@@ -64,7 +64,10 @@ def check_destination(path: str | Path, *, flag: str = "--out", folder: bool = F
         kind: the marker kind of a folder bertrt may replace without ``overwrite``.
         inputs: (flag, path) of what the run reads: the output may not be, or contain, any of them.
         siblings: (name, path) of the run's other outputs: none may be the same path.
-        overwrite: the user passed ``--overwrite``: replace an existing output bertrt did not write.
+        overwrite: the user passed ``--overwrite``: replace an existing output bertrt did not write
+            (None: the command has no ``--overwrite``, and its messages do not offer one).
+        replaceable: for outputs that carry their own mark instead of ``MARKER`` (an engine's
+            engine.json): whether an existing folder may be replaced.
 
     Returns:
         ``path`` as a Path.
@@ -106,15 +109,17 @@ def check_destination(path: str | Path, *, flag: str = "--out", folder: bool = F
             raise UserError(f"{flag} {out}: exists and is a file, not a folder; choose another path")
         if not os.access(out, os.W_OK | os.X_OK):
             raise UserError(f"{flag} {out}: cannot write in it (permission denied)")
-        if overwrite or not any(out.iterdir()) or (kind is not None and folder_kind(out) == kind):
+        if (overwrite or not any(out.iterdir()) or (kind is not None and folder_kind(out) == kind)
+                or (replaceable is not None and replaceable(out))):
             return out
         what = f"a {folder_kind(out)} folder" if folder_kind(out) else "files bertrt did not write"
-        raise UserError(f"{flag} {out}: exists and holds {what}; choose a new folder, or pass --overwrite "
-                        "to replace it (everything in it is deleted)")
+        hint = "" if overwrite is None else ", or pass --overwrite to replace it (everything in it is deleted)"
+        raise UserError(f"{flag} {out}: exists and holds {what}; choose a new folder{hint}")
     if out.is_dir():
         raise UserError(f"{flag} {out}: is a folder; give a file name")
     if not overwrite:
-        raise UserError(f"{flag} {out}: exists; choose another name, or pass --overwrite to replace it")
+        hint = "" if overwrite is None else ", or pass --overwrite to replace it"
+        raise UserError(f"{flag} {out}: exists; choose another name{hint}")
     if not os.access(out, os.W_OK):
         raise UserError(f"{flag} {out}: cannot replace it (permission denied)")
     return out

@@ -39,3 +39,15 @@ def squad_file(tmp_path) -> Path:
     return path
 
 
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory) -> Path:
+    """A CPU engine of the tiny random BERT (no vocab.txt): max_seq_length 64, max_batch 4."""
+    from bertrt.engine import build
+    from bertrt.weights import random_checkpoint
+
+    from cli_helpers import tiny_config
+
+    return build(random_checkpoint(tiny_config()), tmp_path_factory.mktemp("engines") / "tiny", precision="fp32",
+                 max_seq_length=64, max_batch=4, device="cpu")

@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    from bertrt.atomic import check_destination
+    check_destination(args.out, folder=True, inputs=[("--model", args.model)], overwrite=None,
+                      replaceable=lambda existing: (existing / "engine.json").is_file())
     start = time.perf_counter()
     model = random_checkpoint(STANDARD_CONFIGS[args.random]) if args.random else args.model
     out = build(model, args.out, precision=args.precision, max_tokens=args.max_tokens,

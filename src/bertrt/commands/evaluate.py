@@ -31,7 +31,7 @@ def load_json(path: str, what: str):
     from bertrt.errors import UserError
 
     file = Path(path)
-    if not file.is_file():
+    if file.is_dir() or not file.exists():
         raise UserError(f"{what} {path}: " + ("is a folder, not a file" if file.is_dir() else "no such file"))
     try:
         return json.loads(file.read_bytes().decode("utf-8"))

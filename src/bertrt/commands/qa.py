@@ -36,7 +36,7 @@ def read_text_arg(value: str, what: str) -> str:
     if name == "-":
         return read_stdin_text(f"--{what}")
     path = Path(name)
-    if not path.is_file():
+    if path.is_dir() or not path.exists():  # FIFOs and /dev/stdin are read like files
         raise UserError(f"--{what} {value}: " + ("is a folder, not a file" if path.is_dir() else "no such file"))
     try:
         return path.read_bytes().decode("utf-8")

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     require_positive(args, "batch_size", "max_seq_length", "doc_stride", "max_query_length", "n_best",
                      "max_answer_length")
     articles = parse_articles(args.articles)
-    if not Path(args.data).is_file():
+    if Path(args.data).is_dir() or not Path(args.data).exists():
         raise UserError(f"--data {args.data}: " + ("is a folder, not a file" if Path(args.data).is_dir()
                                                    else "no such file"))
     inputs = [("--data", args.data), ("--model", args.model), ("--engine", args.engine)]

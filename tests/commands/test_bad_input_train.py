@@ -130,3 +130,17 @@ def test_classifier_everything_excluded(tmp_path, pairs, tiny_encoder, capsys):
     assert fails(["train-classifier", "--base", tiny_encoder, "--train", pairs, "--exclude-ids", ids, "--out",
                   tmp_path / "o", "--device", "cpu"], capsys, untouched=tmp_path) == (
         f"{pairs}: no sentence pairs to use (after the header and --exclude-ids)")
+
+
+def test_training_data_without_answers(tmp_path, tiny_qa, capsys):
+    import copy
+
+    from cli_helpers import SMALL_SQUAD
+
+    bare = copy.deepcopy(SMALL_SQUAD)
+    for article in bare["data"]:
+        article["paragraphs"][0]["qas"][0]["answers"] = []
+    data = tmp_path / "test-set.json"
+    data.write_text(json.dumps(bare))
+    assert fails(_train_squad(tiny_qa, data, tmp_path / "o"), capsys, untouched=tmp_path) == (
+        f"{data}: no question in articles 0:2 has an answer to train on (a test file?)")

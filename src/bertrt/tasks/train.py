@@ -269,6 +269,18 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     examples = read_squad(data, articles)
     if not examples:
         raise ValueError(f"{data}: no questions in articles {articles.start}:{articles.stop}")
+    unanswered = sum(not e.answers for e in examples)
+    if unanswered == len(examples):
+        raise ValueError(f"{data}: no question in articles {articles.start}:{articles.stop} has an answer to "
+                         "train on (a test file?)")
+    if unanswered:
+        import warnings
+
+        from bertrt.errors import BertrtWarning
+
+        warnings.warn(f"{data}: {unanswered} of {len(examples)} questions have no answer; trained without them",
+                      BertrtWarning)
+        examples = [e for e in examples if e.answers]
     if distill is not None:
         _check_teachers(distill.teachers, checkpoint)
     training_examples = every_answer(examples) if all_answers else examples

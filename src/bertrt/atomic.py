@@ -5,7 +5,8 @@
   unwritable folder, or an existing file or folder that bertrt did not write (unless ``overwrite``).
 - A folder bertrt writes carries a marker file (``MARKER``) naming its kind; a marked folder of
   the same kind (or an empty one) may be replaced, anything else only with ``overwrite``.
-- ``write_folder_atomically`` / ``write_text_atomically`` fill a temporary sibling and rename it
+- ``write_folder_atomically`` / ``write_file_atomically`` / ``write_text_atomically`` fill a temporary
+  sibling and rename it
   into place, so an interrupted or failed write leaves the old output intact and no partial file.
 """
 
@@ -126,21 +127,14 @@ def check_destination(path: str | Path, *, flag: str = "--out", folder: bool = F
 
 
 def write_text_atomically(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling and a rename (``write_file_atomically``)."""
+    def fill(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return write_file_atomically(path, fill)
 
 
 def write_folder_atomically(out: str | Path, fill: Callable[[Path], None], *,
@@ -192,3 +186,21 @@ def _normal_permissions(folder: Path) -> None:
     os.chmod(folder, 0o777 & ~umask)
     for item in folder.iterdir():
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
+
+
+def write_file_atomically(out: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Create or replace file ``out`` with ``fill(tmp)`` (which writes the temporary sibling it is
+    given): readers see the old file or the whole new one, never part of it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        fill(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return out

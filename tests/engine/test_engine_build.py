@@ -29,7 +29,7 @@ def test_engine_folder_and_description(minilm_engine_dir, minilm_qa):
     assert spec["heads"] == ["qa"] and spec["has_pooler"] is True
     assert spec["weights"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert spec["weights"]["bytes"] == weights.stat().st_size
-    assert spec["layout"]["linear_weight"] == "out_in"
+    assert spec["vocab"]["sha256"] == hashlib.sha256((minilm_engine_dir / "vocab.txt").read_bytes()).hexdigest()
     assert (minilm_engine_dir / "vocab.txt").read_bytes() == minilm_qa.vocab_file.read_bytes()
 
 

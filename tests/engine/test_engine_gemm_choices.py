@@ -11,14 +11,16 @@ import torch
 
 from bertrt.engine import Engine, EngineError, build, runtime
 from bertrt.config import BertConfig
-from bertrt.engine.build import SPLITK_MAX_TOKENS, tune_gemm_choices
+from bertrt.engine.format import content_checksum
+from bertrt.engine.tuning import SPLITK_MAX_TOKENS, tune_gemm_choices
 from bertrt.engine.format import ATTENTION_TILINGS, OP_BACKENDS, SPLITK_BACKENDS, gemm_choice, parse_gemm_choices
 from bertrt.ops.attention_triton import TILINGS as TILINGS_ATTENTION
 from bertrt.reference import ReferenceBert
 from bertrt.weights import random_checkpoint
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-build_module = importlib.import_module("bertrt.engine.build")  # the module; bertrt.engine.build is the function
+tuning = importlib.import_module("bertrt.engine.tuning")
+sublayers = importlib.import_module("bertrt.engine.sublayers")
 CHOICES = {"ffn_in_gelu": {64: "cublas", 256: "triton"}}
 
 
@@ -47,7 +49,7 @@ def test_lookup_takes_the_smallest_bound_that_holds_the_tokens():
 
 def test_cpu_build_records_cublas_only(tiny_engine_dir):
     spec = json.loads((tiny_engine_dir / "engine.json").read_text())
-    assert spec["gemm_choices"] == {} and spec["gemm"]["tuned"] is False
+    assert spec["gemm_choices"] == {}
     assert Engine.load(tiny_engine_dir, device="cpu").spec.gemm_choices == {}
 
 
@@ -55,7 +57,6 @@ def test_given_choices_are_recorded_and_loaded(tiny_checkpoint, tmp_path):
     out = build(tiny_checkpoint, tmp_path / "e", precision="fp32", max_batch=4, device="cpu", gemm_choices=CHOICES)
     spec = json.loads((out / "engine.json").read_text())
     assert spec["gemm_choices"] == {"ffn_in_gelu": {"64": "cublas", "256": "triton"}}
-    assert spec["gemm"]["tuned"] is True
     assert Engine.load(out, device="cpu").spec.gemm_choices == CHOICES
 
 
@@ -66,6 +67,7 @@ def test_a_bad_recorded_choice_is_refused_on_load(tiny_engine_dir, bad):
     path = tiny_engine_dir / "engine.json"
     spec = json.loads(path.read_text())
     spec["gemm_choices"] = bad
+    spec["checksum"] = content_checksum({k: v for k, v in spec.items() if k != "checksum"})
     path.write_text(json.dumps(spec))
     with pytest.raises(EngineError, match="gemm_choices"):
         Engine.load(tiny_engine_dir, device="cpu")
@@ -130,13 +132,13 @@ def test_runtime_runs_a_recorded_cublaslt_choice(monkeypatch, tiny_checkpoint, m
 def attention_calls(monkeypatch):
     """Records the engine's calls of the Triton attention kernel (still running it): (tokens, tiling)."""
     calls = []
-    real = runtime.varlen_attention_triton
+    real = sublayers.varlen_attention_triton
 
     def spy(q, k, v, cu_seqlens, max_seqlen, config=None):
         calls.append((q.shape[0], config))
         return real(q, k, v, cu_seqlens, max_seqlen, config=config)
 
-    monkeypatch.setattr(runtime, "varlen_attention_triton", spy)
+    monkeypatch.setattr(sublayers, "varlen_attention_triton", spy)
     return calls
 
 
@@ -198,7 +200,7 @@ def test_tuning_on_the_gpu_decides_every_bound_up_to_max_tokens(tiny_checkpoint)
 def test_fastest_never_picks_a_wrong_or_broken_candidate(monkeypatch):
     # Timings are faked (no GPU here): what is tested is the choice among them.
     speed = {"good": 2.0, "faster_but_wrong": 0.5, "broken": 0.1, "default": 3.0}
-    monkeypatch.setattr(build_module, "graph_time_ms", lambda fn: speed[fn.__name__])
+    monkeypatch.setattr(tuning, "graph_time_ms", lambda fn: speed[fn.__name__])
     right = torch.arange(10.0)
 
     def default():
@@ -214,13 +216,13 @@ def test_fastest_never_picks_a_wrong_or_broken_candidate(monkeypatch):
         raise RuntimeError("no kernel image for this GPU")
 
     with pytest.warns(RuntimeWarning) as caught:
-        chosen = build_module._fastest("default", default, {f.__name__: f for f in (faster_but_wrong, broken, good)},
+        chosen = tuning._fastest("default", default, {f.__name__: f for f in (faster_but_wrong, broken, good)},
                                        "test op")
     assert chosen == "good"
     assert len(caught) == 2 and "relative error" in str(caught[0].message) and "no kernel" in str(caught[1].message)
     speed["default"] = 1.0
     with pytest.warns(RuntimeWarning):
-        assert build_module._fastest("default", default, {"good": good, "broken": broken}, "test op") == "default"
+        assert tuning._fastest("default", default, {"good": good, "broken": broken}, "test op") == "default"
 
 
 # Wider than TINY, so that the 64-wide K blocks of linear_splitk really split: K=128 in 2 slices, K=512 in 4.
@@ -231,13 +233,13 @@ WIDE = BertConfig(vocab_size=120, hidden_size=128, num_hidden_layers=1, num_atte
 @pytest.mark.parametrize("precision,tolerance", [("fp32", 1e-4), ("fp16", 3e-2)])
 def test_splitk_projections_give_the_cublas_logits(interpret, make_batch, monkeypatch, precision, tolerance):
     calls = []
-    real = runtime.linear_splitk
+    real = sublayers.linear_splitk
 
     def spy(x, weight, splits):
         calls.append((x.shape[1], splits))
         return real(x, weight, splits)
 
-    monkeypatch.setattr(runtime, "linear_splitk", spy)
+    monkeypatch.setattr(sublayers, "linear_splitk", spy)
     checkpoint = random_checkpoint(WIDE, std=0.2)
     limits = dict(device="cpu", precision=precision, max_batch=4, max_tokens=256, max_seq_length=64)
     torch_attention = {"attention": {256: "torch"}}  # the interpreted attention kernel would only add time
@@ -268,10 +270,10 @@ def test_tuning_offers_accumulate_everywhere_and_splitk_up_to_its_bound(tiny_che
         offered.append(list(candidates))
         return default_name
 
-    monkeypatch.setattr(build_module, "_fastest", fastest)
+    monkeypatch.setattr(tuning, "_fastest", fastest)
     tensors = dict(tiny_checkpoint.tensors)
-    assert build_module._projection_choice(tensors, "layers.0.attn.", 64) == "cublas"
-    assert build_module._projection_choice(tensors, "layers.0.ffn.", SPLITK_MAX_TOKENS + 1) == "cublas"
+    assert tuning._projection_choice(tensors, "layers.0.attn.", 64) == "cublas"
+    assert tuning._projection_choice(tensors, "layers.0.ffn.", SPLITK_MAX_TOKENS + 1) == "cublas"
     assert offered == [["cublas-accumulate", *SPLITK_BACKENDS], ["cublas-accumulate"]]
 
 
@@ -293,7 +295,7 @@ def test_accumulating_projections_give_the_cublas_logits(interpret, make_batch):
 
 @pytest.mark.parametrize("count", [1, 100, 384, 1000, 49152])
 def test_attention_timing_batches_are_ragged_and_exact(count):
-    from bertrt.engine.build import ragged_lengths
+    from bertrt.engine.tuning import ragged_lengths
 
     lengths = ragged_lengths(count, 384)
     assert sum(lengths) == count
@@ -307,7 +309,7 @@ def test_attention_timing_batches_are_ragged_and_exact(count):
 def test_a_timed_default_attention_is_recorded_by_its_tiling():
     # Recorded as "triton", the tiling would be re-picked per token count at run time, which is
     # not what the build timed for the whole bound.
-    from bertrt.engine.build import pinned_attention
+    from bertrt.engine.tuning import pinned_attention
     from bertrt.ops.attention_triton import AttentionConfig
 
     assert pinned_attention("triton", TILINGS_ATTENTION["triton-64x64"]) == "triton-64x64"

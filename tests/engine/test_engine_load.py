@@ -9,14 +9,41 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bertrt.engine import Engine, EngineError
-from bertrt.engine.format import check_compute_capability, file_sha256
+from bertrt.engine.format import check_compute_capability, content_checksum, file_sha256
 
 
-def _edit_spec(folder, **changes):
+def _edit_spec(folder, *, sign: bool = True, **changes):
+    """Change fields of engine.json, re-signed (so that the field itself is what a load checks)
+    unless ``sign`` is False."""
     path = folder / "engine.json"
     spec = json.loads(path.read_text())
     spec.update(changes)
+    if sign:
+        spec["checksum"] = content_checksum({k: v for k, v in spec.items() if k != "checksum"})
     path.write_text(json.dumps(spec))
+
+
+@pytest.mark.parametrize("changes", [dict(max_batch=2), dict(config={"num_attention_heads": 1})])
+def test_an_edited_description_is_refused(tiny_engine_dir, changes):
+    before = json.loads((tiny_engine_dir / "engine.json").read_text())
+    if "config" in changes:
+        changes = dict(config={**before["config"], **changes["config"]})
+    _edit_spec(tiny_engine_dir, sign=False, **changes)
+    with pytest.raises(EngineError, match="does not match its checksum.*rebuild"):
+        Engine.load(tiny_engine_dir, device="cpu")
+
+
+def test_an_edited_vocab_is_refused(minilm_engine_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "engine"
+    shutil.copytree(minilm_engine_dir, folder)
+    vocab = folder / "vocab.txt"
+    words = vocab.read_text(encoding="utf-8").splitlines()
+    words[1000], words[1001] = words[1001], words[1000]
+    vocab.write_text("\n".join(words) + "\n", encoding="utf-8")
+    with pytest.raises(EngineError, match="vocab.txt: checksum mismatch"):
+        Engine.load(folder, device="cpu")
 
 
 def test_load_round_trip(tiny_engine_dir, tiny_checkpoint):
@@ -75,6 +102,7 @@ def test_missing_field(tiny_engine_dir):
     path = tiny_engine_dir / "engine.json"
     spec = json.loads(path.read_text())
     del spec["weights"]
+    spec["checksum"] = content_checksum({k: v for k, v in spec.items() if k != "checksum"})
     path.write_text(json.dumps(spec))
     with pytest.raises(EngineError, match="missing field 'weights'"):
         Engine.load(tiny_engine_dir, device="cpu")

@@ -7,7 +7,8 @@ to PTX and ptxas (shipped in Triton's wheel) to a cubin for compute capability 9
 GPU. Each op's public function is called on small CPU tensors with its kernel launch recorded
 instead of run (the tensors' dtypes and the op's tiling choices make the signature), then each
 recorded launch is compiled. Shapes are chosen to reach every tiling the engine uses, in fp16 and bf16,
-except the TMA GEMM kernel, which the ops take only on a Hopper GPU.
+except linear_gelu's TMA GEMM kernel, which the op takes only on a Hopper GPU (linear_int8's is
+compiled: its ``tma_usable`` is stubbed here).
 
 Run it in a process where Triton was imported without TRITON_INTERPRET (the test does).
 Exit status 1 if any launch fails to compile.
@@ -15,6 +16,7 @@ Exit status 1 if any launch fails to compile.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -27,12 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from bertrt.ops import (_triton, attention_triton, bias_gelu, embed_layernorm, linear_gelu,  # noqa: E402
-                        linear_splitk, qa_head, residual_layernorm)
+                        linear_int8, linear_splitk, qa_head, residual_layernorm)
 
-MODULES = (attention_triton, bias_gelu, embed_layernorm, linear_gelu, linear_splitk, qa_head, residual_layernorm)
+MODULES = (attention_triton, bias_gelu, embed_layernorm, linear_gelu, linear_int8, linear_splitk, qa_head,
+           residual_layernorm)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
-          torch.int64: "i64"}
+          torch.int64: "i64", torch.int8: "i8"}
 
 
 class Recorder:
@@ -65,6 +68,8 @@ def signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dict]:
             constexprs[(index,)] = value
         elif isinstance(value, torch.Tensor):
             sig[name] = "*" + DTYPES[value.dtype]
+        elif type(value).__name__ == "TensorDescriptor":  # triton.tools.tensor_descriptor's
+            sig[name] = f"tensordesc<{DTYPES[value.base.dtype]}{list(value.block_shape)}>"
         elif isinstance(value, bool):
             sig[name] = "i1"
         elif isinstance(value, int):
@@ -84,6 +89,7 @@ def record_engine_launches(dtypes=(torch.float16, torch.bfloat16)) -> list[tuple
     for module in MODULES:
         module.jit = recorder
         module.use_triton = lambda *tensors: True
+    linear_int8.tma_usable = lambda *tensors: True  # its TMA kernel, which it takes on Hopper only
     for dtype in dtypes:
         _call_ops(dtype)
     return recorder.launches
@@ -111,6 +117,7 @@ def _call_ops(f16: torch.dtype) -> None:
         for splits in linear_splitk_splits():
             linear_splitk.linear_splitk(torch.randn(tokens, 4 * h, dtype=f16), torch.randn(h, 4 * h, dtype=f16),
                                         splits)
+    _call_linear_int8(f16)
     heads, head_dim = 2, 64
     for total, cu in ((384, [0, 384]), (3000, [0, 384, 1000, 3000])):
         q = torch.randn(total, heads, head_dim, dtype=f16)
@@ -120,6 +127,22 @@ def _call_ops(f16: torch.dtype) -> None:
             attention_triton.varlen_attention_triton(q, q, q, cu, 384, config=config)
     q48 = torch.randn(300, heads, 48, dtype=f16)
     attention_triton.varlen_attention_triton(q48, q48, q48, torch.tensor([0, 300], dtype=torch.int32), 300)
+
+
+def _call_linear_int8(f16: torch.dtype) -> None:
+    """Every tiling through both kernels, with the two epilogues an INT8 engine runs: per-channel
+    scales with bias, GELU and residual to ``f16``; per-tensor scales with bias to int8. bf16 output
+    only for the default tiling."""
+    x, w = torch.zeros(300, 256, dtype=torch.int8), torch.zeros(512, 256, dtype=torch.int8)
+    bias, residual = torch.zeros(512, dtype=f16), torch.zeros(300, 512, dtype=f16)
+    per_channel, per_tensor = torch.ones(512), torch.ones(())
+    configs = linear_int8.TILINGS.values() if f16 == torch.float16 else [linear_int8.config_for(300, 512, 256)]
+    for config in configs:
+        for tma in (True, False):
+            cfg = dataclasses.replace(config, tma=tma)
+            linear_int8.linear_int8(x, w, per_channel, bias, gelu=True, residual=residual, out_dtype=f16, config=cfg)
+            linear_int8.linear_int8(x, w, per_tensor, bias, out_dtype=torch.int8, out_scale=per_tensor, config=cfg)
+    linear_int8.quantize_int8(residual, per_tensor)
 
 
 def linear_splitk_splits() -> tuple[int, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -21,7 +22,10 @@ def register(subparsers) -> None:
                     "engine.json. BERT-Large on an H100: about "
                     "20-28 s on a fresh machine (Triton compiles the candidates), 10-15 s with a warm kernel cache.",
         epilog="examples:\n  bertrt build --model bert-large-squad/ --out engines/large-fp16\n"
-               "  bertrt build --random large --out /tmp/large   # random weights, for speed runs",
+               "  bertrt build --random large --out /tmp/large   # random weights, for speed runs\n"
+               "  bertrt build --precision fp8 --calib-data dev-v1.1.json --calib-cache calib.json --out engines/fp8\n"
+               "  bertrt build --precision int8 --int8-mode 1 --calib-cache calib.json --out engines/int8   # reuses "
+               "the cache",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--model", metavar="PATH",
@@ -30,7 +34,26 @@ def register(subparsers) -> None:
     source.add_argument("--random", choices=sorted(STANDARD_CONFIGS),
                         help="random weights of a standard shape, with a QA head (for speed runs)")
     p.add_argument("--out", required=True, metavar="DIR", help="engine folder to write (replaced atomically)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16", help="default fp16")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16", "fp8", "int8"), default="fp16",
+                   help="fp32/fp16/bf16: every tensor in that dtype; fp8 (e4m3, GPUs of compute capability >= 8.9) "
+                        "or int8: the encoder's projections quantised with calibrated scales, the rest fp16 (fp32 "
+                        "on a CPU build, which simulates the quantised numerics). Default fp16")
+    q = p.add_argument_group("low precision (fp8, int8)")
+    q.add_argument("--int8-mode", type=int, choices=(1, 2),
+                   help="1: per-channel weight scales, fp16 GEMM outputs and residuals (default); 2: per-tensor "
+                        "scales, int8 GEMM outputs and residuals")
+    q.add_argument("--calib-data", metavar="FILE",
+                   help="SQuAD v1.1 json to calibrate the input scales on (the fp32 reference runs over it)")
+    q.add_argument("--calib-articles", metavar="A:B", default="0:32",
+                   help="articles of --calib-data to use, in file order (default 0:32; bertrt's results are "
+                        "scored on 32:48)")
+    q.add_argument("--calib-num", type=int, metavar="N", default=512,
+                   help="most windows to calibrate on (a fixed random draw; default 512)")
+    q.add_argument("--calib-method", default="max", metavar="METHOD",
+                   help="max (default), percentile:99.9, percentile:99.99 or mse")
+    q.add_argument("--calib-cache", metavar="FILE",
+                   help="calibration cache: reused when it exists and was made for these weights (no data needed), "
+                        "written after calibrating otherwise")
     p.add_argument("--max-seq-length", type=int, metavar="N", help="longest sequence accepted (default 384)")
     p.add_argument("--max-batch", type=int, default=128, metavar="N", help="sequences per forward pass (default 128)")
     p.add_argument("--max-tokens", type=int, metavar="N",
@@ -47,10 +70,34 @@ def run(args: argparse.Namespace) -> int:
     from bertrt.engine.format import read_spec
     from bertrt.weights import random_checkpoint
 
-    for name in ("max_seq_length", "max_batch", "max_tokens"):
+    from bertrt.harness.loadgen.settings import parse_articles
+    from bertrt.quant.data import CalibrationSettings
+    from bertrt.quant.recipe import parse_method
+
+    for name in ("max_seq_length", "max_batch", "max_tokens", "calib_num"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    low = args.precision in ("fp8", "int8")
+    calibration = None
+    if low:
+        parse_method(args.calib_method)
+        if args.calib_data is None and args.calib_cache is None:
+            raise UserError(f"--precision {args.precision} needs --calib-data FILE (SQuAD json) or an existing "
+                            "--calib-cache FILE")
+        if args.calib_data is None and not Path(args.calib_cache).is_file():
+            raise UserError(f"--calib-cache {args.calib_cache}: no such file, and no --calib-data to make it from")
+        if args.calib_cache is not None and Path(args.calib_cache).resolve() == Path(args.out).resolve():
+            raise UserError("--calib-cache and --out name the same path")
+        calibration = CalibrationSettings(data=args.calib_data, articles=parse_articles(args.calib_articles),
+                                          num=args.calib_num, method=args.calib_method, cache=args.calib_cache)
+    else:
+        given = [f"--{n.replace('_', '-')}" for n in ("int8_mode", "calib_data", "calib_cache")
+                 if getattr(args, n) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} apply to --precision fp8 or int8, not {args.precision}")
+    if args.int8_mode is not None and args.precision != "int8":
+        raise UserError(f"--int8-mode applies to --precision int8, not {args.precision}")
     from bertrt.atomic import check_destination
     check_destination(args.out, folder=True, inputs=[("--model", args.model)], overwrite=None,
                       replaceable=lambda existing: (existing / "engine.json").is_file())
@@ -58,13 +105,14 @@ def run(args: argparse.Namespace) -> int:
     model = random_checkpoint(STANDARD_CONFIGS[args.random]) if args.random else args.model
     out = build(model, args.out, precision=args.precision, max_tokens=args.max_tokens,
                 max_seq_length=args.max_seq_length, max_batch=args.max_batch,
-                device=None if args.device == "auto" else args.device)
+                device=None if args.device == "auto" else args.device, int8_mode=args.int8_mode,
+                calibration=calibration)
     seconds = time.perf_counter() - start
     spec = read_spec(out)
     c = spec.config
     target = (f"GPU compute capability {'.'.join(map(str, spec.compute_capability))} ({spec.device_name})"
               if spec.compute_capability else "CPU (portable)")
     print(f"built {out} in {seconds:.1f} s: {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
-          f"{spec.precision.value}, {spec.weights_bytes / 2**20:.0f} MiB, max_seq_length {spec.max_seq_length}, "
+          f"{spec.precision_name}, {spec.weights_bytes / 2**20:.0f} MiB, max_seq_length {spec.max_seq_length}, "
           f"max_batch {spec.max_batch}, max_tokens {spec.max_tokens}, for {target}")
     return 0

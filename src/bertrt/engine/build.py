@@ -10,45 +10,23 @@ few token counts (``tune_gemm_choices``), recorded in ``engine.json``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
-import statistics
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from bertrt.config import Precision
-from bertrt.engine.format import (SPEC_FILE, SPLITK_BACKENDS, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec,
-                                  GemmChoices, file_sha256, now_iso, parse_gemm_choices, write_atomically)
+from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, GemmChoices,
+                                  file_sha256, now_iso, parse_gemm_choices, write_atomically)
+from bertrt.engine.quantized import quantize_tensors, require_fp8_device
+from bertrt.engine.tuning import TUNED_TENSORS, tune_gemm_choices
+from bertrt.quant.calibration import Calibration, calibrate, checkpoint_sha256
+from bertrt.quant.data import CalibrationSettings, calibration_batches, check_data
+from bertrt.quant.recipe import QUANT_FORMATS, QuantError, QuantRecipe
 from bertrt.weights.schema import Checkpoint
 
 DEFAULT_MAX_BATCH = 128
 DEFAULT_MAX_SEQ_LENGTH = 384
-# Token counts at which the GEMM backends are timed; each is the upper bound of the range it decides
-# (128: one short sequence, where split-K of the FFN down-projection won on an H100).
-TUNE_TOKENS = (128, 384, 1024, 1536, 3072, 12288, 49152)
-# The fused up-projection (linear_bias_gelu) is timed against cuBLAS + bias_gelu at every count.
-# Session 2 offered it up to 1,024 tokens only, after a LoadGen Server run went INVALID when builds
-# picked it at 1.5k-12k tokens. That was Triton compiling inside the timed run (fixed by the
-# harness's mixed warm-up and by kernels not specializing on token counts, loadgen_h100_s4/), and
-# session 4's cheaper erf made it 15-20% faster than cuBLAS + bias_gelu from 1.5k tokens on
-# (benchmarks/results/explore_h100_s4.json).
-# The projections back to hidden width are also timed accumulating into the residual in place
-# (cuBLAS with beta = 1, "cublas-accumulate"), at every count: the LayerNorm after them then reads
-# one (T, H) tensor instead of two, which at 49k tokens is ~100 MB less traffic per sub-layer.
-# Split-K for the projections back to hidden width (N=1024 for BERT-Large) is offered up to this
-# many tokens only. On an H100 (benchmarks/results/splitk_h100.json) it won only where cuBLAS has
-# very few tiles: the FFN down-projection at 128 tokens (8.7 us against 10.2, with the LayerNorm);
-# from 384 tokens on cuBLAS was 10% or more faster, so timing it there only lengthened builds.
-SPLITK_MAX_TOKENS = 384
-# op -> name prefix of layer 0's projection and LayerNorm tensors, which the timing uses.
-PROJECTIONS = {"attn_out": "layers.0.attn.", "ffn_out": "layers.0.ffn."}
-TUNED_TENSORS = ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias",
-                 *(p + n for p in PROJECTIONS.values() for n in ("out.weight", "out.bias", "ln.weight", "ln.bias")))
-# A backend replaces the default only when at least this much faster.
-MARGIN = 0.03
 
 
 def resolve_build_device(device: str | torch.device | None) -> torch.device:
@@ -79,7 +57,8 @@ def prepare_tensors(checkpoint: Checkpoint, precision: Precision) -> dict[str, t
 
 
 def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int | None, max_seq_length: int | None,
-              max_batch: int, device: torch.device, gemm_choices: GemmChoices | None = None) -> EngineSpec:
+              max_batch: int, device: torch.device, gemm_choices: GemmChoices | None = None,
+              quantization: QuantRecipe | None = None) -> EngineSpec:
     """The engine description (without the weights checksum, filled in once the file exists)."""
     from bertrt import __version__
 
@@ -94,211 +73,24 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
         max_batch=max_batch, compute_capability=capability, device_name=name, heads=checkpoint.heads,
         has_pooler=checkpoint.has_pooler, has_vocab=checkpoint.vocab_file is not None,
         source=checkpoint.source, bertrt_version=__version__, created=now_iso(), torch_version=torch.__version__,
-        gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"),
+        gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"), quantization=quantization,
     )
-
-
-def graph_time_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 5) -> float:
-    """Median over ``rounds`` of the mean GPU time of ``reps`` back-to-back calls, in ms.
-
-    The calls are replayed from a CUDA graph where they can be captured, as the engine runs them:
-    timed eagerly, small problems would measure Python launch overhead (tens of microseconds) rather
-    than the kernels, and pick by noise.
-    """
-    fn(), fn()  # compile / pick algorithms
-    try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(reps):
-                fn()
-        run = graph.replay
-    except RuntimeError:  # not capturable: time it eagerly
-        def run():
-            for _ in range(reps):
-                fn()
-    run()
-    times = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        run()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / reps)
-    return statistics.median(times)
-
-
-def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
-                      token_counts: tuple[int, ...] = TUNE_TOKENS, num_heads: int | None = None,
-                      max_seq_length: int = 384) -> GemmChoices:
-    """Time the ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
-    linear_bias_gelu and cuBLASLt's GELU epilogue, linear_bias_gelu_tanh), of the attention output
-    and FFN down projections with their bias + residual + LayerNorm (cuBLAS against linear_splitk,
-    up to SPLITK_MAX_TOKENS) and, given ``num_heads``, of attention (the Triton kernel with
-    attention_config_for's tiling against PyTorch's varlen flash and the Triton kernel with each
-    other tiling of ``attention_triton.TILINGS``), each at a few token counts; a candidate must
-    first agree with the default path.
-
-    Args:
-        tensors: the engine's tensors, on the GPU it is built for (layer 0's ``TUNED_TENSORS`` are used).
-        max_tokens: the engine's limit; counts above it are not timed, and it is always timed itself.
-        num_heads: attention heads (None: attention is not timed and keeps its default).
-        max_seq_length: sequences of this length make up the attention timing batches.
-
-    Returns:
-        {"ffn_in_gelu": {token count: "cublas" | "triton" | "cublaslt-gelu"},
-        "attn_out": {...: "cublas" | a name in SPLITK_BACKENDS}, "ffn_out": {...},
-        "attention": {...: "torch" | a name in attention_triton.TILINGS | "triton" (a default
-        tiling with no name)}}, or {} when the tensors are not on CUDA.
-    """
-    from bertrt.ops.attention import varlen_attention
-    from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
-    from bertrt.ops.attention_triton import default_config, varlen_attention_triton
-    from bertrt.ops.bias_gelu import bias_gelu
-    from bertrt.ops.linear_gelu import linear_bias_gelu
-    from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
-
-    weight, bias = tensors["layers.0.ffn.in.weight"], tensors["layers.0.ffn.in.bias"]
-    if weight.device.type != "cuda":
-        return {}
-    counts = sorted({c for c in token_counts if c < max_tokens} | {max_tokens})
-    choices: GemmChoices = {"ffn_in_gelu": {}, "attn_out": {}, "ffn_out": {}}
-    if num_heads:
-        choices["attention"] = {}
-    hidden = weight.shape[1]
-    with torch.inference_mode(), torch.cuda.device(weight.device):  # events time that device's stream
-        for count in counts:
-            x = torch.randn(count, hidden, device=weight.device).to(weight.dtype)
-
-            def unfused(x=x):
-                up = torch.nn.functional.linear(x, weight)
-                return bias_gelu(up, bias, out=up)
-
-            candidates = {"triton": lambda x=x: linear_bias_gelu(x, weight, bias),
-                          "cublaslt-gelu": lambda x=x: linear_bias_gelu_tanh(x, weight, bias)}
-            choices["ffn_in_gelu"][count] = _fastest("cublas", unfused, candidates,
-                                                     f"linear_bias_gelu at {count} tokens")
-            for op, prefix in PROJECTIONS.items():
-                choices[op][count] = _projection_choice(tensors, prefix, count)
-            if num_heads:
-                qkv = x.new_empty(count, 3, num_heads, hidden // num_heads).normal_()
-                q, k, v = qkv.unbind(1)
-                lengths = ragged_lengths(count, max_seq_length)
-                cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=x.device)
-                seq = max(lengths)
-                default = default_config(count, num_heads, hidden // num_heads)
-                tilings = {name: lambda cfg=cfg: varlen_attention_triton(q, k, v, cu, seq, config=cfg)
-                           for name, cfg in ATTENTION_TILINGS.items() if cfg != default}
-                choices["attention"][count] = pinned_attention(_fastest(
-                    "triton", lambda: varlen_attention_triton(q, k, v, cu, seq),
-                    {"torch": lambda: varlen_attention(q, k, v, cu, seq), **tilings},
-                    f"varlen_attention at {count} tokens"), default)
-            del x
-    return choices
-
-
-def pinned_attention(choice: str, default) -> str:
-    """The name to record for attention timed as ``choice``: the default Triton kernel ("triton")
-    becomes the named tiling it ran with (``default``, an AttentionConfig), so that every token
-    count the bound covers runs what was timed. Recorded as "triton", the tiling would follow
-    attention_config_for at run time, which changes within a bound: at 16,384 tokens (BERT-Large
-    b128 s128) it picks 128 x 64, which took 104.7 us on an H200 against 68.9 for the 64 x 64 that
-    the 49,152-token timing had run (benchmarks/results/session7/call3/floors.json)."""
-    from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
-
-    if choice != "triton":
-        return choice
-    return next((name for name, config in ATTENTION_TILINGS.items() if config == default), choice)
-
-
-def _projection_choice(tensors: dict[str, torch.Tensor], prefix: str, count: int) -> str:
-    """How one projection back to hidden width and its LayerNorm run at ``count`` tokens, timed as
-    the engine runs them (``runtime.end_sublayer``): cuBLAS, cuBLAS accumulating into the residual
-    ("cublas-accumulate"), or split-K (up to SPLITK_MAX_TOKENS)."""
-    from bertrt.engine.runtime import end_sublayer
-
-    weight, bias = tensors[prefix + "out.weight"], tensors[prefix + "out.bias"]
-    gamma, beta = tensors[prefix + "ln.weight"], tensors[prefix + "ln.bias"]
-    x = torch.randn(count, weight.shape[1], device=weight.device).to(weight.dtype)
-    residual = torch.randn(count, weight.shape[0], device=weight.device).to(weight.dtype)
-    scratch = residual.clone()  # what "cublas-accumulate" overwrites: its result, so values stay normalised
-
-    def run(backend: str, target: torch.Tensor = residual) -> torch.Tensor:
-        return end_sublayer(x, weight, bias, target, gamma, beta, 1e-12, backend)
-
-    def accumulate_from_residual():
-        scratch.copy_(residual)
-        return run("cublas-accumulate", scratch)
-
-    candidates = {"cublas-accumulate": accumulate_from_residual}
-    if count <= SPLITK_MAX_TOKENS:
-        candidates.update({name: lambda name=name: run(name) for name in SPLITK_BACKENDS})
-    # Timed without the copy that the check needs.
-    timed = {"cublas-accumulate": lambda: run("cublas-accumulate", scratch)}
-    return _fastest("cublas", lambda: run("cublas"), candidates, f"{prefix}out projection at {count} tokens",
-                    timed=timed)
-
-
-def ragged_lengths(count: int, max_seq_length: int) -> list[int]:
-    """Sequence lengths summing to ``count`` for timing attention: a spread from max_seq_length / 8
-    to max_seq_length, as packed batches of real requests have (SQuAD dev at 384: mean 178).
-
-    Timing on sequences of max_seq_length only would favour kernels whose grid is sized for the
-    longest sequence: on an H100 such timing picked PyTorch's varlen kernel at 12k-49k tokens, and
-    LoadGen Server runs on that build fell behind at 3,200-3,500 samples/s where a build with the
-    Triton kernel (grid sized by the tokens) kept p99 at 62 ms.
-
-    Up to max_seq_length tokens the batch is one sequence: that is what such small batches mostly
-    are (one request at a time), and a ragged spread there picked a tiling (64 x 64 at 384 tokens)
-    that made a single 384-token request 0.09 ms slower on an H100 (session 5).
-    """
-    if count <= max_seq_length:
-        return [count]
-    steps = 8
-    cycle = [max(1, max_seq_length * (i + 1) // steps) for i in range(steps)]
-    lengths, total, i = [], 0, 0
-    while total < count:
-        n = min(cycle[(i * 5) % steps], count - total)  # stride 5 (coprime to 8): lengths interleave
-        lengths.append(n)
-        total, i = total + n, i + 1
-    return lengths
-
-
-def _fastest(default_name: str, default: Callable[[], torch.Tensor],
-             candidates: dict[str, Callable[[], torch.Tensor]], what: str, *,
-             timed: dict[str, Callable[[], object]] | None = None) -> str:
-    """The name of the fastest of ``default`` and the candidates that agree with it (relative max
-    error <= 1e-2); a candidate must beat the default by ``MARGIN`` (timing noise must not flip a
-    choice), and one that fails to compile, run or agree is skipped with a warning. ``timed``: name
-    -> what to time instead of the candidate itself (when checking needs set-up timing must not see)."""
-    if not candidates:
-        return default_name
-    timings = {default_name: graph_time_ms(default)}
-    expected = default().float()
-    scale = expected.abs().max().clamp_min(1e-6)
-    for name, candidate in candidates.items():
-        try:
-            # A kernel that is fast but wrong must never be chosen: check it first.
-            error = float((candidate().float() - expected).abs().max() / scale)
-            if not error <= 1e-2:
-                raise ValueError(f"relative error {error:.2e} against {default_name}")
-            timings[name] = graph_time_ms((timed or {}).get(name, candidate))
-        except Exception as exc:  # noqa: BLE001  (any compile/launch failure keeps the others)
-            warnings.warn(f"{what} ({name}) failed ({exc}); not chosen", RuntimeWarning, stacklevel=3)
-    timings[default_name] *= 1 - MARGIN
-    return min(timings, key=timings.get)
 
 
 def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precision: str | Precision = "fp16",
           max_tokens: int | None = None, max_seq_length: int | None = None, max_batch: int = DEFAULT_MAX_BATCH,
-          device: str | torch.device | None = None, gemm_choices: GemmChoices | None = None) -> Path:
+          device: str | torch.device | None = None, gemm_choices: GemmChoices | None = None,
+          int8_mode: int | None = None, calibration: CalibrationSettings | Calibration | None = None,
+          recipe: QuantRecipe | None = None) -> Path:
     """Build an engine folder from any checkpoint.
 
     Args:
         model: a checkpoint path or hub name (anything ``load_checkpoint`` takes), None for the
             embedded default model, or a loaded :class:`Checkpoint`.
         out_dir: the engine folder to write (replaced atomically if it holds an engine).
-        precision: "fp32", "fp16" or "bf16": the dtype of every stored tensor.
+        precision: "fp32", "fp16" or "bf16": the dtype of every stored tensor; or "fp8" / "int8":
+            the encoder's projections quantised (``bertrt.quant``), the rest in fp16 on a GPU
+            build and fp32 on a CPU build.
         max_tokens: most tokens per forward pass (default ``max_batch * max_seq_length``).
         max_seq_length: longest accepted sequence (default min(384, max_position_embeddings)).
         max_batch: most sequences per forward pass.
@@ -306,6 +98,12 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
             build; default the current GPU when there is one.
         gemm_choices: GEMM backends to record instead of timing them (see ``EngineSpec``); default:
             timed on a GPU build (``tune_gemm_choices``), none (cuBLAS) on a CPU build.
+        int8_mode: 1 or 2 for "int8" (default 1; see ``bertrt.quant.recipe``).
+        calibration: for "fp8"/"int8": where the input scales come from, as
+            :class:`~bertrt.quant.data.CalibrationSettings` (SQuAD data and/or a cache file) or a
+            ready :class:`~bertrt.quant.calibration.Calibration`. A quantization-aware checkpoint
+            brings its own scales and needs none.
+        recipe: the full :class:`~bertrt.quant.QuantRecipe` instead of the default for the format.
 
     Returns:
         The engine folder: ``engine.json``, ``weights.safetensors`` and ``vocab.txt`` when the
@@ -314,23 +112,50 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
     Example:
         >>> path = build("bert-large-squad/", "engines/large-fp16", precision="fp16")
         >>> engine = Engine.load(path)
+        >>> build("bert-large-squad/", "engines/large-fp8", precision="fp8",
+        ...       calibration=CalibrationSettings(data="dev-v1.1.json", articles=slice(0, 32)))
     """
     from safetensors.torch import save_file
 
     from bertrt.weights import load_checkpoint
 
-    precision = Precision(precision)
-    checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    name = precision.value if isinstance(precision, Precision) else str(precision)
+    if name not in (*(p.value for p in Precision), *QUANT_FORMATS):
+        raise EngineError(f"precision {name!r}: use one of fp32, fp16, bf16, fp8, int8")
+    if recipe is None and name in QUANT_FORMATS:
+        recipe = QuantRecipe.default(name, int8_mode)
+        if isinstance(calibration, (CalibrationSettings, Calibration)):
+            recipe = dataclasses.replace(recipe, method=calibration.method)
+    elif int8_mode is not None and name != "int8":
+        raise EngineError(f"int8_mode applies to precision int8, not {name}")
     device = resolve_build_device(device)
+    if recipe is not None and recipe.format == "fp8":
+        require_fp8_device(device)
+    if recipe is None and calibration is not None:
+        raise EngineError(f"calibration applies to fp8 and int8 builds, not {name}")
+    if isinstance(calibration, CalibrationSettings) and calibration.cache is None:
+        check_data(calibration)  # before any model is loaded
+    checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    if recipe is not None:
+        precision = Precision("fp16" if device.type == "cuda" else "fp32")
+        calibration, recipe = resolve_calibration(checkpoint, recipe, calibration, max_seq_length=max_seq_length)
+    precision = Precision(precision)
     spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
-                     max_batch=max_batch, device=device)
+                     max_batch=max_batch, device=device, quantization=recipe)
     tensors = prepare_tensors(checkpoint, precision)
     if gemm_choices is None and device.type == "cuda":
         on_device = {k: tensors[k].to(device) for k in TUNED_TENSORS}
         gemm_choices = tune_gemm_choices(on_device, max_tokens=spec.max_tokens,
                                          num_heads=spec.config.num_attention_heads,
                                          max_seq_length=spec.max_seq_length)
+        if recipe is not None:  # the quantised projections have no alternatives to time
+            gemm_choices = {op: table for op, table in gemm_choices.items() if op == "attention"}
     spec = dataclasses.replace(spec, gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"))
+    if recipe is not None:
+        qat = getattr(checkpoint, "quant", None)
+        weight_amax = ({k: v for k, v in qat.amax.items() if k.endswith(".weight")} if qat is not None else None)
+        tensors = quantize_tensors(tensors, checkpoint.tensors, checkpoint.config.num_hidden_layers, recipe,
+                                   calibration, weight_amax=weight_amax)
 
     def fill(folder: Path) -> None:
         weights = folder / WEIGHTS_FILE
@@ -338,6 +163,53 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         final = dataclasses.replace(spec, weights_sha256=file_sha256(weights), weights_bytes=weights.stat().st_size)
         if checkpoint.vocab_file is not None:
             (folder / VOCAB_FILE).write_bytes(Path(checkpoint.vocab_file).read_bytes())
+            final = dataclasses.replace(final, vocab_sha256=file_sha256(folder / VOCAB_FILE))
         (folder / SPEC_FILE).write_text(json.dumps(final.to_json(), indent=2) + "\n", encoding="utf-8")
 
     return write_atomically(Path(out_dir), fill)
+
+
+def resolve_calibration(checkpoint: Checkpoint, recipe: QuantRecipe,
+                        calibration: CalibrationSettings | Calibration | None, *,
+                        max_seq_length: int | None) -> tuple[Calibration, QuantRecipe]:
+    """The clip values a low-precision build uses, and the recipe that records where they came
+    from: a quantization-aware checkpoint's own, a given Calibration, a matching cache file, or
+    a calibration run over the data (whose result is written to the cache when one is named)."""
+    sha = checkpoint_sha256(checkpoint.tensors)
+    qat = getattr(checkpoint, "quant", None)
+    if qat is not None:
+        if qat.format != recipe.format:
+            raise QuantError(f"{checkpoint.source} was quantised for {qat.format}; build it with --precision "
+                             f"{qat.format}")
+        amax = {k: float(v.max()) for k, v in qat.amax.items() if not k.endswith(".weight")}
+        found = Calibration(method="qat", amax=amax, model_sha256=sha, data={"file": checkpoint.source})
+        return found, dataclasses.replace(recipe, method="qat", calibration=found.data)
+    if calibration is None:
+        raise QuantError(f"a {recipe.format} build needs calibration data (--calib-data FILE) or a --calib-cache")
+    if isinstance(calibration, Calibration):
+        calibration.check_model(sha, source="calibration")
+        found = calibration
+    else:
+        cache = Path(calibration.cache) if calibration.cache is not None else None
+        if cache is not None and cache.exists():
+            found = Calibration.load(cache)
+            found.check_model(sha, source=str(cache))
+            if found.method != calibration.method:
+                raise QuantError(f"{cache}: made with --calib-method {found.method}, not {calibration.method}; "
+                                 "name another cache file or the same method")
+        else:
+            from bertrt.tokenizer import BertTokenizer
+
+            if checkpoint.vocab_file is None:
+                raise QuantError(f"{checkpoint.source}: no vocab.txt, so SQuAD calibration data cannot be tokenised "
+                                 "for it")
+            tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+            seq = max_seq_length or min(DEFAULT_MAX_SEQ_LENGTH, checkpoint.config.max_position_embeddings)
+            batches, data = calibration_batches(calibration, tokenizer, max_seq_length=seq)
+            found = calibrate(checkpoint, batches, method=calibration.method, fmt=recipe.format, data=data,
+                              progress=calibration.progress)
+            if cache is not None:
+                found.save(cache)
+    found.require(recipe.calibrated_names(checkpoint.config.num_hidden_layers), source="calibration")
+    return found, dataclasses.replace(recipe, method=found.method, calibration={**found.data, "model_sha256": sha})
+

@@ -1,7 +1,10 @@
 """The saved engine: a folder with ``engine.json``, ``weights.safetensors`` and ``vocab.txt``.
 
-``engine.json`` holds an :class:`EngineSpec`: the model's shape, the precision, the limits the
-runtime was sized for, the GPU compute capability it was built for and the sha256 of the weights.
+``engine.json`` holds an :class:`EngineSpec`: the model's shape, the precision (and, for an fp8
+or int8 engine, its :class:`~bertrt.quant.QuantRecipe`), the limits the runtime was sized for, the
+GPU compute capability it was built for, the sha256 of the weights and of the vocabulary, and a
+checksum of its own content. A checksum detects corruption and accidental edits, not a malicious
+edit (whoever can edit the file can recompute it); weights are safetensors, never pickles.
 Everything here is plain I/O and checking; no tensor math. Every problem a load can meet raises
 :class:`EngineError` with one sentence saying what is wrong and what to do.
 """
@@ -19,23 +22,21 @@ from typing import Any
 from bertrt.atomic import write_folder_atomically
 from bertrt.config import BertConfig, ConfigError, Precision
 from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILING_CONFIGS
+from bertrt.quant.recipe import QuantRecipe
 
 FORMAT = "bertrt-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: quantization recipes, scale tensors, checksums of engine.json and vocab.txt
 SPEC_FILE = "engine.json"
 WEIGHTS_FILE = "weights.safetensors"
 VOCAB_FILE = "vocab.txt"
 
-# How the weights are laid out for the kernels. Linear weights stay (out_features, in_features):
-# F.linear hands them to cuBLAS as a transposed operand, which costs nothing, so pre-transposing buys
-# no speed and would only make the file differ from the canonical schema.
-LAYOUT = {"linear_weight": "out_in", "qkv": "fused rows q|k|v", "dtype": "all tensors in the engine precision"}
-GEMM = {"backend": "torch.nn.functional.linear (cuBLAS)"}
+# Linear weights stay (out_features, in_features) as in the canonical schema: cuBLAS takes them as a
+# transposed operand, which costs nothing (and is the layout cuBLASLt's fp8 kernels require).
 # Ops that have a Triton alternative: op -> {token-count upper bound: backend}, timed at build time
-# on the GPU (see build.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
+# on the GPU (see tuning.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
 # GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue)
-# with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling
-# (no longer timed by builds; engines that recorded it still load), "cublaslt-gelu" =
+# with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling,
+# "cublaslt-gelu" =
 # linear_gelu_tanh (one cuBLASLt call, bias and tanh-form GELU in its epilogue).
 # "attention": "triton" = bertrt.ops.attention_triton with attention_config_for's tiling, "triton-<M>x<N>"
 # = the same with that tiling (attention_triton.TILINGS), "torch" = PyTorch's fused varlen flash kernel.
@@ -102,6 +103,9 @@ class EngineSpec:
         weights_sha256 / weights_bytes: checksum and size of ``weights.safetensors``.
         gemm_choices: op -> {token-count upper bound: backend} (see ``OP_BACKENDS``, ``gemm_choice``);
             empty (cuBLAS everywhere) for a CPU build.
+        quantization: for an fp8 or int8 engine, what its GEMMs quantise and how; ``precision``
+            is then that of everything else (activations, LayerNorms, embeddings, heads).
+        vocab_sha256: checksum of ``vocab.txt`` ("" without one).
     """
 
     config: BertConfig
@@ -122,6 +126,13 @@ class EngineSpec:
     created: str = ""
     torch_version: str = ""
     gemm_choices: GemmChoices = dataclasses.field(default_factory=dict)
+    quantization: QuantRecipe | None = None
+    vocab_sha256: str = ""
+
+    @property
+    def precision_name(self) -> str:
+        """What the engine computes its GEMMs in: "fp8", "int8-mode1", ... or the precision."""
+        return self.quantization.name if self.quantization else self.precision.value
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "max_seq_length", "max_tokens"):
@@ -136,7 +147,8 @@ class EngineSpec:
                               f"{self.max_seq_length}, so that any one sequence fits")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The content of ``engine.json``, with its ``checksum``."""
+        raw = {
             "format": FORMAT,
             "format_version": self.format_version,
             "bertrt_version": self.bertrt_version,
@@ -152,13 +164,13 @@ class EngineSpec:
             "device_name": self.device_name,
             "heads": list(self.heads),
             "has_pooler": self.has_pooler,
-            "layout": LAYOUT,
-            "gemm": {**GEMM, "tuned": bool(self.gemm_choices)},
+            "quantization": self.quantization.to_json() if self.quantization else None,
             "gemm_choices": {op: {str(bound): backend for bound, backend in sorted(table.items())}
                              for op, table in self.gemm_choices.items()},
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256, "bytes": self.weights_bytes},
-            "vocab": VOCAB_FILE if self.has_vocab else None,
+            "vocab": {"file": VOCAB_FILE, "sha256": self.vocab_sha256} if self.has_vocab else None,
         }
+        return {**raw, "checksum": content_checksum(raw)}
 
     @classmethod
     def from_json(cls, raw: Any, *, source: str) -> "EngineSpec":
@@ -171,12 +183,18 @@ class EngineSpec:
         if version != FORMAT_VERSION:
             raise EngineError(f"{source}: engine format version {version!r}, this bertrt reads version "
                               f"{FORMAT_VERSION}; rebuild the engine with `bertrt build`")
+        checksum = raw.get("checksum")
+        if checksum != content_checksum({k: v for k, v in raw.items() if k != "checksum"}):
+            raise EngineError(f"{source}: its content does not match its checksum (edited or corrupted); "
+                              "rebuild the engine with `bertrt build`")
         if raw.get("bertrt_version") != __version__:
             raise EngineError(f"{source}: built by bertrt {raw.get('bertrt_version')!r}, this is bertrt "
                               f"{__version__}; rebuild the engine with `bertrt build`")
         try:
             weights = raw["weights"]
             cc = raw["compute_capability"]
+            vocab = raw.get("vocab")
+            quantization = raw.get("quantization")
             if cc is not None and (not isinstance(cc, list) or len(cc) != 2
                                    or not all(isinstance(c, int) for c in cc)):
                 raise EngineError(f"{source}: compute_capability must be [major, minor] or null, got {cc!r}")
@@ -189,7 +207,9 @@ class EngineSpec:
                 compute_capability=tuple(cc) if cc is not None else None,
                 heads=tuple(raw.get("heads", ())),
                 has_pooler=bool(raw.get("has_pooler", False)),
-                has_vocab=raw.get("vocab") is not None,
+                has_vocab=vocab is not None,
+                vocab_sha256=str(vocab["sha256"]) if vocab is not None else "",
+                quantization=QuantRecipe.from_json(quantization) if quantization is not None else None,
                 device_name=raw.get("device_name"),
                 weights_sha256=str(weights["sha256"]),
                 weights_bytes=int(weights["bytes"]),
@@ -206,6 +226,12 @@ class EngineSpec:
             raise EngineError(f"{source}: missing field {exc.args[0]!r}; rebuild the engine") from exc
         except (TypeError, ValueError, ConfigError) as exc:
             raise EngineError(f"{source}: invalid engine description ({exc}); rebuild the engine") from exc
+
+
+def content_checksum(raw: dict[str, Any]) -> str:
+    """sha256 of a JSON object's canonical text (sorted keys, no spaces)."""
+    text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -259,6 +285,18 @@ def verify_weights(folder: Path, spec: EngineSpec) -> Path:
     if digest != spec.weights_sha256:
         raise EngineError(f"{path}: checksum mismatch (sha256 {digest[:12]}..., engine.json says "
                           f"{spec.weights_sha256[:12]}...): the file is corrupted; rebuild the engine")
+    return path
+
+
+def verify_vocab(folder: Path, spec: EngineSpec) -> Path | None:
+    """The vocabulary file once its sha256 matches ``engine.json`` (None for an engine without one)."""
+    if not spec.has_vocab:
+        return None
+    path = folder / VOCAB_FILE
+    if not path.is_file():
+        raise EngineError(f"{folder}: {VOCAB_FILE} is missing; rebuild the engine")
+    if file_sha256(path) != spec.vocab_sha256:
+        raise EngineError(f"{path}: checksum mismatch (edited or corrupted); rebuild the engine")
     return path
 
 

@@ -11,7 +11,7 @@ Per layer, on (T, H) packed tokens (no computation on padding)::
            or linear_bias_gelu_tanh(x, W_in, b_in)                     one cuBLASLt GEMM, tanh GELU in its epilogue
     x    = bias_residual_layernorm(F.linear(up, W_ffn_out), b_ffn_out, x)    the same, or split-K
     (either projection back to hidden width may instead add into x in place, cuBLAS with beta = 1,
-    and the LayerNorm then reads x alone: runtime.end_sublayer)
+    and the LayerNorm then reads x alone: sublayers.end_sublayer)
 
 framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits). Which
 up-projection, attention kernel and output projections (cuBLAS, accumulating cuBLAS or split-K,
@@ -23,7 +23,6 @@ reference model's answers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,18 +31,14 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.config import Precision
-from bertrt.engine.format import (SPLITK_BACKENDS, VOCAB_FILE, EngineError, EngineSpec, check_compute_capability,
-                                  gemm_choice, read_spec, verify_weights)
-from bertrt.ops.attention import varlen_attention
-from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
-from bertrt.ops.attention_triton import varlen_attention_triton
+from bertrt.engine.format import (EngineError, EngineSpec, check_compute_capability, gemm_choice, read_spec,
+                                  verify_vocab, verify_weights)
+from bertrt.engine.sublayers import attention_for, end_sublayer
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
 from bertrt.ops.linear_gelu import TILINGS, linear_bias_gelu
 from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
-from bertrt.ops.linear_splitk import linear_splitk
 from bertrt.ops.qa_head import qa_head
-from bertrt.ops.residual_layernorm import bias_residual_layernorm
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
 from bertrt.weights.schema import Checkpoint, CheckpointError, validate
 
@@ -116,6 +111,11 @@ class Engine:
         # is negligible, and a graph per large bucket would cost memory and capture time.
         self.graph_max_tokens: int | None = None
         self._runners: dict[str, object] = {}
+        self._quantized = None
+        if spec.quantization is not None:
+            from bertrt.engine.quantized import QuantizedForward
+
+            self._quantized = QuantizedForward(self, spec.quantization)
 
     # --- construction ---------------------------------------------------------------------
 
@@ -149,10 +149,8 @@ class Engine:
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise EngineError(f"{weights}: cannot read weights ({exc}); rebuild the engine") from exc
         _check_tensors(spec, tensors, source=str(weights))
-        vocab = folder / VOCAB_FILE
-        if spec.has_vocab and not vocab.is_file():
-            raise EngineError(f"{folder}: {VOCAB_FILE} is missing; rebuild the engine")
-        engine = cls(spec, tensors, device=device, graphs=graphs, vocab_file=vocab if spec.has_vocab else None)
+        vocab = verify_vocab(folder, spec)
+        engine = cls(spec, tensors, device=device, graphs=graphs, vocab_file=vocab)
         engine.capture(capture)
         return engine
 
@@ -163,9 +161,13 @@ class Engine:
                         max_batch: int = 128, gemm_choices: dict[str, dict[int, str]] | None = None) -> "Engine":
         """An engine built in memory (nothing saved). Precision defaults to fp16 on CUDA, fp32 on CPU;
         ``gemm_choices`` as for ``build`` (default: timed on CUDA, cuBLAS on the CPU)."""
-        from bertrt.engine.build import make_spec, prepare_tensors, tune_gemm_choices
+        from bertrt.engine.build import make_spec, prepare_tensors
+        from bertrt.engine.tuning import tune_gemm_choices
 
         device = _resolve_device(device)
+        if str(precision) in ("fp8", "int8"):
+            raise EngineError(f"{precision} engines need calibration: build one with bertrt.build(..., "
+                              f"precision={str(precision)!r}, calibration=...) and load it")
         precision = Precision(precision or ("fp16" if device.type == "cuda" else "fp32"))
         tensors = {k: v.to(device) for k, v in prepare_tensors(checkpoint, precision).items()}
         spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
@@ -211,13 +213,22 @@ class Engine:
         return dict(self._tensors)
 
     def to_checkpoint(self) -> Checkpoint:
-        """The weights as an fp32 CPU checkpoint (for reference models and peers)."""
-        return Checkpoint(self.config, {k: v.to("cpu", torch.float32) for k, v in self._tensors.items()},
-                          vocab_file=self.vocab_file, source=self.spec.source)
+        """The weights as an fp32 CPU checkpoint (for reference models and peers); quantised
+        weights are dequantised."""
+        from bertrt.engine.quantized import is_scale
+        from bertrt.quant.numerics import dequantize_ref
+
+        tensors = {}
+        for name, t in self._tensors.items():
+            if is_scale(name):
+                continue
+            scale = self._tensors.get(name + "_scale")
+            tensors[name] = (dequantize_ref(t, scale) if scale is not None else t.float()).to("cpu")
+        return Checkpoint(self.config, tensors, vocab_file=self.vocab_file, source=self.spec.source)
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Engine({c.num_hidden_layers} layers, hidden {c.hidden_size}, {self.precision.value}, "
+        return (f"Engine({c.num_hidden_layers} layers, hidden {c.hidden_size}, {self.spec.precision_name}, "
                 f"{self.device}, graphs={self.graphs}, max_tokens={self.max_tokens})")
 
     # --- the forward pass -----------------------------------------------------------------
@@ -225,6 +236,8 @@ class Engine:
     def _hidden(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
                 cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         """(T, H) last hidden states; the whole body is capturable in a CUDA graph."""
+        if self._quantized is not None:
+            return self._quantized.hidden(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
         c, t = self.config, self._tensors
         eps, heads, head_dim = c.layer_norm_eps, c.num_attention_heads, c.head_dim
         x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"],
@@ -233,7 +246,7 @@ class Engine:
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
         ffn_in_tiling = TILINGS.get(ffn_in)  # None: config_for's
-        attend = _attention(gemm_choice(self.spec.gemm_choices, "attention", tokens))
+        attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
         # How the two projections back to hidden width run (format.OP_BACKENDS).
         attn_out = gemm_choice(self.spec.gemm_choices, "attn_out", tokens)
         ffn_out = gemm_choice(self.spec.gemm_choices, "ffn_out", tokens)
@@ -369,30 +382,6 @@ class Engine:
         return batch.split(self.qa_logits(batch))
 
 
-def _attention(choice: str):
-    """The attention function a recorded choice names (format.OP_BACKENDS["attention"])."""
-    if choice == "torch":
-        return varlen_attention
-    tiling = ATTENTION_TILINGS.get(choice)  # None: attention_config_for's
-    return varlen_attention_triton if tiling is None else functools.partial(varlen_attention_triton, config=tiling)
-
-
-def end_sublayer(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor,
-                 gamma: torch.Tensor, beta: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
-    """LayerNorm(inputs @ weight.T + bias + residual): a sub-layer's projection back to hidden
-    width and its end, the projection run by ``backend`` (format.OP_BACKENDS "attn_out").
-
-    With "cublas-accumulate" the result is written over ``residual`` (the sub-layer's input,
-    which nothing reads afterwards); the other backends leave it as it is."""
-    if backend == "cublas-accumulate":
-        # cuBLAS adds the product into the residual (beta = 1), which is consumed here anyway.
-        summed = residual.addmm_(inputs, weight.t())
-        return bias_residual_layernorm(summed, bias, None, gamma, beta, eps, out=summed)
-    splits = SPLITK_BACKENDS.get(backend)
-    product = F.linear(inputs, weight) if splits is None else linear_splitk(inputs, weight, splits)
-    return bias_residual_layernorm(product, bias, residual, gamma, beta, eps)
-
-
 def _slice(batch: PackedBatch, offsets: list[int], first: int, last: int) -> PackedBatch:
     """Sequences first..last-1 of a packed batch (``offsets`` = its cu_seqlens as a list)."""
     start, end = offsets[first], offsets[last]
@@ -403,15 +392,18 @@ def _slice(batch: PackedBatch, offsets: list[int], first: int, last: int) -> Pac
 
 
 def _check_tensors(spec: EngineSpec, tensors: dict[str, torch.Tensor], *, source: str) -> None:
-    """The weights must be what engine.json describes: schema names and shapes, one dtype."""
+    """The weights must be what engine.json describes: schema names and shapes, the engine's dtype
+    (quantised projections in theirs, with their scales)."""
+    from bertrt.engine.quantized import check_quantized_tensors, is_scale
+
+    shapes = {k: (v if v.is_floating_point() else torch.empty(v.shape, device="meta"))
+              for k, v in tensors.items() if not is_scale(k)}
     try:
-        validate(spec.config, tensors, source=source)
+        validate(spec.config, shapes, source=source)
     except CheckpointError as exc:
         raise EngineError(f"{exc}; rebuild the engine") from exc
-    wrong = sorted(k for k, v in tensors.items() if v.dtype != spec.precision.dtype)
-    if wrong:
-        raise EngineError(f"{source}: {wrong[0]} is {tensors[wrong[0]].dtype}, engine.json says "
-                          f"{spec.precision.value}; rebuild the engine")
+    check_quantized_tensors(tensors, spec.config.num_hidden_layers, spec.quantization, spec.precision.dtype,
+                            source=source)
     heads = tuple(h for h in ("qa", "classifier") if f"heads.{h}.weight" in tensors)
     if set(heads) != set(spec.heads):
         raise EngineError(f"{source}: heads {heads} do not match engine.json's {spec.heads}; rebuild the engine")

@@ -305,7 +305,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 def engine_summary(engine) -> dict[str, Any]:
     c = engine.config
     return {"layers": c.num_hidden_layers, "hidden": c.hidden_size, "heads": c.num_attention_heads,
-            "intermediate": c.intermediate_size, "precision": engine.precision.value, "graphs": engine.graphs,
+            "intermediate": c.intermediate_size, "precision": engine.spec.precision_name, "graphs": engine.graphs,
             "max_tokens": engine.max_tokens, "max_seq_length": engine.max_seq_length, "max_batch": engine.max_batch,
             "source": engine.spec.source,
             # What the build timed and chose per token count: two builds of one model can differ here.

@@ -29,9 +29,15 @@ import torch
 
 _COMPUTE_32F = 68  # cublasComputeType_t CUBLAS_COMPUTE_32F
 _CUDA_DTYPES = {torch.float16: 2, torch.bfloat16: 14}  # cudaDataType CUDA_R_16F, CUDA_R_16BF
+_CUDA_R_8F_E4M3 = 28
+_TYPE_CODES = {**_CUDA_DTYPES, torch.float8_e4m3fn: _CUDA_R_8F_E4M3}
 _CUDA_R_32F = 0
 _OP_N, _OP_T = 0, 1
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
+# cublasLtMatmulDescAttributes_t of fp8 products: per-tensor scale pointers (device fp32), fast accumulation
+# (no periodic promotion of the tensor cores' partial sums), the bias vector's type.
+_DESC_A_SCALE_POINTER, _DESC_B_SCALE_POINTER, _DESC_D_SCALE_POINTER = 17, 18, 20
+_DESC_FAST_ACCUM, _DESC_BIAS_DATA_TYPE = 25, 26
 EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_GELU_BIAS = 1, 4, 36  # cublasLtEpilogue_t
 _BIAS_EPILOGUES = (EPILOGUE_BIAS, EPILOGUE_GELU_BIAS)
 _PREF_MAX_WORKSPACE_BYTES = 1
@@ -130,14 +136,20 @@ class Plan:
     of the heuristic's suggestions (0: its first choice)."""
 
     def __init__(self, device: torch.device, m: int, n: int, k: int, dtype: torch.dtype, epilogue: int,
-                 bias: torch.Tensor | None, *, accumulate: bool = False, algorithm: int = 0):
+                 bias: torch.Tensor | None, *, accumulate: bool = False, algorithm: int = 0,
+                 operand_dtype: torch.dtype | None = None, out_dtype: torch.dtype | None = None,
+                 fast_accum: bool = False):
         lib = library()
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index not in _DEVICES:
             _DEVICES[index] = _Device(torch.device("cuda", index))
         self.device = _DEVICES[index]
         self.epilogue = epilogue
+        # dtype: of C and the bias; operands (x, W) and D may be fp8 (e4m3) with per-tensor scales.
         cuda_type = _CUDA_DTYPES[dtype]
+        operand_type = _TYPE_CODES[operand_dtype or dtype]
+        out_type = _TYPE_CODES[out_dtype or dtype]
+        self.scaled = operand_type == _CUDA_R_8F_E4M3
         self.desc = ctypes.c_void_p()
         _check(lib.cublasLtMatmulDescCreate(ctypes.byref(self.desc), _COMPUTE_32F, _CUDA_R_32F),
                "cublasLtMatmulDescCreate")
@@ -145,12 +157,16 @@ class Plan:
         # row-major = (K, N) column-major, transposed) and B = x ((K, M) column-major, as is).
         for attr, value in ((_DESC_TRANSA, _OP_T), (_DESC_TRANSB, _OP_N), (_DESC_EPILOGUE, epilogue)):
             self._set(attr, ctypes.c_int32(value))
+        if self.scaled:
+            self._set(_DESC_FAST_ACCUM, ctypes.c_int8(1 if fast_accum else 0))
+            if epilogue in _BIAS_EPILOGUES:
+                self._set(_DESC_BIAS_DATA_TYPE, ctypes.c_int32(cuda_type))
         if bias is not None:
             self.set_bias(bias)
         self.layouts = []
-        for rows, cols in ((k, n), (k, m), (n, m)):  # A, B, C = D
-            layout = ctypes.c_void_p()
-            _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), cuda_type, rows, cols, rows),
+        for rows, cols, type_ in ((k, n, operand_type), (k, m, operand_type), (n, m, cuda_type), (n, m, out_type)):
+            layout = ctypes.c_void_p()  # A, B, C, D
+            _check(lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), type_, rows, cols, rows),
                    "cublasLtMatrixLayoutCreate")
             self.layouts.append(layout)
         results = _heuristic(self.device, self.desc, self.layouts, algorithm + 1)
@@ -176,14 +192,22 @@ class Plan:
     def set_bias(self, bias: torch.Tensor) -> None:
         self._set(_DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr()))
 
+    def set_scales(self, x_scale: torch.Tensor, w_scale: torch.Tensor, out_inv_scale: torch.Tensor | None) -> None:
+        """Device pointers of the fp32 scales: D = out_inv_scale * (w_scale * x_scale * W x + bias)."""
+        self._set(_DESC_A_SCALE_POINTER, ctypes.c_void_p(w_scale.data_ptr()))
+        self._set(_DESC_B_SCALE_POINTER, ctypes.c_void_p(x_scale.data_ptr()))
+        if out_inv_scale is not None:
+            self._set(_DESC_D_SCALE_POINTER, ctypes.c_void_p(out_inv_scale.data_ptr()))
+
     def run(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
-        a, b, c = self.layouts
+        a, b, c, d = self.layouts
         stream = torch.cuda.current_stream(x.device).cuda_stream
         if self.epilogue in _BIAS_EPILOGUES:
             self.set_bias(bias)
+        # C is never read apart from accumulating (beta = 1, where C = D): D's pointer stands in.
         _check(library().cublasLtMatmul(
             self.device.handle, self.desc, ctypes.byref(self.alpha), weight.data_ptr(), a, x.data_ptr(), b,
-            ctypes.byref(self.beta), out.data_ptr(), c, out.data_ptr(), c, ctypes.byref(self.heuristic.algo),
+            ctypes.byref(self.beta), out.data_ptr(), c, out.data_ptr(), d, ctypes.byref(self.heuristic.algo),
             self.device.workspace.data_ptr(), WORKSPACE_BYTES, stream), "cublasLtMatmul")
 
 
@@ -194,11 +218,11 @@ def _heuristic(device: _Device, desc: ctypes.c_void_p, layouts: list, count: int
     _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(preference)), "cublasLtMatmulPreferenceCreate")
     limit = ctypes.c_uint64(WORKSPACE_BYTES)
     results, found = (_HeuristicResult * count)(), ctypes.c_int(0)
-    a, b, c = layouts
+    a, b, c, d = layouts
     try:
         _check(lib.cublasLtMatmulPreferenceSetAttribute(preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(limit),
                                                         ctypes.sizeof(limit)), "cublasLtMatmulPreferenceSetAttribute")
-        _check(lib.cublasLtMatmulAlgoGetHeuristic(device.handle, desc, a, b, c, c, preference, count, results,
+        _check(lib.cublasLtMatmulAlgoGetHeuristic(device.handle, desc, a, b, c, d, preference, count, results,
                                                   ctypes.byref(found)), "cublasLtMatmulAlgoGetHeuristic")
     finally:
         lib.cublasLtMatmulPreferenceDestroy(preference)
@@ -264,3 +288,49 @@ def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, epi
         _PLANS.move_to_end(key)
         plan.run(x, weight, bias, out)
     return out
+
+
+def supported_fp8(x_q: torch.Tensor, weight_q: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``matmul_fp8`` can take these: e4m3 operands on one CUDA device, contiguous, rows of a
+    multiple of 16 bytes (cuBLASLt's fp8 kernels need K and N multiples of 16), an fp16/bf16 bias."""
+    fp8 = torch.float8_e4m3fn
+    return (x_q.is_cuda and x_q.dtype == fp8 and weight_q.dtype == fp8 and x_q.dim() == 2 and weight_q.dim() == 2
+            and weight_q.device == x_q.device and x_q.is_contiguous() and weight_q.is_contiguous()
+            and x_q.shape[1] == weight_q.shape[1] and x_q.shape[1] % 16 == 0 and weight_q.shape[0] % 16 == 0
+            and x_q.data_ptr() % ALIGNMENT == 0 and weight_q.data_ptr() % ALIGNMENT == 0
+            and (bias is None or (bias.dtype in _CUDA_DTYPES and bias.is_contiguous() and bias.device == x_q.device
+                                  and bias.shape == (weight_q.shape[0],) and bias.data_ptr() % ALIGNMENT == 0)))
+
+
+def matmul_fp8(x_q: torch.Tensor, weight_q: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor,
+               bias: torch.Tensor | None, epilogue: int, out: torch.Tensor, *,
+               out_inv_scale: torch.Tensor | None = None, fast_accum: bool = False, algorithm: int = 0,
+               dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """``epilogue(x_scale * w_scale * x_q @ weight_q.T + bias)`` into ``out`` (fp16/bf16, or e4m3
+    multiplied by ``out_inv_scale``), fp32 accumulation; the scales are () fp32 device tensors.
+    ``dtype``: of the bias (and of C). Tensors must pass ``supported_fp8``.
+
+    Raises:
+        CublasLtError: cuBLASLt refused the problem.
+    """
+    m, k = x_q.shape
+    n = weight_q.shape[0]
+    if (bias is None) != (epilogue not in _BIAS_EPILOGUES):
+        raise ValueError(f"epilogue {epilogue} and bias {None if bias is None else tuple(bias.shape)} disagree")
+    if (out.dtype == torch.float8_e4m3fn) != (out_inv_scale is not None):
+        raise ValueError("an e4m3 output needs out_inv_scale, and only it")
+    if m == 0:
+        return out
+    key = (x_q.device, m, n, k, dtype, epilogue, False, algorithm, x_q.dtype, out.dtype, fast_accum)
+    with _LOCK:
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = _PLANS[key] = Plan(x_q.device, m, n, k, dtype, epilogue, bias, algorithm=algorithm,
+                                      operand_dtype=x_q.dtype, out_dtype=out.dtype, fast_accum=fast_accum)
+            if len(_PLANS) > MAX_PLANS:
+                _PLANS.popitem(last=False)[1].destroy()
+        _PLANS.move_to_end(key)
+        plan.set_scales(x_scale, w_scale, out_inv_scale)
+        plan.run(x_q, weight_q, bias, out)
+    return out
+

@@ -162,3 +162,34 @@ def layernorm_rows_impl(x, mask, h_offs, h_mask, hidden, gamma_ptr, beta_ptr, ep
     gamma = tl.load(gamma_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
     beta = tl.load(beta_ptr + h_offs, mask=h_mask, other=0.0).to(tl.float32)
     return xc * rstd[:, None] * gamma[None, :] + beta[None, :]
+
+
+# Quantised outputs (constexpr QUANT): 0 none, 1 e4m3, 2 int8; see bertrt.quant.numerics for the rounding.
+QUANT_CODES = {"fp8": 1, "int8": 2}
+
+
+def quant_code(t: torch.Tensor | None) -> int:
+    """QUANT of an output tensor: 0 when None, else by its dtype (fp8 e4m3 or int8)."""
+    if t is None:
+        return 0
+    from bertrt.quant.numerics import format_of
+
+    return QUANT_CODES[format_of(t.dtype)]
+
+
+def quantize_impl(y, inv_scale, QUANT: tl.constexpr):
+    """fp32 ``y * inv_scale`` clamped to the format's range and rounded: QUANT 1 = e4m3 (nearest
+    even, the hardware conversion), 2 = int8 (half away from zero)."""
+    y = y * inv_scale
+    if QUANT == 1:
+        y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+        # Round to e4m3's 3 mantissa bits (nearest even) on the fp32 bits, so that the conversion
+        # below is exact whatever its rounding; below e4m3's smallest normal (2^-6) the step is 2^-9.
+        bits = y.to(tl.int32, bitcast=True)
+        bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576
+        rounded = tl.where(tl.abs(y) < 0.015625, tl.floor(y * 512.0 + 0.5) / 512.0,
+                           bits.to(tl.float32, bitcast=True))
+        return rounded.to(tl.float8e4nv)
+    y = tl.minimum(tl.maximum(y, -127.0), 127.0)
+    return tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5)).to(tl.int8)
+

@@ -14,8 +14,9 @@ import math
 
 import torch
 
-from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, use_triton
+from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, quant_code, quantize_impl, use_triton
 from bertrt.ops.attention import varlen_attention_ref
+from bertrt.quant.numerics import format_of, quantize_ref
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
@@ -109,14 +110,15 @@ def _attend_block_impl(q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_le
 
 
 _attend_block = None  # the jitted device function, bound by jit() with the kernel (_HELPERS)
-_HELPERS = {"_attend_block": _attend_block_impl}
+_quantize = None  # _triton.quantize_impl, likewise
+_HELPERS = {"_attend_block": _attend_block_impl, "_quantize": quantize_impl}
 
 
 def _varlen_attention_kernel(
-    out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, num_seqs, qk_scale, head_dim,
+    out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, out_inv_scale_ptr, num_seqs, qk_scale, head_dim,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
-    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, QUANT: tl.constexpr,
 ):
     # The query blocks of all sequences are numbered in order (sequence i owns counts[i] of them)
     # and programs take every num_programs-th: the grid follows the tokens, not batch x longest
@@ -159,12 +161,17 @@ def _varlen_attention_kernel(
 
         out = acc / row_sum[:, None]
         out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
-        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+        if QUANT:  # the output projection's low-precision input, rounded from fp32 here
+            tl.store(out_ptrs, _quantize(out, tl.load(out_inv_scale_ptr), QUANT),
+                     mask=m_mask[:, None] & d_mask[None, :])
+        else:
+            tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
 
 def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                             max_seqlen: int, scale: float | None = None, *,
-                            out: torch.Tensor | None = None, config: AttentionConfig | None = None) -> torch.Tensor:
+                            out: torch.Tensor | None = None, config: AttentionConfig | None = None,
+                            out_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale) v within each sequence of a packed batch (no mask across sequences).
 
     Args:
@@ -173,7 +180,8 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         cu_seqlens: (B+1,) int32 cumulative sequence lengths, on q's device.
         max_seqlen: length of the longest sequence.
         scale: multiplier of q k^T; 1/sqrt(head_dim) when None.
-        out: optional (T, heads, head_dim) tensor of q's dtype to write into.
+        out: optional (T, heads, head_dim) tensor of q's dtype to write into, or, with
+            ``out_inv_scale`` (() fp32), a float8_e4m3fn or int8 one: the result quantised from fp32.
         config: a tiling to use instead of ``attention_config_for``'s (benchmarks).
 
     Returns:
@@ -182,11 +190,14 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     """
     total, heads, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
+    quant = quant_code(out) if out_inv_scale is not None else 0
     if not use_triton(q, k, v) or head_dim > 256:
         result = varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, scale)
+        if quant:
+            return out.copy_(quantize_ref(result, out_inv_scale, format_of(out.dtype)))
         return result if out is None else out.copy_(result)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out = check_out(out, (total, heads, head_dim), q.dtype, q.device)
+    out = check_out(out, (total, heads, head_dim), out.dtype if quant else q.dtype, q.device)
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0:
         return out
@@ -196,13 +207,14 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     # block per sequence (programs past the last block exit at once; short sequences may loop).
     full = cdiv(total, cfg.block_m)
     grid = (full + min(batch, full), heads)
-    jit(_varlen_attention_kernel, helpers=_HELPERS, per_request=("num_seqs", "cu_seqlens_ptr"))[grid](
-        out, q, k, v, cu_seqlens.to(q.device, torch.int32), batch, scale * _LOG2E, head_dim,
+    jit(_varlen_attention_kernel, helpers=_HELPERS, per_request=("num_seqs", "cu_seqlens_ptr", "out_inv_scale_ptr"))[grid](
+        out, q, k, v, cu_seqlens.to(q.device, torch.int32), out_inv_scale if quant else cu_seqlens, batch,
+        scale * _LOG2E, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         # At least SEQUENCE_SLOTS sequence slots: a width per batch size would compile again for
         # each power of two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in).
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), SEQUENCE_SLOTS),
-        MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", QUANT=quant,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -9,25 +9,33 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for,
-                                rows_contiguous, use_triton)
+from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for, quant_code,
+                                quantize_impl, rows_contiguous, use_triton)
+from bertrt.quant.numerics import format_of, quantize_ref
 
 _layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the kernel
+_quantize = None  # _triton.quantize_impl, likewise
+_HELPERS = {"_layernorm_rows": layernorm_rows_impl, "_quantize": quantize_impl}
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
 def embed_layernorm_ref(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
                         word: torch.Tensor, position: torch.Tensor, token_type: torch.Tensor,
-                        gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+                        gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
+                        quant_out: torch.Tensor | None = None,
+                        quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Plain PyTorch, fp32 math inside; same arguments and result as ``embed_layernorm``."""
     x = word[input_ids].float() + position[position_ids].float() + token_type[token_type_ids].float()
-    return F.layer_norm(x, x.shape[-1:], gamma.float(), beta.float(), eps).to(word.dtype)
+    y = F.layer_norm(x, x.shape[-1:], gamma.float(), beta.float(), eps)
+    if quant_out is not None:
+        quant_out.copy_(quantize_ref(y, quant_inv_scale, format_of(quant_out.dtype)))
+    return y.to(word.dtype)
 
 
 def _embed_layernorm_kernel(
     out_ptr, ids_ptr, type_ids_ptr, pos_ids_ptr, word_ptr, pos_ptr, type_ptr, gamma_ptr, beta_ptr,
-    n_tokens, hidden, out_stride, word_stride, pos_stride, type_stride, eps,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    q_ptr, q_inv_scale_ptr, n_tokens, hidden, out_stride, word_stride, pos_stride, type_stride, q_stride, eps,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, QUANT: tl.constexpr,
 ):
     # One program normalises BLOCK_T tokens; a row of BLOCK_H >= hidden columns stays in registers.
     t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -47,12 +55,16 @@ def _embed_layernorm_kernel(
     y = _layernorm_rows(x, mask, h_offs, h_mask, hidden, gamma_ptr, beta_ptr, eps)
     out_rows = t_offs.to(tl.int64)[:, None] * out_stride
     tl.store(out_ptr + out_rows + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+    if QUANT:  # the first GEMM's low-precision input, rounded from the fp32 values
+        q = _quantize(y, tl.load(q_inv_scale_ptr), QUANT)
+        tl.store(q_ptr + t_offs.to(tl.int64)[:, None] * q_stride + h_offs[None, :], q, mask=mask)
 
 
 def embed_layernorm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor,
                     word: torch.Tensor, position: torch.Tensor, token_type: torch.Tensor,
                     gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
-                    out: torch.Tensor | None = None) -> torch.Tensor:
+                    out: torch.Tensor | None = None, quant_out: torch.Tensor | None = None,
+                    quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
     """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) per token.
 
     Args:
@@ -65,13 +77,15 @@ def embed_layernorm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, posit
         gamma, beta: (H,) LayerNorm scale and shift, any float dtype.
         eps: LayerNorm epsilon.
         out: optional (T, H) tensor of ``word``'s dtype to write into.
+        quant_out: optional (T, H) float8_e4m3fn or int8 tensor that also receives the result,
+            quantised from its fp32 value; quant_inv_scale: () fp32, its inverse scale.
 
     Returns:
         (T, H) in ``word``'s dtype; the sum and the normalisation are computed in fp32.
     """
     if not use_triton(input_ids, token_type_ids, position_ids, word, position, token_type, gamma, beta):
         result = embed_layernorm_ref(input_ids, token_type_ids, position_ids, word, position, token_type,
-                                     gamma, beta, eps)
+                                     gamma, beta, eps, quant_out=quant_out, quant_inv_scale=quant_inv_scale)
         return result if out is None else out.copy_(result)
     n_tokens, hidden = input_ids.numel(), word.shape[1]
     word, position, token_type = (rows_contiguous(t) for t in (word, position, token_type))
@@ -84,8 +98,13 @@ def embed_layernorm(input_ids: torch.Tensor, token_type_ids: torch.Tensor, posit
     block_h = next_pow2(hidden)
     block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
     grid = (cdiv(n_tokens, block_t),)
-    jit(_embed_layernorm_kernel, helpers={"_layernorm_rows": layernorm_rows_impl}, per_request=("n_tokens",))[grid](
+    quant = quant_code(quant_out)
+    if quant:
+        quant_out = check_out(quant_out, (n_tokens, hidden), quant_out.dtype, word.device)
+    jit(_embed_layernorm_kernel, helpers=_HELPERS, per_request=("n_tokens",))[grid](
         out, input_ids, token_type_ids, position_ids, word, position, token_type, gamma, beta,
-        n_tokens, hidden, out.stride(0), word.stride(0), position.stride(0), token_type.stride(0), eps,
-        BLOCK_T=block_t, BLOCK_H=block_h, num_warps=num_warps_for(block_t * block_h))
+        quant_out if quant else out, quant_inv_scale if quant else gamma,
+        n_tokens, hidden, out.stride(0), word.stride(0), position.stride(0), token_type.stride(0),
+        quant_out.stride(0) if quant else 0, eps,
+        BLOCK_T=block_t, BLOCK_H=block_h, QUANT=quant, num_warps=num_warps_for(block_t * block_h))
     return out

@@ -8,7 +8,7 @@ about the absolute rounding error of fp16 activations of order 1 to 4 (spacing 9
 the size of fp16's own error there (for negative inputs the activation is near 0 and the
 difference is larger than its rounding). Builds offer it as one more backend of the
 up-projection (``"cublaslt-gelu"``); like every backend it is recorded only where it is faster than
-the default and agrees with it (``build._fastest``), and the engine's numerics are judged end to
+the default and agrees with it (``tuning._fastest``), and the engine's numerics are judged end to
 end against the fp32 reference.
 
 Where cuBLASLt cannot run (the CPU, fp32, unaligned or strided tensors) the same function is

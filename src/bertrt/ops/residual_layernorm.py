@@ -12,27 +12,37 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for,
-                                rows_contiguous, use_triton)
+from bertrt.quant.numerics import format_of, quantize_ref
+
+from bertrt.ops._triton import (cdiv, check_out, jit, layernorm_rows_impl, next_pow2, num_warps_for, quant_code,
+                                quantize_impl, rows_contiguous, use_triton)
 
 _layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the kernel
+_quantize = None  # _triton.quantize_impl, likewise
+_HELPERS = {"_layernorm_rows": layernorm_rows_impl, "_quantize": quantize_impl}
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
 def bias_residual_layernorm_ref(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
-                                gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+                                gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
+                                quant_out: torch.Tensor | None = None,
+                                quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Plain PyTorch, fp32 math inside; same arguments and result as ``bias_residual_layernorm``."""
     partials = x.dim() == 3
     s = (x.float().sum(0) if partials else x.float()) + bias.float()
     if residual is not None:
         s = s + residual.float()
-    return F.layer_norm(s, s.shape[-1:], gamma.float(), beta.float(), eps).to(residual.dtype if partials else x.dtype)
+    y = F.layer_norm(s, s.shape[-1:], gamma.float(), beta.float(), eps)
+    if quant_out is not None:
+        quant_out.copy_(quantize_ref(y, quant_inv_scale, format_of(quant_out.dtype)))
+    return y.to(residual.dtype if partials else x.dtype)
 
 
 def _bias_residual_layernorm_kernel(
-    out_ptr, x_ptr, bias_ptr, res_ptr, gamma_ptr, beta_ptr,
-    n_tokens, hidden, out_stride, x_stride, x_split_stride, res_stride, eps,
+    out_ptr, x_ptr, bias_ptr, res_ptr, gamma_ptr, beta_ptr, q_ptr, q_inv_scale_ptr,
+    n_tokens, hidden, out_stride, x_stride, x_split_stride, res_stride, q_stride, eps,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, SPLITS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    QUANT: tl.constexpr,
 ):
     # One program normalises BLOCK_T tokens; a row of BLOCK_H >= hidden columns stays in registers.
     t_offs = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -55,12 +65,17 @@ def _bias_residual_layernorm_kernel(
 
     y = _layernorm_rows(x, mask, h_offs, h_mask, hidden, gamma_ptr, beta_ptr, eps)
     tl.store(out_ptr + rows * out_stride + h_offs[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+    if QUANT:
+        # The next GEMM's low-precision input, rounded from the fp32 values here: no pass of its own.
+        q = _quantize(y, tl.load(q_inv_scale_ptr), QUANT)
+        tl.store(q_ptr + rows * q_stride + h_offs[None, :], q, mask=mask)
 
 
 def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
                             gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
-                            out: torch.Tensor | None = None) -> torch.Tensor:
-    """LayerNorm(x + bias + residual) over the last dimension.
+                            out: torch.Tensor | None = None, quant_out: torch.Tensor | None = None,
+                            quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerNorm(x + bias + residual) over the last dimension, optionally also rounded to fp8/int8.
 
     Args:
         x: (T, H) fp32/fp16/bf16 GEMM output without its bias, or (S, T, H) partial products of it
@@ -72,6 +87,9 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         eps: LayerNorm epsilon.
         out: optional (T, H) tensor of the output dtype to write into; may be a 2-D ``x`` or
             ``residual`` (each program reads its rows before writing them).
+        quant_out: optional (T, H) float8_e4m3fn or int8 tensor that also receives the result,
+            quantised from its fp32 value (``bertrt.quant.numerics.quantize_ref``).
+        quant_inv_scale: () fp32, the inverse scale of ``quant_out``.
 
     Returns:
         (T, H) in ``x``'s dtype for a 2-D ``x``, in ``residual``'s dtype for (S, T, H) partials
@@ -85,8 +103,11 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         raise ValueError(f"want x (T, H) or (S >= 1, T, H) and residual (T, H); got {tuple(x.shape)}, "
                          f"{None if residual is None else tuple(residual.shape)}")
     tensors = (x, bias, gamma, beta) if residual is None else (x, bias, residual, gamma, beta)
+    if (quant_out is None) != (quant_inv_scale is None):
+        raise ValueError("quant_out and quant_inv_scale go together")
     if not use_triton(*tensors):
-        result = bias_residual_layernorm_ref(x, bias, residual, gamma, beta, eps)
+        result = bias_residual_layernorm_ref(x, bias, residual, gamma, beta, eps, quant_out=quant_out,
+                                             quant_inv_scale=quant_inv_scale)
         return result if out is None else out.copy_(result)
     n_tokens, hidden = x.shape[-2:]
     has_splits = x.dim() == 3
@@ -99,9 +120,13 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         return out
     block_h = next_pow2(hidden)
     block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
-    jit(_bias_residual_layernorm_kernel, helpers={"_layernorm_rows": layernorm_rows_impl}, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
-        out, x, bias, residual, gamma, beta,
-        n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0), eps,
+    quant = quant_code(quant_out)
+    if quant:
+        quant_out = check_out(quant_out, (n_tokens, hidden), quant_out.dtype, x.device)
+    jit(_bias_residual_layernorm_kernel, helpers=_HELPERS, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
+        out, x, bias, residual, gamma, beta, quant_out if quant else out, quant_inv_scale if quant else bias,
+        n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0),
+        quant_out.stride(0) if quant else 0, eps,
         BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1, HAS_RESIDUAL=has_residual,
-        num_warps=num_warps_for(block_t * block_h))
+        QUANT=quant, num_warps=num_warps_for(block_t * block_h))
     return out

@@ -6,8 +6,8 @@
 - A folder bertrt writes carries a marker file (``MARKER``) naming its kind; a marked folder of
   the same kind (or an empty one) may be replaced, anything else only with ``overwrite``.
 - ``write_folder_atomically`` / ``write_file_atomically`` / ``write_text_atomically`` fill a temporary
-  sibling and rename it
-  into place, so an interrupted or failed write leaves the old output intact and no partial file.
+  sibling and rename it into place, so an interrupted or failed write leaves the old output intact
+  and no partial file.
 """
 
 from __future__ import annotations

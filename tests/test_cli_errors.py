@@ -92,3 +92,18 @@ def test_the_library_does_not_import_the_command_line():
     code = ("import sys, bertrt.harness.loadgen.runner, bertrt.harness.loadgen.backends, bertrt.pipeline; "
             "sys.exit('bertrt.cli' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["squad", "--data", "d.json", "--out", "p.json", "--batch-size", "many"],
+     "bertrt squad: error: argument --batch-size: invalid int value: 'many' (see bertrt squad --help)"),
+    (["qa", "--question", "Who?"], "bertrt qa: error: the following arguments are required: --context "
+                                   "(see bertrt qa --help)"),
+    (["serve"], "bertrt: error: argument COMMAND: invalid choice: 'serve' (choose from "),
+])
+def test_usage_errors_are_one_line(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.endswith(" --help)\n") and err.count("\n") == 1

@@ -35,8 +35,15 @@ EXIT_SYSTEM = 1  # the machine's errors (disk full, permissions) and bugs
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, pointing at --help instead of printing the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bertrt",
         description="Fast inference for BERT encoders: load any checkpoint, answer questions, "
                     "score SQuAD, fine-tune, build GPU engines and benchmark them.",

@@ -103,12 +103,12 @@ def run(args: argparse.Namespace) -> int:
     fitted = [name for name in defaults if getattr(args, name) is None]
     for name in fitted:
         setattr(args, name, defaults[name])
-    if device.type != "cuda" and fitted:
-        chosen = ", ".join(f"--{name.replace('_', '-')} {_shown(defaults[name])}" for name in fitted)
-        warn(f"on the CPU: {chosen} (the GPU defaults would take hours here)")
     with contextlib.ExitStack() as stack:
         engine, name = _engine(args, device, stack)
         print(f"{name}: {engine}")
+        if device.type != "cuda" and fitted:  # said once the engine loads: a bad engine gives one line
+            chosen = ", ".join(f"--{name.replace('_', '-')} {_shown(defaults[name])}" for name in fitted)
+            warn(f"on the CPU: {chosen} (the GPU defaults would take hours here)")
         too_long = [s for s in args.seq_lengths if s > engine.max_seq_length]
         if too_long:
             warn(f"skipping sequence length(s) {_shown(too_long)}: longer than the engine's max_seq_length "

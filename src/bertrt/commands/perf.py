@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         engine, name = _engine(args, device, stack)
         print(f"{name}: {engine}")
         if device.type != "cuda" and fitted:  # said once the engine loads: a bad engine gives one line
-            chosen = ", ".join(f"--{name.replace('_', '-')} {_shown(defaults[name])}" for name in fitted)
+            chosen = ", ".join(f"--{flag.replace('_', '-')} {_shown(defaults[flag])}" for flag in fitted)
             warn(f"on the CPU: {chosen} (the GPU defaults would take hours here)")
         too_long = [s for s in args.seq_lengths if s > engine.max_seq_length]
         if too_long:

@@ -66,3 +66,17 @@ def test_text_written_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_text_atomically(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_folders_written_before_markers_are_recognised(tmp_path):
+    from bertrt.atomic import check_destination, folder_kind
+    from bertrt.errors import UserError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert folder_kind(model) is None  # config.json alone: anybody's model
+    with pytest.raises(UserError, match="holds files bertrt did not write"):
+        check_destination(model, folder=True, kind="model")
+    (model / "training_log.json").write_text("{}")
+    assert folder_kind(model) == "model" and check_destination(model, folder=True, kind="model") == model

@@ -29,12 +29,18 @@ def marker_text(kind: str) -> str:
     return json.dumps({"written_by": "bertrt", "kind": kind}) + "\n"
 
 
+# Folders bertrt wrote before it marked them, recognised by the files only it writes together.
+_UNMARKED = {"model": ("config.json", "training_log.json"),
+             "loadgen": ("report.json", "batches.json", "mlperf_log_summary.txt")}
+
+
 def folder_kind(folder: Path) -> str | None:
-    """The kind recorded in ``folder``'s marker, or None when bertrt did not mark it."""
+    """The kind recorded in ``folder``'s marker, or None when bertrt did not write it."""
+    folder = Path(folder)
     try:
-        data = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return next((kind for kind, names in _UNMARKED.items() if all((folder / n).is_file() for n in names)), None)
     return data.get("kind") if isinstance(data, dict) and data.get("written_by") == "bertrt" else None
 
 

@@ -104,3 +104,12 @@ def test_ctrl_c_ends_a_run_within_seconds_and_keeps_the_previous_output(tmp_path
     assert err.strip().splitlines()[-1] == "bertrt loadgen: interrupted"
     assert snapshot(out) == before
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_position_table_shorter_than_the_mlperf_window(tmp_path, squad_file, capsys):
+    from cli_helpers import save_model
+
+    model = save_model(tmp_path / "short", max_position_embeddings=128)
+    assert fails(_loadgen(squad_file, model, tmp_path / "out", "--count", "2"), capsys, untouched=tmp_path) == (
+        "the model's position table has 128 rows; MLPerf BERT reads SQuAD through 384-token windows (use "
+        "`bertrt squad` for shorter ones)")

@@ -33,6 +33,8 @@ from bertrt.harness.loadgen.trace import TRACE_FILE, rows_of, summarize, write_b
 
 # The marker kind of a folder ``run_test`` wrote (see ``bertrt.atomic``).
 OUTPUT_KIND = "loadgen"
+# MLPerf BERT's window: SQuAD features of 384 tokens (doc stride 128, questions of at most 64).
+WINDOW = 384
 # How often the waiting thread wakes to take a Ctrl-C while LoadGen runs.
 POLL_S = 0.1
 
@@ -97,6 +99,9 @@ def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQS
         backend = build()
         vocab = _vocab_file(options, checkpoint, backend)
     config = checkpoint.config if checkpoint is not None else getattr(getattr(backend, "model", None), "config", None)
+    if config is not None and config.max_position_embeddings < WINDOW:
+        raise UserError(f"the model's position table has {config.max_position_embeddings} rows; MLPerf BERT reads "
+                        f"SQuAD through {WINDOW}-token windows (use `bertrt squad` for shorter ones)")
     tokenizer = BertTokenizer(vocab, lowercase=config.do_lower_case if config is not None else True,
                               vocab_size=config.vocab_size if config is not None else None)
     qsl = SquadQSL(options.data, tokenizer, articles=options.articles, count=options.count, progress=progress)

@@ -43,7 +43,8 @@ def test_a_bug_shows_its_traceback_and_asks_for_a_report(tmp_path, capsys, monke
 @pytest.mark.parametrize("exc, line", [
     (OSError(28, "No space left on device", "/data/p.json"),
      "No space left on device: /data/p.json (free some space or write elsewhere)"),
-    (PermissionError(13, "Permission denied", "/etc/x"), "Permission denied: /etc/x (choose a folder you can write to)"),
+    (PermissionError(13, "Permission denied", "/etc/x"),
+     "Permission denied: /etc/x (choose a folder you can write to)"),
     (NotADirectoryError(20, "Not a directory", "/a/file/b"), "Not a directory: /a/file/b"),
     (ImportError("No module named 'onnx'", name="onnx"),
      "the optional package 'onnx' is not installed (pip install it, or the bertrt extra that needs it)"),

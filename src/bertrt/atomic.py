@@ -194,12 +194,15 @@ def _normal_permissions(folder: Path) -> None:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
 
 
-def write_file_atomically(out: str | Path, fill: Callable[[Path], None]) -> Path:
+def write_file_atomically(out: str | Path, fill: Callable[[Path], None], *, keep_suffix: bool = False) -> Path:
     """Create or replace file ``out`` with ``fill(tmp)`` (which writes the temporary sibling it is
-    given): readers see the old file or the whole new one, never part of it."""
+    given): readers see the old file or the whole new one, never part of it.
+
+    ``keep_suffix``: the temporary file ends like ``out`` (for writers that pick the format from
+    the name, such as matplotlib's ``savefig``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix if keep_suffix else ".tmp", dir=out.parent)
     os.close(fd)
     try:
         fill(Path(tmp))

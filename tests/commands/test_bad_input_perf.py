@@ -64,3 +64,12 @@ def test_json_and_plot_are_the_same_file(tmp_path, tiny_engine, capsys):
     same = tmp_path / "out.png"
     assert fails(_perf(tiny_engine, "--json", same, "--plot", same), capsys, untouched=tmp_path) == (
         f"--json {same}: the run also writes its --plot there; choose another name")
+
+
+def test_plot_and_json_written_whole(tmp_path, tiny_engine, capsys):
+    pytest.importorskip("matplotlib")
+    code, out, err = run(_perf(tiny_engine, "-s", "16", "-b", "1", "--iterations", "2", "--warmup", "0",
+                               "--json", tmp_path / "perf.json", "--plot", tmp_path / "perf.png"), capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["perf.json", "perf.png"]  # no temporary file left
+    assert (tmp_path / "perf.png").read_bytes().startswith(b"\x89PNG")

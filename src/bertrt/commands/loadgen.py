@@ -126,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
         from bertrt.harness.loadgen.trace import TRACE_FILE, plot_batches, read_batches
 
         label = f"{report['scenario']} {report['mode']}, {report['backend']}"
-        print(f"batch plot: {plot_batches([(label, read_batches(options.out / TRACE_FILE))], args.plot)}")
+        from bertrt.atomic import write_file_atomically
+
+        batches = read_batches(options.out / TRACE_FILE)
+        figure = write_file_atomically(args.plot, lambda tmp: plot_batches([(label, batches)], tmp), keep_suffix=True)
+        print(f"batch plot: {figure}")
     if "accuracy" in report:
         acc = report["accuracy"]
         print(json.dumps({"f1": round(acc["f1"], 3), "exact_match": round(acc["exact_match"], 3),

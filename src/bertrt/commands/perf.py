@@ -64,7 +64,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.atomic import check_destination
+    from bertrt.atomic import check_destination, write_file_atomically
     from bertrt.commands._common import only_with, warn
     from bertrt.device import resolve_device
     from bertrt.errors import UserError
@@ -134,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(f"wrote {perf.write_json(report, args.json)}")
     if args.plot and report["rows"]:
-        print(f"wrote {perf.plot(perf.rows_from_report(report), args.plot, title=name)}")
+        rows = perf.rows_from_report(report)
+        figure = write_file_atomically(args.plot, lambda tmp: perf.plot(rows, tmp, title=name), keep_suffix=True)
+        print(f"wrote {figure}")
     if args.seq_lengths and not report["rows"]:
         raise UserError("no row could be timed (see the warnings above)")
     return 0

@@ -108,7 +108,8 @@ def parse_articles(text: str | None, *, flag: str = "--articles") -> slice | Non
         else:
             raise ValueError(text)
     except ValueError:
-        raise UserError(f"{flag} {text!r}: expected A:B (articles A to B-1, e.g. 32:48) or one article number") from None
+        raise UserError(f"{flag} {text!r}: expected A:B (articles A to B-1, e.g. 32:48) "
+                        "or one article number") from None
     if any(v is not None and v < 0 for v in (chosen.start, chosen.stop)):
         raise UserError(f"{flag} {text!r}: article numbers count from 0 and cannot be negative")
     if chosen.start is not None and chosen.stop is not None and chosen.stop <= chosen.start:

@@ -135,8 +135,8 @@ def _expected(exc: BaseException) -> int | None:
         return EXIT_INPUT
     if isinstance(exc, (OSError, MemoryError)):
         return EXIT_SYSTEM
-    if isinstance(exc, ImportError) and exc.name:  # an optional package that is not installed
-        return EXIT_SYSTEM
+    if isinstance(exc, ImportError) and exc.name and exc.name.split(".")[0] != "bertrt":
+        return EXIT_SYSTEM  # an optional package that is not installed (bertrt's own imports failing are bugs)
     return None
 
 

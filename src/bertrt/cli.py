@@ -1,11 +1,23 @@
-"""The ``bertrt`` command: thin sub-commands over the library, one module each in ``bertrt.commands``."""
+"""The ``bertrt`` command: thin sub-commands over the library, one module each in ``bertrt.commands``.
+
+How errors reach the user (``main``): every expected failure (``bertrt.errors.BertrtError``, an OS
+error such as a full disk or a missing file, text that is not UTF-8, a missing optional package,
+Ctrl-C) prints one line ``bertrt COMMAND: error: ...`` on stderr and exits non-zero (2 for bad input,
+1 for the machine's errors, 130 when interrupted). Anything else is a bug: its traceback is printed,
+followed by a line asking to report it. ``BERTRT_DEBUG=1`` shows the traceback of every error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
+import traceback
+import warnings
+
+from bertrt.errors import BertrtError, BertrtWarning, UserError  # noqa: F401  (UserError re-exported)
 
 # Each module has ``register(subparsers)`` which adds its parser and sets ``func`` (args -> exit code).
 COMMANDS = (
@@ -18,13 +30,20 @@ COMMANDS = (
     "perf",
 )
 
+EXIT_INPUT = 2  # bad arguments or input files
+EXIT_SYSTEM = 1  # the machine's errors (disk full, permissions) and bugs
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, never as a traceback."""
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, pointing at --help instead of printing the usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bertrt",
         description="Fast inference for BERT encoders: load any checkpoint, answer questions, "
                     "score SQuAD, fine-tune, build GPU engines and benchmark them.",
@@ -39,34 +58,115 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _undecodable_argument(argv: list[str]) -> int | None:
+    """Index of the first argument holding bytes that were not UTF-8 (Python keeps them as
+    lone surrogates, which cannot be printed or written later), or None."""
+    for i, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return i
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bad = _undecodable_argument(argv)
+    if bad is not None:
+        shown = argv[bad].encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+        print(f"bertrt: error: argument {bad + 1} ({shown}) is not valid UTF-8: "
+              "pass file names and text in UTF-8", file=sys.stderr)
+        return EXIT_INPUT
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    from bertrt.config import ConfigError
-    from bertrt.weights.schema import CheckpointError
-
+        return EXIT_INPUT
+    command = args.command
     try:
-        return int(args.func(args) or 0)
-    except (UserError, CheckpointError, ConfigError, FileNotFoundError, IsADirectoryError,
-            PermissionError, UnicodeDecodeError, ValueError) as exc:
-        if os.environ.get("BERTRT_DEBUG"):  # developers: the whole traceback
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", BertrtWarning)
+            warnings.showwarning = _one_line_warnings(command, warnings.showwarning)
+            if getattr(args, "device", None) is not None:  # a malformed device fails before anything loads
+                from bertrt.device import check_device
+
+                check_device(args.device)
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as exc:
+        print(f"bertrt {command}: interrupted", file=sys.stderr)
+        if getattr(exc, "process_must_end", False):
+            # Work that cannot be stopped (a LoadGen run) still holds threads: the interpreter's
+            # normal shutdown would abort on them, so the process ends here.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `bertrt ... | head`: the reader has gone; nothing more to say
+        _silence_stdout()
+        return EXIT_SYSTEM
+    except Exception as exc:  # noqa: BLE001  (the one net: classify, then one line or a bug report)
+        code = _expected(exc)
+        if code is None or os.environ.get("BERTRT_DEBUG"):
+            if code is None:
+                traceback.print_exc()
+                print(f"bertrt {command}: internal error ({type(exc).__name__}): this is a bug in bertrt; "
+                      "please report it to the bertrt developers with the traceback above", file=sys.stderr)
+                return EXIT_SYSTEM
             raise
-        print(f"bertrt {args.command}: error: {_describe(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"bertrt {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"bertrt {command}: error: {describe(exc)}", file=sys.stderr)
+        return code
 
 
-def _describe(exc: Exception) -> str:
+def _one_line_warnings(command: str, default):
+    """``warnings.showwarning`` printing bertrt's own warnings as one line each."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, BertrtWarning):
+            print(f"bertrt {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
+def _expected(exc: BaseException) -> int | None:
+    """The exit code of an expected error, or None for a bug."""
+    if isinstance(exc, (BertrtError, UnicodeDecodeError, ValueError, RecursionError)):
+        return EXIT_INPUT
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return EXIT_INPUT
+    if isinstance(exc, (OSError, MemoryError)):
+        return EXIT_SYSTEM
+    if isinstance(exc, ImportError) and exc.name and exc.name.split(".")[0] != "bertrt":
+        return EXIT_SYSTEM  # an optional package that is not installed (bertrt's own imports failing are bugs)
+    return None
+
+
+def describe(exc: BaseException) -> str:
+    """One line for an expected error."""
     if isinstance(exc, UnicodeDecodeError):
         return f"input is not UTF-8 text ({exc.reason} at byte {exc.start})"
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and exc.filename:
-        return f"{exc.strerror}: {exc.filename}"
-    return str(exc)
+    if isinstance(exc, RecursionError):
+        return "the input is nested too deeply to read"
+    if isinstance(exc, MemoryError):
+        return "out of memory: try a smaller batch or model"
+    if isinstance(exc, ImportError):
+        return f"the optional package {exc.name!r} is not installed (pip install it, or the bertrt extra that needs it)"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        advice = {errno.ENOSPC: " (free some space or write elsewhere)",
+                  errno.EACCES: " (choose a folder you can write to)",
+                  errno.EROFS: " (choose a writable folder)"}.get(exc.errno, "")
+        return f"{exc.strerror}{where}{advice}"
+    text = str(exc).strip().replace("\n", " ")
+    return text or type(exc).__name__
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

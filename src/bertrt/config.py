@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A config that does not describe a BERT encoder bertrt can run."""
+from bertrt.errors import ConfigError  # noqa: F401  (re-exported: bertrt.config.ConfigError)
 
 
 class Precision(str, enum.Enum):
@@ -42,11 +41,24 @@ class BertConfig:
     do_lower_case: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        # Upper bounds far above any BERT (BERT-Large: 24 layers, hidden 1024) that still stop a typo
+        # such as 300000000 layers from allocating for hours.
+        bounds = {"vocab_size": 10_000_000, "hidden_size": 65_536, "num_hidden_layers": 1_000,
+                  "num_attention_heads": 1_024, "intermediate_size": 1_048_576,
+                  "max_position_embeddings": 1_048_576, "type_vocab_size": 1_024, "num_labels": 100_000}
+        for name, most in bounds.items():
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
+                raise ConfigError(f"{name} must be an integer from 1 to {most:,}, got {value!r}")
+        pad = self.pad_token_id
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
+            raise ConfigError(f"pad_token_id must be an integer from 0 to vocab_size - 1 ({self.vocab_size - 1}), "
+                              f"got {pad!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:  # NaN fails too
+            raise ConfigError(f"layer_norm_eps must be a number between 0 and 1 (BERT: 1e-12), got {eps!r}")
+        if not isinstance(self.do_lower_case, bool):
+            raise ConfigError(f"do_lower_case must be true or false, got {self.do_lower_case!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by "
@@ -74,15 +86,24 @@ class BertConfig:
         pos = raw.get("position_embedding_type", "absolute")
         if pos != "absolute":
             raise ConfigError(f"{source}: position_embedding_type {pos!r} is not supported")
+        for key in ("model_type", "hidden_act", "position_embedding_type"):
+            if not isinstance(raw.get(key, ""), str):
+                raise ConfigError(f"{source}: {key} must be a string, got {raw[key]!r}")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in raw]
         if missing:
             raise ConfigError(f"{source}: not a BERT config, missing {', '.join(missing)}")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in names}
+        if "id2label" in raw and not isinstance(raw["id2label"], dict):
+            raise ConfigError(f"{source}: id2label must be an object of id -> label")
         if "id2label" in raw and "num_labels" not in raw:
             kwargs["num_labels"] = len(raw["id2label"])
-        kwargs.setdefault("intermediate_size", 4 * raw["hidden_size"])
-        return cls(**kwargs)
+        if isinstance(raw["hidden_size"], int) and not isinstance(raw["hidden_size"], bool):
+            kwargs.setdefault("intermediate_size", 4 * raw["hidden_size"])
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
@@ -91,6 +112,10 @@ class BertConfig:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: JSON nested too deeply") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object")
         return cls.from_dict(raw, source=str(path))

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from bertrt.device import resolve_device
+from bertrt.errors import CheckpointError
 from bertrt.tokenizer import BertTokenizer
-from bertrt.weights import CheckpointError, load_checkpoint
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """'auto'/None -> CUDA when present, else CPU; otherwise as given (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
-    return dev
+from bertrt.weights import load_checkpoint
 
 
 def load_qa(model: str | Path | None = None, *, device: str | None = None, engine: str | Path | None = None):
@@ -25,20 +15,30 @@ def load_qa(model: str | Path | None = None, *, device: str | None = None, engin
 
     With ``engine`` a saved bertrt engine is loaded; on a GPU without an engine, one is built in
     memory from the checkpoint (fp16); on the CPU the fp32 reference model runs.
+
+    Raises:
+        CheckpointError: no question-answering head, no vocab.txt, or a vocab.txt longer than the
+            embedding table; DeviceError: a device that is not here.
     """
     dev = resolve_device(device)
     if engine is not None:
         from bertrt.engine import Engine
 
         runner = Engine.load(engine, device=dev)
-        return runner, BertTokenizer(runner.vocab_file, lowercase=runner.config.do_lower_case)
+        if "qa" not in runner.heads:
+            raise CheckpointError(f"{engine}: the engine has no question-answering head; build it from a "
+                                  "QA checkpoint (or `bertrt build --random`, which adds one)")
+        if runner.vocab_file is None:
+            raise CheckpointError(f"{engine}: the engine has no vocab.txt (random weights, for speed runs "
+                                  "only); build one from a real checkpoint to answer questions")
+        return runner, _tokenizer(runner.vocab_file, runner.config, str(engine))
     checkpoint = load_checkpoint(model)
     if "qa" not in checkpoint.heads:
         raise CheckpointError(f"{checkpoint.source}: has no question-answering head (qa_outputs); "
                               "fine-tune one with `bertrt train-squad`")
     if checkpoint.vocab_file is None:
         raise CheckpointError(f"{checkpoint.source}: no vocab.txt beside the weights")
-    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+    tokenizer = _tokenizer(checkpoint.vocab_file, checkpoint.config, checkpoint.source)
     if dev.type == "cuda":
         from bertrt.engine import Engine
 
@@ -48,3 +48,17 @@ def load_qa(model: str | Path | None = None, *, device: str | None = None, engin
     from bertrt.reference import ReferenceBert
 
     return ReferenceBert.from_checkpoint(checkpoint, device=dev), tokenizer
+
+
+def _tokenizer(vocab_file, config, source: str) -> BertTokenizer:
+    try:
+        return BertTokenizer(vocab_file, lowercase=config.do_lower_case, vocab_size=config.vocab_size)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
+
+
+def max_window(model) -> int:
+    """The longest sequence ``model`` accepts: its position table, and an engine's own limit."""
+    limit = model.config.max_position_embeddings
+    engine_limit = getattr(model, "max_seq_length", None)
+    return min(limit, engine_limit) if isinstance(engine_limit, int) else limit

@@ -27,13 +27,21 @@ class BertTokenizer:
     """BERT WordPiece tokeniser built from a ``vocab.txt``.
 
     Args:
-        vocab_file: one token per line, ids in line order.
+        vocab_file: one token per line, ids in line order (UTF-8).
         lowercase: lower-case and strip accents (uncased vocabularies).
+        vocab_size: the model's embedding rows; a longer vocabulary is refused (its ids would
+            index past the table).
     """
 
-    def __init__(self, vocab_file: str | Path, *, lowercase: bool = True):
+    def __init__(self, vocab_file: str | Path, *, lowercase: bool = True, vocab_size: int | None = None):
         vocab_file = Path(vocab_file)
-        lines = vocab_file.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = vocab_file.read_bytes().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{vocab_file}: not a UTF-8 vocab.txt (bad byte at offset {exc.start})") from None
+        if vocab_size is not None and len(lines) > vocab_size:
+            raise ValueError(f"{vocab_file}: {len(lines)} tokens, but the model's embedding table has "
+                             f"{vocab_size} rows (vocab_size): use the vocab.txt the model was trained with")
         vocab = {}
         for i, token in enumerate(lines):
             vocab.setdefault(token, i)

@@ -58,7 +58,7 @@ def test_missing_user_conf(tmp_path, capsys, squad_dev):
 
 
 def test_bad_articles(tmp_path, capsys, squad_dev):
-    assert "--articles must look like START:END" in _fails(
+    assert "--articles 'a:b': expected A:B" in _fails(
         ["--data", str(squad_dev), "--articles", "a:b"], tmp_path, capsys)
 
 

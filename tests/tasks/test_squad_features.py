@@ -2,6 +2,7 @@
 
 import pytest
 
+from bertrt.errors import BertrtWarning
 from bertrt.tasks.squad import (FeatureConfig, SquadExample, doc_spans, make_features, max_context_flags,
                                 read_squad, read_squad_articles)
 from bertrt.tasks.squad_metric import normalize_answer
@@ -136,7 +137,8 @@ def test_small_config_and_question_truncation(tokenizer):
     context = _long_passage(tokenizer, 30)
     question = " ".join(["why"] * 10)
     config = FeatureConfig(max_seq_length=20, doc_stride=4, max_query_length=5)
-    features = make_features([_example(context, question)], tokenizer, config)
+    with pytest.warns(BertrtWarning, match=r"1 question\(s\) longer than max_query_length 5 tokens \(longest: 10\)"):
+        features = make_features([_example(context, question)], tokenizer, config)
     assert [f.input_ids[1:6] for f in features] == [[tokenizer.encode("why").ids[0]] * 5] * 6
     assert [len(context[:f.token_offsets[7][0]].split()) for f in features] == [0, 4, 8, 12, 16, 20]
     assert all(len(f.input_ids) <= 20 for f in features)

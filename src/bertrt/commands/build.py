@@ -98,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{', '.join(given)} apply to --precision fp8 or int8, not {args.precision}")
     if args.int8_mode is not None and args.precision != "int8":
         raise UserError(f"--int8-mode applies to --precision int8, not {args.precision}")
+    from bertrt.atomic import check_destination
+    check_destination(args.out, folder=True, inputs=[("--model", args.model)], overwrite=None,
+                      replaceable=lambda existing: (existing / "engine.json").is_file())
     start = time.perf_counter()
     model = random_checkpoint(STANDARD_CONFIGS[args.random]) if args.random else args.model
     out = build(model, args.out, precision=args.precision, max_tokens=args.max_tokens,

@@ -20,39 +20,54 @@ def register(subparsers) -> None:
 
 
 def parse_articles(text: str | None) -> slice | None:
-    from bertrt.cli import UserError
+    """``--articles`` as a slice (see ``bertrt.tasks.squad.parse_articles``)."""
+    from bertrt.tasks.squad import parse_articles as parse
 
-    if text is None:
-        return None
-    try:
-        start, stop = (int(x) if x else None for x in text.split(":"))
-    except ValueError as exc:
-        raise UserError(f"--articles {text!r}: expected A:B, e.g. 32:48") from exc
-    return slice(start, stop)
+    return parse(text)
 
 
 def load_json(path: str, what: str):
-    from bertrt.cli import UserError
+    """The JSON in file ``path``; UserError naming ``what`` (the flag) and the file otherwise."""
+    from bertrt.errors import UserError
 
+    file = Path(path)
+    if file.is_dir() or not file.exists():
+        raise UserError(f"{what} {path}: " + ("is a folder, not a file" if file.is_dir() else "no such file"))
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path}: not UTF-8 text (bad byte at offset {exc.start})") from None
     except json.JSONDecodeError as exc:
-        raise UserError(f"{what} {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise UserError(f"{what} {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise UserError(f"{what} {path}: JSON nested too deeply to read") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
+    from bertrt.tasks.squad import read_squad
     from bertrt.tasks.squad_metric import evaluate
 
+    chosen = parse_articles(args.articles)
     data = load_json(args.data, "--data")
-    if not isinstance(data, dict) or "data" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise UserError(f"--data {args.data}: not a SQuAD file (no 'data' list)")
     predictions = load_json(args.predictions, "--predictions")
     if not isinstance(predictions, dict):
         raise UserError(f"--predictions {args.predictions}: expected a JSON object of qid -> answer")
-    articles = data["data"]
-    chosen = parse_articles(args.articles)
-    if chosen is not None:
-        articles = articles[chosen]
+    wrong = next((qid for qid, text in predictions.items() if not isinstance(text, str)), None)
+    if wrong is not None:
+        raise UserError(f"--predictions {args.predictions}: the answer to {wrong!r} is not a string "
+                        "(expected qid -> answer text)")
+    try:
+        examples = read_squad(args.data, chosen)  # checks the structure and the answers
+    except ValueError as exc:
+        raise UserError(f"--data {exc}") from None
+    if not examples:
+        raise UserError(f"--data {args.data}: no questions in the chosen articles")
+    unanswerable = next((e.qid for e in examples if not e.answers), None)
+    if unanswerable is not None:
+        raise UserError(f"--data {args.data}: question {unanswerable!r} has no gold answers to score against")
+    articles = data["data"] if chosen is None else data["data"][chosen]
     print(json.dumps(evaluate(articles, predictions)))
     return 0

@@ -60,6 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--plot", metavar="FILE",
                    help="also plot each batch's service time over the run (from --out's batches.json) "
                         "here; a stall shows as one slow batch; needs matplotlib")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --out replace a folder bertrt did not write, and --plot an existing file "
+                        "(default: only an empty folder or an earlier LoadGen output is replaced)")
     p.set_defaults(func=run)
 
 
@@ -74,20 +77,45 @@ def options_from_args(args: argparse.Namespace):
         user_conf=Path(args.user_conf) if args.user_conf else None, target_qps=args.target_qps,
         target_latency_ms=args.target_latency_ms, min_duration_s=args.min_duration,
         min_query_count=args.min_query_count, count=args.count, max_batch_tokens=args.max_batch_tokens,
-        out=Path(args.out), device=args.device)
+        out=Path(args.out), device=args.device, overwrite=args.overwrite)
+
+
+def _check_combinations(args: argparse.Namespace) -> None:
+    """UserError for flags that mean nothing in the chosen scenario or mode."""
+    from bertrt.errors import UserError
+
+    if args.scenario == "Offline" and args.target_latency_ms is not None:
+        raise UserError("--target-latency-ms has no meaning in the Offline scenario (it sets the Server "
+                        "bound and the SingleStream/MultiStream expected latency)")
+    if args.scenario in ("SingleStream", "MultiStream") and args.target_qps is not None:
+        raise UserError(f"--target-qps has no meaning in the {args.scenario} scenario (queries are issued "
+                        "one after another); use --target-latency-ms")
+    if args.mode == "accuracy":
+        given = [flag for flag, value in (("--min-duration", args.min_duration), ("--min-query-count",
+                                                                                  args.min_query_count))
+                 if value is not None]
+        if given:
+            raise UserError(f"{' and '.join(given)} only apply to --mode performance (accuracy mode runs "
+                            "every sample once)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
+    from bertrt.errors import UserError
     from bertrt.harness.loadgen.report import format_table
     from bertrt.harness.loadgen.runner import run as run_harness
 
     options = options_from_args(args)
+    options.validate()
+    _check_combinations(args)
     if args.plot:
+        from bertrt.atomic import check_destination
+
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UserError("--plot needs matplotlib (pip install 'bertrt[plot]')") from None
+        check_destination(args.plot, flag="--plot", overwrite=args.overwrite,
+                          inputs=[("--data", args.data), ("--out", args.out)])
     report = run_harness(options, progress=True)
     print(format_table([report]))
     phases = report.get("sut_phases_ms", {})
@@ -98,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
         from bertrt.harness.loadgen.trace import TRACE_FILE, plot_batches, read_batches
 
         label = f"{report['scenario']} {report['mode']}, {report['backend']}"
-        print(f"batch plot: {plot_batches([(label, read_batches(options.out / TRACE_FILE))], args.plot)}")
+        from bertrt.atomic import write_file_atomically
+
+        batches = read_batches(options.out / TRACE_FILE)
+        figure = write_file_atomically(args.plot, lambda tmp: plot_batches([(label, batches)], tmp), keep_suffix=True)
+        print(f"batch plot: {figure}")
     if "accuracy" in report:
         acc = report["accuracy"]
         print(json.dumps({"f1": round(acc["f1"], 3), "exact_match": round(acc["exact_match"], 3),

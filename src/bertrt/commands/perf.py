@@ -7,6 +7,12 @@ import contextlib
 import tempfile
 
 
+# Defaults per device: a GPU row of BERT-Large at 128 x 384 takes milliseconds, a CPU row seconds,
+# so the GPU's 1000 iterations of four batch sizes would keep a CPU busy for hours.
+GPU_DEFAULTS = {"batch_sizes": [1, 8, 32, 128], "seq_lengths": [128, 384], "iterations": 1000, "warmup": 100}
+CPU_DEFAULTS = {"batch_sizes": [1, 8], "seq_lengths": [128], "iterations": 10, "warmup": 2}
+
+
 def register(subparsers) -> None:
     from bertrt.config import STANDARD_CONFIGS
 
@@ -25,12 +31,19 @@ def register(subparsers) -> None:
     source.add_argument("--engine", metavar="DIR", help="an engine folder from `bertrt build`")
     source.add_argument("--model", choices=sorted(STANDARD_CONFIGS),
                         help="build a random-weight engine of this standard shape in a temporary folder")
-    p.add_argument("-b", "--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128], metavar="B",
-                   help="batch sizes (default 1 8 32 128)")
-    p.add_argument("-s", "--seq-lengths", type=int, nargs="+", default=[128, 384], metavar="S",
-                   help="sequence lengths (default 128 384)")
-    p.add_argument("--iterations", type=int, default=1000, metavar="N", help="timed iterations per row (default 1000)")
-    p.add_argument("--warmup", type=int, default=100, metavar="N", help="untimed iterations first (default 100)")
+    p.add_argument("-b", "--batch-sizes", type=int, nargs="+", metavar="B",
+                   help=f"batch sizes (default {' '.join(map(str, GPU_DEFAULTS['batch_sizes']))} on a GPU, "
+                        f"{' '.join(map(str, CPU_DEFAULTS['batch_sizes']))} on the CPU)")
+    p.add_argument("-s", "--seq-lengths", type=int, nargs="+", metavar="S",
+                   help=f"sequence lengths (default {' '.join(map(str, GPU_DEFAULTS['seq_lengths']))} on a GPU, "
+                        f"{' '.join(map(str, CPU_DEFAULTS['seq_lengths']))} on the CPU); lengths beyond the "
+                        "engine's max_seq_length are skipped with a warning")
+    p.add_argument("--iterations", type=int, metavar="N",
+                   help=f"timed iterations per row (default {GPU_DEFAULTS['iterations']} on a GPU, "
+                        f"{CPU_DEFAULTS['iterations']} on the CPU)")
+    p.add_argument("--warmup", type=int, metavar="N",
+                   help=f"untimed iterations first (default {GPU_DEFAULTS['warmup']} on a GPU, "
+                        f"{CPU_DEFAULTS['warmup']} on the CPU)")
     p.add_argument("--no-graphs", action="store_true", help="run bertrt eagerly (no CUDA graphs)")
     p.add_argument("--peers", default="hf", metavar="LIST",
                    help="comma-separated peers from hf,hf-graph,compile, or 'none' (default hf)")
@@ -46,13 +59,16 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="FILE", help="write the full report (environment, settings, rows) here")
     p.add_argument("--plot", metavar="FILE", help="write latency vs batch size (log axes) here; needs matplotlib")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--overwrite", action="store_true", help="let --json and --plot replace existing files")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
+    from bertrt.atomic import check_destination, write_file_atomically
+    from bertrt.commands._common import only_with, warn
+    from bertrt.device import resolve_device
+    from bertrt.errors import UserError
     from bertrt.harness import perf, workload
-    from bertrt.pipeline import resolve_device
 
     peers = [] if args.peers.strip().lower() in ("", "none") else [p.strip() for p in args.peers.split(",")]
     unknown = [p for p in peers if p not in perf.PEERS]
@@ -62,19 +78,45 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    if args.warmup < 0 or any(v <= 0 for v in args.batch_sizes + args.seq_lengths):
+    if (args.warmup is not None and args.warmup < 0) or any(v <= 0 for v in (args.batch_sizes or []) +
+                                                              (args.seq_lengths or [])):
         raise UserError("--warmup must be >= 0, batch sizes and sequence lengths positive")
     if args.workload and not args.data:
         raise UserError("--workload squad needs --data dev-v1.1.json")
+    only_with(args, "--workload", "data", "max_features", "vocab", "peer_batch", defaults={"peer_batch": 64})
+    if args.engine and args.precision:
+        raise UserError("--precision only applies to a --model engine (an --engine keeps the precision it was "
+                        "built with)")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UserError("--plot needs matplotlib (pip install 'bertrt[plot]')") from None
+    inputs = [("--engine", args.engine), ("--data", args.data), ("--vocab", args.vocab)]
+    if args.json:
+        check_destination(args.json, flag="--json", inputs=inputs, siblings=[("--plot", args.plot)],
+                          overwrite=args.overwrite)
+    if args.plot:
+        check_destination(args.plot, flag="--plot", inputs=inputs, overwrite=args.overwrite)
     device = resolve_device(args.device)
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    fitted = [name for name in defaults if getattr(args, name) is None]
+    for name in fitted:
+        setattr(args, name, defaults[name])
     with contextlib.ExitStack() as stack:
         engine, name = _engine(args, device, stack)
         print(f"{name}: {engine}")
+        if device.type != "cuda" and fitted:  # said once the engine loads: a bad engine gives one line
+            chosen = ", ".join(f"--{flag.replace('_', '-')} {_shown(defaults[flag])}" for flag in fitted)
+            warn(f"on the CPU: {chosen} (the GPU defaults would take hours here)")
+        too_long = [s for s in args.seq_lengths if s > engine.max_seq_length]
+        if too_long:
+            warn(f"skipping sequence length(s) {_shown(too_long)}: longer than the engine's max_seq_length "
+                 f"{engine.max_seq_length}")
+            args.seq_lengths = [s for s in args.seq_lengths if s <= engine.max_seq_length]
+            if not args.seq_lengths and not args.workload:
+                raise UserError(f"-s/--seq-lengths: every length exceeds the engine's max_seq_length "
+                                f"{engine.max_seq_length}: nothing to time")
         report = perf.perf_report(engine, batches=args.batch_sizes, seqs=args.seq_lengths,
                                   iterations=args.iterations, warmup=args.warmup, peers=peers,
                                   workload_data=args.data if args.workload else None, max_features=args.max_features,
@@ -87,12 +129,21 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(workload.format_workload(workload.workload_from_report(report)))
     for error in report["errors"]:
-        print(f"skipped: {error}")
+        where = " ".join(f"{k} {error[k]}" for k in ("system", "batch", "seq") if k in error)
+        warn(f"skipped {where}: {error['error']}")
     if args.json:
         print(f"wrote {perf.write_json(report, args.json)}")
     if args.plot and report["rows"]:
-        print(f"wrote {perf.plot(perf.rows_from_report(report), args.plot, title=name)}")
+        rows = perf.rows_from_report(report)
+        figure = write_file_atomically(args.plot, lambda tmp: perf.plot(rows, tmp, title=name), keep_suffix=True)
+        print(f"wrote {figure}")
+    if args.seq_lengths and not report["rows"]:
+        raise UserError("no row could be timed (see the warnings above)")
     return 0
+
+
+def _shown(values) -> str:
+    return " ".join(map(str, values)) if isinstance(values, list) else str(values)
 
 
 def _engine(args, device, stack: contextlib.ExitStack):

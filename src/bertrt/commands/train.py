@@ -5,17 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from bertrt.commands._common import add_overwrite_arg
+
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, metavar="PATH",
                    help="checkpoint to start from (any format `bertrt` loads, or a hub name when online)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output Hugging Face-compatible folder")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output Hugging Face-compatible folder: new, empty, or one bertrt trained before "
+                        "(replaced whole once training is done)")
     p.add_argument("--epochs", type=float, default=3.0, help="passes over the data (default 3)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per step (default 32)")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps of linear warm-up (default 0.1)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: cuda when present)")
+    add_overwrite_arg(p)
 
 
 def register(subparsers) -> None:
@@ -34,9 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", action="append", default=[], metavar="PATH",
                    help="distil from this fine-tuned QA model (repeat for an ensemble: the student also learns "
                         "the mean of the teachers' start/end logits)")
-    p.add_argument("--distill-weight", type=float, default=0.5, metavar="W",
+    p.add_argument("--distill-weight", type=float, metavar="W",
                    help="with --teacher: weight of the teachers' soft targets against the gold span (default 0.5)")
-    p.add_argument("--distill-temperature", type=float, default=2.0, metavar="T",
+    p.add_argument("--distill-temperature", type=float, metavar="T",
                    help="with --teacher: softmax temperature of the soft targets (default 2)")
     p.set_defaults(func=run_squad)
 
@@ -55,30 +60,53 @@ def register(subparsers) -> None:
 
 
 def _config(args):
-    from bertrt.cli import UserError
+    from bertrt.commands._common import require_finite
+    from bertrt.errors import UserError
     from bertrt.tasks.train import TrainConfig
 
+    require_finite(args, "epochs", "lr", "warmup")
     if args.epochs <= 0 or args.lr <= 0 or args.batch_size <= 0:
         raise UserError("--epochs, --lr and --batch-size must be positive")
+    if not 0 <= args.warmup < 1:
+        raise UserError(f"--warmup is a fraction of the steps, from 0 up to (not including) 1; got {args.warmup}")
     return TrainConfig(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
                        warmup_fraction=args.warmup, seed=args.seed, device=args.device)
+
+
+def _check_inputs(args, inputs: list[tuple[str, str | None]]) -> None:
+    """Every input file exists, and --out destroys none of them; before any loading."""
+    from pathlib import Path
+
+    from bertrt.atomic import check_destination
+    from bertrt.errors import UserError
+
+    for flag, path in inputs:
+        if path is not None and flag != "--base" and flag != "--teacher" and not Path(path).is_file():
+            raise UserError(f"{flag} {path}: " + ("is a folder, not a file" if Path(path).is_dir() else "no such file"))
+    check_destination(args.out, folder=True, kind="model", inputs=inputs, overwrite=args.overwrite)
 
 
 def run_squad(args: argparse.Namespace) -> int:
     import torch
 
-    from bertrt.cli import UserError
-    from bertrt.commands.evaluate import parse_articles
+    from bertrt.commands._common import only_with
+    from bertrt.errors import UserError
+    from bertrt.tasks.squad import parse_articles
     from bertrt.tasks.train import Distillation, train_squad
 
+    config = _config(args)
+    articles = parse_articles(args.articles)
+    only_with(args, "--teacher", "distill_weight", "distill_temperature")
     distill = None
     if args.teacher:
+        weight = 0.5 if args.distill_weight is None else args.distill_weight
+        temperature = 2.0 if args.distill_temperature is None else args.distill_temperature
         try:
-            distill = Distillation(tuple(args.teacher), weight=args.distill_weight,
-                                   temperature=args.distill_temperature)
+            distill = Distillation(tuple(args.teacher), weight=weight, temperature=temperature)
         except ValueError as exc:
             raise UserError(f"--distill-weight/--distill-temperature: {exc}") from exc
-    log = train_squad(args.base, args.data, args.out, articles=parse_articles(args.articles), config=_config(args),
+    _check_inputs(args, [("--base", args.base), ("--data", args.data)] + [("--teacher", t) for t in args.teacher])
+    log = train_squad(args.base, args.data, args.out, articles=articles, config=config,
                       save_dtype=torch.float16 if args.fp16 else None, all_answers=args.all_answers,
                       distill=distill)
     print(json.dumps({k: log[k] for k in ("steps", "features", "seconds", "final_loss")}))
@@ -87,10 +115,15 @@ def run_squad(args: argparse.Namespace) -> int:
 
 
 def run_classifier(args: argparse.Namespace) -> int:
+    from bertrt.commands._common import require_positive
     from bertrt.tasks.train import train_classifier
 
+    config = _config(args)
+    require_positive(args, "max_seq_length", minimum=4)
+    _check_inputs(args, [("--base", args.base), ("--train", args.train), ("--exclude-ids", args.exclude_ids),
+                         ("--dev", args.dev)])
     log = train_classifier(args.base, args.train, args.out, exclude_ids=args.exclude_ids, dev_tsv=args.dev,
-                           max_seq_length=args.max_seq_length, config=_config(args))
+                           max_seq_length=args.max_seq_length, config=config)
     print(json.dumps({k: log[k] for k in ("steps", "pairs", "seconds", "final_loss")}))
     if "dev" in log:
         print(json.dumps(log["dev"]))

@@ -395,7 +395,8 @@ def perf_report(engine, *, batches: Sequence[int], seqs: Sequence[int], iteratio
     if workload_data is not None:
         from bertrt.tokenizer import BertTokenizer
 
-        tokenizer = BertTokenizer(find_vocab(engine, vocab), lowercase=engine.config.do_lower_case)
+        tokenizer = BertTokenizer(find_vocab(engine, vocab), lowercase=engine.config.do_lower_case,
+                                  vocab_size=engine.config.vocab_size)
         from bertrt.harness.workload import squad_features, squad_workload
 
         features = squad_features(workload_data, tokenizer, max_features=max_features, progress=progress)

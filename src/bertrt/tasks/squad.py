@@ -25,12 +25,14 @@ import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bertrt.errors import BertrtWarning
 from bertrt.packed import pack_sequences
 from bertrt.tokenizer import BertTokenizer
 
@@ -85,6 +87,36 @@ class SquadFeature:
     end_position: int = 0
 
 
+def parse_articles(text: str | None, *, flag: str = "--articles") -> slice | None:
+    """Articles of a SQuAD file, in file order: ``"32:48"`` -> slice(32, 48), ``"32:"`` -> from 32 on,
+    ``"5"`` -> slice(5, 6) (article 5 alone), None -> None (all).
+
+    Raises:
+        UserError: anything else (negative numbers, a step, an empty range), naming ``flag``.
+    """
+    from bertrt.errors import UserError
+
+    if text is None:
+        return None
+    parts = text.strip().split(":")
+    try:
+        if len(parts) == 1:
+            start = int(parts[0])
+            chosen = slice(start, start + 1)
+        elif len(parts) == 2:
+            chosen = slice(int(parts[0]) if parts[0].strip() else None, int(parts[1]) if parts[1].strip() else None)
+        else:
+            raise ValueError(text)
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected A:B (articles A to B-1, e.g. 32:48) "
+                        "or one article number") from None
+    if any(v is not None and v < 0 for v in (chosen.start, chosen.stop)):
+        raise UserError(f"{flag} {text!r}: article numbers count from 0 and cannot be negative")
+    if chosen.start is not None and chosen.stop is not None and chosen.stop <= chosen.start:
+        raise UserError(f"{flag} {text!r}: an empty range (B must be larger than A)")
+    return chosen
+
+
 def _require(cond: bool, path, what: str) -> None:
     if not cond:
         raise ValueError(f"{path}: not a SQuAD json file ({what})")
@@ -97,9 +129,13 @@ def read_squad_articles(path: str | Path, articles: slice | None = None) -> list
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a SQuAD json file (not UTF-8 text: bad byte at offset {err.start})") from None
+    except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not a SQuAD json file (not valid JSON: {err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a SQuAD json file (JSON nested too deeply)") from None
     _require(isinstance(raw, dict) and isinstance(raw.get("data"), list), path, 'no top-level "data" list')
     data = raw["data"]
     return data if articles is None else data[articles]
@@ -113,13 +149,16 @@ def read_squad(path: str | Path, articles: slice | None = None) -> list[SquadExa
         articles: which articles to read, as a slice of ``data["data"]`` in file order
             (``article_index`` stays the position in the whole file).
 
+    A question id seen before is dropped (the first question with that id is kept), with a
+    ``BertrtWarning``: predictions are keyed by id, so only one answer per id can be reported.
+
     Raises:
-        ValueError: the file is not JSON or lacks the SQuAD structure.
+        ValueError: the file is not JSON or lacks the SQuAD structure (answers included).
     """
     path = Path(path)
     data = read_squad_articles(path)
     indices = range(len(data)) if articles is None else range(len(data))[articles]
-    examples = []
+    examples, seen, duplicates = [], set(), []
     for ai in indices:
         article = data[ai]
         _require(isinstance(article, dict) and isinstance(article.get("paragraphs"), list),
@@ -129,13 +168,32 @@ def read_squad(path: str | Path, articles: slice | None = None) -> list[SquadExa
                      and isinstance(para.get("qas"), list),
                      path, f'article {ai} paragraph {pi} needs "context" and "qas"')
             for qa in para["qas"]:
-                _require(isinstance(qa, dict) and "id" in qa and isinstance(qa.get("question"), str),
-                         path, f'article {ai} paragraph {pi}: a question lacks "id" or "question"')
+                _require(isinstance(qa, dict) and isinstance(qa.get("id"), (str, int))
+                         and isinstance(qa.get("question"), str),
+                         path, f'article {ai} paragraph {pi}: a question lacks a string "id" or "question"')
+                answers = qa.get("answers", [])
+                _require(isinstance(answers, list) and all(_is_answer(a) for a in answers), path,
+                         f'article {ai} paragraph {pi} question {qa["id"]}: "answers" must be a list of '
+                         '{"text": str, "answer_start": int >= 0}')
+                qid = str(qa["id"])
+                if qid in seen:
+                    duplicates.append(qid)
+                    continue
+                seen.add(qid)
                 examples.append(SquadExample(
-                    qid=str(qa["id"]), title=str(article.get("title", "")), article_index=ai,
-                    context=para["context"], question=qa["question"],
-                    answers=list(qa.get("answers", []))))
+                    qid=qid, title=str(article.get("title", "")), article_index=ai,
+                    context=para["context"], question=qa["question"], answers=list(answers)))
+    if duplicates:
+        shown = ", ".join(repr(q) for q in duplicates[:3]) + (", ..." if len(duplicates) > 3 else "")
+        warnings.warn(f"{path}: {len(duplicates)} question(s) repeat an earlier id ({shown}); "
+                      "kept the first question of each id", BertrtWarning, stacklevel=2)
     return examples
+
+
+def _is_answer(answer) -> bool:
+    start = answer.get("answer_start") if isinstance(answer, dict) else None
+    return (isinstance(answer, dict) and isinstance(answer.get("text"), str)
+            and isinstance(start, int) and not isinstance(start, bool) and start >= 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +265,8 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
         training: also fill ``start_position`` / ``end_position`` from the first gold answer.
         progress: show a tqdm bar.
 
+    Questions longer than ``config.max_query_length`` tokens are cut to it, with a ``BertrtWarning``.
+
     Returns:
         Features in example order, each example's windows in passage order.
     """
@@ -221,6 +281,12 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
         from tqdm import tqdm
         items = tqdm(items, total=len(examples), desc="features", unit="ex")
 
+    long_questions = [ex.qid for ex, enc in zip(examples, question_enc) if len(enc.ids) > config.max_query_length]
+    if long_questions:
+        longest = max(len(enc.ids) for enc in question_enc)
+        warnings.warn(f"{len(long_questions)} question(s) longer than max_query_length {config.max_query_length} "
+                      f"tokens (longest: {longest}) were cut to their first {config.max_query_length} tokens",
+                      BertrtWarning, stacklevel=2)
     features = []
     span_cache: dict[tuple[int, int], tuple[list, list]] = {}
     for ex_index, ex in items:
@@ -287,6 +353,9 @@ def run_qa_model(model, features: Sequence[SquadFeature], *, batch_size: int = 3
                 raise ValueError(f"qa_logits returned shape {tuple(logits.shape)}, "
                                  f"expected ({batch.total_tokens}, 2)")
             logits = logits.float().cpu().numpy()
+            if not np.isfinite(logits).all():
+                raise ValueError("the model produced NaN or infinite scores: its weights or config "
+                                 "(layer_norm_eps, ...) are broken; check the checkpoint")
             for part in np.split(logits, np.cumsum([len(f.input_ids) for f in chunk])[:-1]):
                 starts.append(np.ascontiguousarray(part[:, 0]))
                 ends.append(np.ascontiguousarray(part[:, 1]))
@@ -324,6 +393,8 @@ def postprocess(examples: Sequence[SquadExample], features: Sequence[SquadFeatur
             first; ``probability`` is a softmax over the n-best logit sums; ``start``/``end`` are
             character offsets into the context (end exclusive).
     """
+    if n_best_size < 1 or max_answer_length < 1:
+        raise ValueError(f"n_best_size ({n_best_size}) and max_answer_length ({max_answer_length}) must be >= 1")
     if not (len(features) == len(start_logits) == len(end_logits)):
         raise ValueError(f"{len(features)} features but {len(start_logits)} start and "
                          f"{len(end_logits)} end logit arrays")
@@ -370,7 +441,7 @@ def _write_json_atomic(obj, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
+            json.dump(obj, f, indent=2, ensure_ascii=False, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -378,11 +449,18 @@ def _write_json_atomic(obj, path: Path) -> None:
         raise
 
 
+def nbest_path(out_path: str | Path) -> Path:
+    """Where the n-best file of predictions ``out_path`` goes: ``nbest_`` + its name, beside it
+    (``predictions.json`` -> ``nbest_predictions.json``, as original BERT)."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"nbest_{out_path.name}")
+
+
 def write_predictions(predictions: dict[str, str], nbest: dict[str, list[dict]],
                       out_path: str | Path) -> None:
     """Write ``predictions`` to ``out_path`` (the official evaluate script's input) and ``nbest`` to
-    ``nbest_predictions.json`` beside it; each through a temporary file and a rename."""
+    ``nbest_path(out_path)``; each through a temporary file and a rename."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(nbest, nbest_path(out_path))
     _write_json_atomic(predictions, out_path)
-    _write_json_atomic(nbest, out_path.parent / "nbest_predictions.json")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from bertrt.packed import PackedBatch, pack_sequences, pad_packed
 from bertrt.reference import ReferenceBert
+from bertrt.atomic import MARKER, marker_text
 from bertrt.weights import Checkpoint, load_checkpoint, save_hf_folder
 
 
@@ -39,9 +40,9 @@ class TrainConfig:
     mixed_precision: bool = True  # bf16 autocast on CUDA
 
     def resolved_device(self) -> torch.device:
-        if self.device:
-            return torch.device(self.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from bertrt.device import resolve_device
+
+        return resolve_device(self.device)
 
 
 @dataclasses.dataclass
@@ -252,10 +253,34 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     checkpoint = load_checkpoint(base)
     if checkpoint.vocab_file is None:
         raise ValueError(f"{checkpoint.source}: no vocab.txt beside the weights")
-    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case,
+                              vocab_size=checkpoint.config.vocab_size)
+    feature_config = feature_config or FeatureConfig()
+    positions = checkpoint.config.max_position_embeddings
+    if feature_config.max_seq_length > positions:
+        import warnings
+
+        from bertrt.errors import BertrtWarning
+
+        warnings.warn(f"{checkpoint.source}: the position table has {positions} rows: training on "
+                      f"{positions}-token windows instead of {feature_config.max_seq_length}", BertrtWarning)
+        feature_config = FeatureConfig(positions, min(feature_config.doc_stride, positions // 2),
+                                       min(feature_config.max_query_length, positions // 2))
     examples = read_squad(data, articles)
     if not examples:
         raise ValueError(f"{data}: no questions in articles {articles.start}:{articles.stop}")
+    unanswered = sum(not e.answers for e in examples)
+    if unanswered == len(examples):
+        raise ValueError(f"{data}: no question in articles {articles.start}:{articles.stop} has an answer to "
+                         "train on (a test file?)")
+    if unanswered:
+        import warnings
+
+        from bertrt.errors import BertrtWarning
+
+        warnings.warn(f"{data}: {unanswered} of {len(examples)} questions have no answer; trained without them",
+                      BertrtWarning)
+        examples = [e for e in examples if e.answers]
     if distill is not None:
         _check_teachers(distill.teachers, checkpoint)
     training_examples = every_answer(examples) if all_answers else examples
@@ -272,7 +297,7 @@ def train_squad(base: str | Path | None, data: str | Path, out: str | Path, *, a
     if distill is not None:
         log["distillation"] = {**dataclasses.asdict(distill), "teachers": [str(t) for t in distill.teachers]}
     trained = model.to_checkpoint(vocab_file=checkpoint.vocab_file, source=str(out))
-    extra = {"training_log.json": json.dumps(log, indent=2) + "\n"}
+    extra = {"training_log.json": json.dumps(log, indent=2) + "\n", MARKER: marker_text("model")}
     if model_card:
         extra["README.md"] = model_card
     save_hf_folder(trained, out, dtype=save_dtype, extra_files=extra)
@@ -295,11 +320,11 @@ def read_pair_tsv(path: str | Path, *, exclude_ids: str | Path | None = None) ->
     path = Path(path)
     skip = set()
     if exclude_ids is not None:
-        for line in Path(exclude_ids).read_text(encoding="utf-8-sig").splitlines():
+        for line in _read_utf8(exclude_ids).splitlines():
             parts = line.strip().split("\t")
             if len(parts) >= 2:
                 skip.add((parts[0], parts[1]))
-    rows = path.read_text(encoding="utf-8-sig").splitlines()
+    rows = _read_utf8(path).splitlines()
     if not rows:
         raise ValueError(f"{path}: empty file")
     out = []
@@ -312,7 +337,16 @@ def read_pair_tsv(path: str | Path, *, exclude_ids: str | Path | None = None) ->
         if (parts[1], parts[2]) in skip:
             continue
         out.append(PairExample(int(parts[0]), parts[3], parts[4], (parts[1], parts[2])))
+    if not out:
+        raise ValueError(f"{path}: no sentence pairs to use (after the header{' and --exclude-ids' if skip else ''})")
     return out
+
+
+def _read_utf8(path: str | Path) -> str:
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
 def encode_pairs(pairs: Sequence[PairExample], tokenizer, max_seq_length: int = 128) -> list[Example]:
@@ -364,7 +398,11 @@ def train_classifier(base: str | Path | None, train_tsv: str | Path, out: str | 
     checkpoint = load_checkpoint(base)
     if checkpoint.vocab_file is None:
         raise ValueError(f"{checkpoint.source}: no vocab.txt beside the weights")
-    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+    tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case,
+                              vocab_size=checkpoint.config.vocab_size)
+    if max_seq_length > checkpoint.config.max_position_embeddings:
+        raise ValueError(f"max_seq_length {max_seq_length}: the model's position table has only "
+                         f"{checkpoint.config.max_position_embeddings} rows")
     pairs = read_pair_tsv(train_tsv, exclude_ids=exclude_ids)
     model = model_for_finetuning(checkpoint, "classifier", seed=config.seed)
     log = train(model, encode_pairs(pairs, tokenizer, max_seq_length), _classifier_loss, config,
@@ -375,5 +413,6 @@ def train_classifier(base: str | Path | None, train_tsv: str | Path, out: str | 
         predicted = predict_labels(model, encode_pairs(dev, tokenizer, max_seq_length))
         log["dev"] = {"data": str(dev_tsv), **accuracy_f1(predicted, [p.label for p in dev])}
     trained = model.to_checkpoint(vocab_file=checkpoint.vocab_file, source=str(out))
-    save_hf_folder(trained, out, extra_files={"training_log.json": json.dumps(log, indent=2) + "\n"})
+    save_hf_folder(trained, out, extra_files={"training_log.json": json.dumps(log, indent=2) + "\n",
+                                                  MARKER: marker_text("model")})
     return log

@@ -42,7 +42,23 @@ def load_checkpoint(model: str | Path | None = None) -> Checkpoint:
     Raises:
         CheckpointError: naming what is wrong; nothing is half-loaded.
     """
-    path = resolve_model_path(model)
+    checkpoint = _load(resolve_model_path(model))
+    check_finite(checkpoint)
+    return checkpoint
+
+
+def check_finite(checkpoint: Checkpoint) -> None:
+    """Raise CheckpointError naming the first tensor holding a NaN or an infinity."""
+    import torch
+
+    for name, tensor in checkpoint.tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{checkpoint.source}: tensor {name} holds {bad} NaN or infinite value(s); "
+                                  "the checkpoint is corrupted or diverged in training")
+
+
+def _load(path: Path) -> Checkpoint:
     if is_hf_folder(path):
         return load_hf_folder(path)
     from bertrt.weights import onnx_loader, tf_checkpoint, torch_state

@@ -29,8 +29,7 @@ from bertrt.config import BertConfig
 from bertrt.quant.recipe import QMAX
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names what is wrong."""
+from bertrt.errors import CheckpointError  # noqa: F401  (re-exported: bertrt.weights.CheckpointError)
 
 
 @dataclasses.dataclass

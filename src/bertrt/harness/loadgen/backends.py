@@ -24,17 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bertrt.cli import UserError
+from bertrt.errors import UserError
 from bertrt.packed import PackedBatch, pad_sequences, position_ids_from_cu_seqlens
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: no CUDA GPU is available")
-    return resolved
 
 
 def require_qa_head(checkpoint) -> None:

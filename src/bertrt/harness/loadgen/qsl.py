@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bertrt.cli import UserError
+from bertrt.errors import UserError
 
 
 class SquadQSL:

@@ -16,17 +16,27 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from bertrt.cli import UserError
+from bertrt.atomic import folder_kind, write_folder_atomically
+from bertrt.errors import UserError
 from bertrt.harness.loadgen import accuracy, report as reporting
-from bertrt.harness.loadgen.backends import make_backend, require_qa_head, resolve_device
+from bertrt.device import resolve_device
+from bertrt.harness.loadgen.backends import make_backend, require_qa_head
 from bertrt.harness.loadgen.qsl import SquadQSL
 from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, log_settings, loadgen_settings
 from bertrt.harness.loadgen.sut import BatchingSUT
 from bertrt.harness.loadgen.trace import TRACE_FILE, rows_of, summarize, write_batches
+
+# The marker kind of a folder ``run_test`` wrote (see ``bertrt.atomic``).
+OUTPUT_KIND = "loadgen"
+# MLPerf BERT's window: SQuAD features of 384 tokens (doc stride 128, questions of at most 64).
+WINDOW = 384
+# How often the waiting thread wakes to take a Ctrl-C while LoadGen runs.
+POLL_S = 0.1
 
 
 def require_loadgen():
@@ -89,7 +99,11 @@ def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQS
         backend = build()
         vocab = _vocab_file(options, checkpoint, backend)
     config = checkpoint.config if checkpoint is not None else getattr(getattr(backend, "model", None), "config", None)
-    tokenizer = BertTokenizer(vocab, lowercase=config.do_lower_case if config is not None else True)
+    if config is not None and config.max_position_embeddings < WINDOW:
+        raise UserError(f"the model's position table has {config.max_position_embeddings} rows; MLPerf BERT reads "
+                        f"SQuAD through {WINDOW}-token windows (use `bertrt squad` for shorter ones)")
+    tokenizer = BertTokenizer(vocab, lowercase=config.do_lower_case if config is not None else True,
+                              vocab_size=config.vocab_size if config is not None else None)
     qsl = SquadQSL(options.data, tokenizer, articles=options.articles, count=options.count, progress=progress)
     backend = backend or build()
     warm_up(backend, qsl, options.batch_tokens(), full_batch=device.type == "cuda")
@@ -157,13 +171,40 @@ def frozen_heap():
 def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 1) -> dict:
     """Run LoadGen once; write its logs, report.json (and accuracy.json) into ``options.out``.
 
+    The run writes into a temporary sibling of ``options.out`` which replaces it only once the
+    run is complete, so an interrupted or failed run leaves the previous run's folder as it was.
+    ``options.out`` may be replaced when it is empty or a LoadGen output folder bertrt wrote
+    (``options.overwrite``: any folder). LoadGen runs on a worker thread, so Ctrl-C reaches the
+    calling thread at once (KeyboardInterrupt) instead of after LoadGen returns.
+
     Returns:
         The report dict (see ``report.build_report``), with "accuracy" in accuracy mode.
     """
     lg = require_loadgen()
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = loadgen_settings(options, len(qsl))
+    reports: list[dict] = []
+
+    def fill(folder: Path) -> None:
+        reports.append(_run_into(lg, folder, out, settings, options, qsl, backend, workers=workers))
+
+    def may_replace(existing: Path) -> bool:
+        return options.overwrite or folder_kind(existing) == OUTPUT_KIND or not any(existing.iterdir())
+
+    try:
+        write_folder_atomically(out, fill, may_replace=may_replace, kind=OUTPUT_KIND,
+                                refuse_message="exists and is not a LoadGen output folder bertrt wrote; "
+                                               "choose a new folder or pass --overwrite")
+    except ValueError as exc:
+        if reports:  # the run itself succeeded: only the destination was refused
+            raise UserError(str(exc)) from None
+        raise
+    return reports[0]
+
+
+def _run_into(lg, out: Path, final: Path, settings, options: HarnessOptions, qsl: SquadQSL, backend, *,
+              workers: int) -> dict:
+    """Run LoadGen with its logs in ``out``, a temporary folder that becomes ``final``."""
     latency_s = settings.server_target_latency_ns / 1e9
     sut = BatchingSUT(backend, qsl, scenario=options.scenario, max_batch_tokens=options.batch_tokens(),
                       latency_target_s=latency_s, workers=workers).start()
@@ -171,17 +212,24 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
     try:
         with frozen_heap():
             # A missing audit.config path keeps a stray ./audit.config from changing the run.
-            lg.StartTestWithLogSettings(sut_handle, qsl_handle, settings, log_settings(out),
-                                        str(out / "audit.config"))
-    finally:
+            _interruptible(lg.StartTestWithLogSettings, sut_handle, qsl_handle, settings, log_settings(out),
+                           str(out / "audit.config"))
+    except KeyboardInterrupt:
+        # LoadGen goes on calling the SUT from its own threads until the process ends (which the
+        # interrupt is about to do): the SUT stays up, since a stopped SUT would fail those calls.
+        raise
+    except BaseException:
         sut.stop()
-        lg.DestroySUT(sut_handle)
-        lg.DestroyQSL(qsl_handle)
+        raise
+    sut.stop()
+    lg.DestroySUT(sut_handle)
+    lg.DestroyQSL(qsl_handle)
     if sut.error is not None:
         raise RuntimeError(f"the {backend.name} backend failed during the run: {sut.error}") from sut.error
 
     report = reporting.build_report(out, options, backend_name=backend.name, samples=len(qsl),
                                     batches=sut.batches, completed=sut.samples)
+    report["summary_file"] = str(final / reporting.SUMMARY)
     report["sut_phases_ms"] = summarize(rows_of(write_batches(out / TRACE_FILE, sut.trace)))
     if options.mode is Mode.ACCURACY:
         scores = accuracy.score(qsl, accuracy.read_accuracy_log(out / accuracy.ACCURACY_LOG))
@@ -191,6 +239,32 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
         report["accuracy"] = scores
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _interruptible(function, *args) -> None:
+    """Call ``function(*args)`` on a daemon thread and wait for it; Ctrl-C (KeyboardInterrupt) is
+    taken by the calling thread within ``POLL_S`` and leaves the call to end with the process (the
+    KeyboardInterrupt carries ``process_must_end = True``)."""
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            function(*args)
+        except BaseException as exc:  # noqa: BLE001  (handed to the waiting thread)
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="loadgen", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(POLL_S)
+    except KeyboardInterrupt as exc:
+        # LoadGen cannot be stopped from outside and its threads go on: the process has to end
+        # without the interpreter's normal shutdown (``bertrt.cli`` does so on this flag).
+        exc.process_must_end = True
+        raise
+    if failure:
+        raise failure[0]
 
 
 def run(options: HarnessOptions, *, progress: bool = False) -> dict:

@@ -12,7 +12,8 @@ import dataclasses
 import enum
 from pathlib import Path
 
-from bertrt.cli import UserError
+from bertrt.errors import UserError
+from bertrt.tasks.squad import parse_articles  # noqa: F401  (re-exported: one parser of --articles)
 
 # The model name LoadGen's built-in mlperf.conf and user.conf files use for this benchmark.
 MLPERF_MODEL = "bert"
@@ -61,6 +62,7 @@ class HarnessOptions:
         max_batch_tokens: the SUT's token budget per batch (padded tokens for padded backends).
         out: where LoadGen's logs, report.json and accuracy.json go.
         device: "auto", "cpu", "cuda", "cuda:N".
+        overwrite: ``out`` may replace any folder, not only an empty one or a LoadGen output bertrt wrote.
     """
 
     scenario: Scenario = Scenario.OFFLINE
@@ -80,9 +82,14 @@ class HarnessOptions:
     max_batch_tokens: int | None = None
     out: Path = Path("loadgen-out")
     device: str = "auto"
+    overwrite: bool = False
 
     def validate(self) -> None:
         """Raise UserError (one line) for settings that cannot work; checks only cheap things."""
+        for flag, value in (("--target-qps", self.target_qps), ("--target-latency-ms", self.target_latency_ms),
+                            ("--min-duration", self.min_duration_s)):
+            if value is not None and value == float("inf"):
+                raise UserError(f"{flag} must be a finite number, got {value}")
         if self.target_qps is not None and not self.target_qps > 0:
             raise UserError(f"--target-qps must be > 0, got {self.target_qps:g}")
         if self.target_latency_ms is not None and not self.target_latency_ms > 0:
@@ -103,25 +110,19 @@ class HarnessOptions:
             raise UserError(f"user.conf not found: {self.user_conf}")
         if self.engine is not None and not Path(self.engine).is_dir():
             raise UserError(f"engine folder not found: {self.engine} (build one with `bertrt build`)")
-        if Path(self.out).exists() and not Path(self.out).is_dir():
-            raise UserError(f"--out {self.out} exists and is not a folder")
+        from bertrt.atomic import check_destination
+        from bertrt.device import check_device
+
+        check_device(self.device)
+        check_destination(self.out, folder=True, kind="loadgen", overwrite=self.overwrite,
+                          inputs=[("--data", self.data), ("--vocab", self.vocab), ("--user-conf", self.user_conf),
+                                  ("--engine", self.engine), ("--model", self.model)])
 
     def batch_tokens(self) -> int:
         """The token budget per batch: large for Offline (throughput), smaller where latency counts."""
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return {Scenario.OFFLINE: 65536, Scenario.SERVER: 32768}.get(self.scenario, 8192)
-
-
-def parse_articles(text: str) -> slice:
-    """``"32:48"`` -> slice(32, 48); ``"5"`` -> slice(5, 6)."""
-    try:
-        if ":" in text:
-            start, _, stop = text.partition(":")
-            return slice(int(start) if start else None, int(stop) if stop else None)
-        return slice(int(text), int(text) + 1)
-    except ValueError:
-        raise UserError(f"--articles must look like START:END (e.g. 32:48), got {text!r}") from None
 
 
 def loadgen_settings(options: HarnessOptions, sample_count: int):
@@ -137,6 +138,7 @@ def loadgen_settings(options: HarnessOptions, sample_count: int):
     # conf_type 0: LoadGen's built-in mlperf.conf only (the official bert values: 130 ms p99 for
     # Server, 600 s minimum duration, ...); conf_type 1 reads that and then the user.conf.
     settings.FromConfig("", MLPERF_MODEL, scenario, 0)
+    builtin = (settings.min_query_count, settings.min_duration_ms, settings.performance_sample_count_override)
     if options.user_conf is not None:
         if settings.FromConfig(str(options.user_conf), MLPERF_MODEL, scenario, 1) != 0:
             raise UserError(f"LoadGen could not read {options.user_conf} (expected lines like "
@@ -158,7 +160,42 @@ def loadgen_settings(options: HarnessOptions, sample_count: int):
         settings.min_duration_ms = max(1, int(options.min_duration_s * 1000))
     if options.min_query_count is not None:
         settings.min_query_count = options.min_query_count
+    if options.mode is Mode.PERFORMANCE:
+        fit_to_samples(settings, options, sample_count, builtin)
     return settings
+
+
+def fit_to_samples(settings, options: HarnessOptions, sample_count: int, builtin: tuple[int, int, int]) -> None:
+    """Fit a performance run over fewer samples than the full dataset to those samples.
+
+    LoadGen's built-in bert settings ask for 600 s and, Offline, one query of 10,833 samples
+    whatever the QSL holds: over the 16 samples of ``--count 16`` on a CPU that is a run of many
+    minutes instead of seconds. Unless the user set them (flags or user.conf), the minimum query
+    count becomes one pass over the samples and the minimum duration 0, with a warning saying so.
+    """
+    import math
+    import warnings
+
+    from bertrt.errors import BertrtWarning
+
+    query_count, duration_ms, full_count = builtin
+    user_set_count = options.min_query_count is not None or settings.min_query_count != query_count
+    user_set_duration = options.min_duration_s is not None or settings.min_duration_ms != duration_ms
+    if sample_count >= full_count or (user_set_count and user_set_duration):
+        return
+    fitted = []
+    if not user_set_count:
+        per_query = settings.multi_stream_samples_per_query if options.scenario is Scenario.MULTI_STREAM else 1
+        settings.min_query_count = max(1, math.ceil(sample_count / per_query))
+        fitted.append(f"min_query_count {settings.min_query_count} (LoadGen's bert default: {query_count:,})")
+    if not user_set_duration:
+        settings.min_duration_ms = 0
+        if options.scenario is Scenario.OFFLINE and options.target_qps is None:
+            settings.offline_expected_qps = 1.0  # with no minimum duration, one query of min_query_count samples
+        fitted.append(f"min_duration 0 s (default: {duration_ms / 1000:g} s)")
+    warnings.warn(f"{sample_count} samples, fewer than the full {full_count:,}: the performance run is fitted to "
+                  f"them: {', '.join(fitted)}; not a valid MLPerf run (give --min-query-count and --min-duration "
+                  "to choose)", BertrtWarning, stacklevel=3)
 
 
 def log_settings(out: Path):

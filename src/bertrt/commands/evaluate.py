@@ -19,18 +19,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_articles(text: str | None) -> slice | None:
-    from bertrt.cli import UserError
-
-    if text is None:
-        return None
-    try:
-        start, stop = (int(x) if x else None for x in text.split(":"))
-    except ValueError as exc:
-        raise UserError(f"--articles {text!r}: expected A:B, e.g. 32:48") from exc
-    return slice(start, stop)
-
-
 def load_json(path: str, what: str):
     from bertrt.cli import UserError
 
@@ -42,6 +30,7 @@ def load_json(path: str, what: str):
 
 def run(args: argparse.Namespace) -> int:
     from bertrt.cli import UserError
+    from bertrt.tasks.squad import parse_articles
     from bertrt.tasks.squad_metric import evaluate
 
     data = load_json(args.data, "--data")

@@ -68,7 +68,7 @@ def run_squad(args: argparse.Namespace) -> int:
     import torch
 
     from bertrt.cli import UserError
-    from bertrt.commands.evaluate import parse_articles
+    from bertrt.tasks.squad import parse_articles
     from bertrt.tasks.train import Distillation, train_squad
 
     distill = None

@@ -113,17 +113,6 @@ class HarnessOptions:
         return {Scenario.OFFLINE: 65536, Scenario.SERVER: 32768}.get(self.scenario, 8192)
 
 
-def parse_articles(text: str) -> slice:
-    """``"32:48"`` -> slice(32, 48); ``"5"`` -> slice(5, 6)."""
-    try:
-        if ":" in text:
-            start, _, stop = text.partition(":")
-            return slice(int(start) if start else None, int(stop) if stop else None)
-        return slice(int(text), int(text) + 1)
-    except ValueError:
-        raise UserError(f"--articles must look like START:END (e.g. 32:48), got {text!r}") from None
-
-
 def loadgen_settings(options: HarnessOptions, sample_count: int):
     """LoadGen ``TestSettings`` for ``options`` over a QSL of ``sample_count`` samples.
 

@@ -52,7 +52,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertrt.cli import UserError
     from bertrt.harness import perf, workload
-    from bertrt.pipeline import resolve_device
+    from bertrt.loading import resolve_device
 
     peers = [] if args.peers.strip().lower() in ("", "none") else [p.strip() for p in args.peers.split(",")]
     unknown = [p for p in peers if p not in perf.PEERS]

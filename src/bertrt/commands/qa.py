@@ -44,7 +44,7 @@ def read_text_arg(value: str, what: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from bertrt.cli import UserError
-    from bertrt.pipeline import load_qa
+    from bertrt.loading import load_qa
     from bertrt.tasks.qa import answer_question
 
     context = read_text_arg(args.context, "context")

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from bertrt.cli import UserError
     from bertrt.commands.evaluate import load_json
-    from bertrt.pipeline import load_qa
+    from bertrt.loading import load_qa
     from bertrt.tasks.squad import (FeatureConfig, make_features, parse_articles, postprocess, read_squad,
                                     run_qa_model, write_predictions)
     from bertrt.tasks.squad_metric import evaluate

@@ -312,8 +312,10 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         checkpoint has one.
 
     Example:
-        >>> path = build("bert-large-squad/", "engines/large-fp16", precision="fp16")
-        >>> engine = Engine.load(path)
+        >>> import tempfile
+        >>> path = build(None, tempfile.mkdtemp() + "/default-fp16", device="cpu")  # the embedded model
+        >>> sorted(p.name for p in path.iterdir())
+        ['engine.json', 'vocab.txt', 'weights.safetensors']
     """
     from safetensors.torch import save_file
 

@@ -273,7 +273,8 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
 # Model
 
 
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """Where ``model``'s inputs go: its parameters' device (an ``nn.Module``), else its ``device``."""
     params = getattr(model, "parameters", None)
     if callable(params):
         first = next(iter(params()), None)
@@ -292,7 +293,7 @@ def run_qa_model(model, features: Sequence[SquadFeature], *, batch_size: int = 3
     Returns:
         (start_logits, end_logits): one float32 array of shape (len(feature.input_ids),) per feature.
     """
-    device = _model_device(model)
+    device = model_device(model)
     starts, ends = [], []
     chunks = range(0, len(features), batch_size)
     if progress:

@@ -101,9 +101,11 @@ def _attention_case(kernel):
 
 
 def case_varlen_attention_torch_fused():
-    from bertrt.ops.attention import _fused_varlen, varlen_attention
+    import importlib.util
 
-    if _fused_varlen() is None:
+    from bertrt.ops.attention import varlen_attention
+
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
         raise RuntimeError("torch.nn.attention.varlen.varlen_attn is not available in this torch")
     return _attention_case(varlen_attention)
 

@@ -61,6 +61,7 @@ FILES = {
     "ops.json": "each op against its reference and PyTorch, alone",
     "gpu_tests.txt": "the GPU variants of the test suite",
     "train_default_model.json": "how the default model was selected and trained (`device_train.py`)",
+    "train_distillation.json": "distillation from the soup and a logit ensemble of its members (`device_train.py`)",
     "train_model_soup.json": "the soup of six fine-tunes (the model card's alternative)",
     "train_model_soup.log": "its training log",
     "train_recipes_and_mrpc.json": "recipe search on articles 0-23 / 24-31, and the MRPC classifier",

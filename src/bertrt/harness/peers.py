@@ -87,7 +87,7 @@ def peer_runner(name: str, model: torch.nn.Module, ids: torch.Tensor, types: tor
 
     ``mask`` defaults to all ones, as a server passes it: without a mask, transformers 5 captured in
     a CUDA graph falls back to fp32 math attention (3.67 ms instead of 1.90 at BERT-Large b1 s384
-    on an H100, ``benchmarks/results/h100/peer_attention_mask.json``), which would flatter bertrt.
+    on an H100, ``benchmarks/results/h100/alternatives.json``), which would flatter bertrt.
     """
     device = ids.device
     if mask is None:

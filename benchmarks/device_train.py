@@ -132,10 +132,10 @@ def _mix6(**kw) -> list[Member]:
     return [Member(lr, seed=s, **kw) for lr in (2e-4, 3e-4, 4e-4) for s in (42, 1)]
 
 
-# Candidate recipes, each a uniform soup of fine-tuned members. Rounds 1-2 (results committed beside
-# this script) chose lr 2e-4, 4 epochs, batch 32, and showed a soup of seeds helps; round 3 compared
-# larger soups (lr_mix6 won), round 4 lr_mix6 against lr_mix8 and lr_high4, round 5 all answers;
-# round 6 distils lr_mix6's logit ensemble into each member. Chosen on validation articles 24-31 only.
+# Candidate recipes, each a uniform soup of fine-tuned members, chosen on validation articles 24-31
+# only. Single fine-tunes favour lr 2e-4, 4 epochs, batch 32, and a soup of seeds helps; lr_mix6 is
+# the best soup (benchmarks/results/h100/train_recipes_and_mrpc.json, train_model_soup.json), and
+# kd_* distil its logit ensemble into each member (train_distillation.json).
 RECIPES = {
     "seeds3_lr2e-4": [Member(2e-4, seed=s) for s in (42, 1, 2)],
     "seeds5_lr2e-4": [Member(2e-4, seed=s) for s in (42, 1, 2, 3, 4)],
@@ -145,8 +145,8 @@ RECIPES = {
     "lr_mix6_all_answers": _mix6(all_answers=True),
     "kd_mix6": _mix6(distill_from="lr_mix6"),
     "kd_mix6_soft": _mix6(distill_from="lr_mix6", distill_weight=0.8),
-    # Round 7 candidates: single fine-tunes at the high learning rates whose round-2 runs (lr 4e-4 x 4
-    # epochs, 5e-4 x 3, seed 42) gave the README demo's full answer; see REQUIRE_DEMO.
+    # Single fine-tunes at the high learning rates whose seed-42 runs (lr 4e-4 x 4 epochs, 5e-4 x 3)
+    # gave the README demo's full answer: the candidates of the shipped model; see REQUIRE_DEMO.
     **{f"single_lr{lr:g}_e{e}_s{s}": [Member(lr, epochs=e, seed=s)]
        for lr, e in ((4e-4, 4), (5e-4, 3)) for s in (42, 1, 2, 3)},
 }
@@ -189,8 +189,8 @@ def train_members(members, base, data, articles: slice, work: Path, tag: str) ->
     """Train every member, teachers first, one after another; member -> its folder.
 
     (Several training processes at once on the one GPU were slower, not faster: without MPS the
-    GPU time-slices between processes, and a 6-process round 6 attempt did not finish its first
-    stage in 8 minutes.)
+    GPU time-slices between processes, and 6 processes at once did not finish their first stage
+    in 8 minutes.)
     """
     dirs = {m: work / f"{tag}-{m.name()}" for m in members}
     teachers_of = {m: [] for m in members}
@@ -236,7 +236,7 @@ def main() -> None:
         return
     final_stage(results, chosen, base, data, work, out, save)
 
-    if os.environ.get("MRPC", "0") == "1":  # measured in round 1 (results committed); off by default
+    if os.environ.get("MRPC", "0") == "1":  # off by default: h100/train_recipes_and_mrpc.json holds it
         mrpc_cfg = TrainConfig(epochs=5.0, learning_rate=1e-4, batch_size=32, seed=42,
                                fused_attention=_probe_fused_attention() == "fused")
         mlog = train_classifier(base, mrpc / "msr_paraphrase_train.txt", work / "mrpc",

@@ -46,6 +46,7 @@ FILES = {
     "loadgen_server_stall_fused.json": "that run's batch trace (fused up-projection)",
     "loadgen_server_stall_cublas.json": "the same build with the cuBLAS up-projection: no stall",
     "ffn_up_projection.json": "the FFN up-projection + bias + GELU by backend, graph replays",
+    "tilings.json": "the fused up-projection's and the attention kernel's tilings, graph replays",
     "attention_backends.json": "attention by backend: bertrt's Triton tilings, varlen flash, SDPA flash and cuDNN",
     "attention_unmasked_blocks.json": "the Triton attention kernel alone, with and without masks on whole blocks",
     "attention_unmasked_blocks_ab.json": "the engine with and without masks on whole attention blocks, A B A B",

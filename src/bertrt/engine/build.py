@@ -29,17 +29,16 @@ DEFAULT_MAX_SEQ_LENGTH = 384
 # Token counts at which the GEMM backends are timed; each is the upper bound of the range it decides
 # (128: one short sequence, where split-K of the FFN down-projection won on an H100).
 TUNE_TOKENS = (128, 384, 1024, 1536, 3072, 12288, 49152)
-# The fused up-projection (linear_bias_gelu) is timed against cuBLAS + bias_gelu at every count.
-# Session 2 offered it up to 1,024 tokens only, after a LoadGen Server run went INVALID when builds
-# picked it at 1.5k-12k tokens. That was Triton compiling inside the timed run (fixed by the
-# harness's mixed warm-up and by kernels not specializing on token counts, loadgen_h100_s4/), and
-# session 4's cheaper erf made it 15-20% faster than cuBLAS + bias_gelu from 1.5k tokens on
-# (benchmarks/results/explore_h100_s4.json).
+# The up-projection's backends (cuBLASLt's GELU epilogue, the fused Triton GEMM, cuBLAS + bias_gelu)
+# are timed at every count: the fused GEMM is 15-20% faster than cuBLAS + bias_gelu from 1.5k tokens
+# on an H100 (benchmarks/results/h100/tilings.json), cuBLASLt's epilogue faster still on
+# an H200 (h200/ffn_up_projection.json). Kernels do not specialize on token counts, so choices that
+# differ by count compile nothing inside a LoadGen run (docs/design-notes.md).
 # The projections back to hidden width are also timed accumulating into the residual in place
 # (cuBLAS with beta = 1, "cublas-accumulate"), at every count: the LayerNorm after them then reads
 # one (T, H) tensor instead of two, which at 49k tokens is ~100 MB less traffic per sub-layer.
 # Split-K for the projections back to hidden width (N=1024 for BERT-Large) is offered up to this
-# many tokens only. On an H100 (benchmarks/results/splitk_h100.json) it won only where cuBLAS has
+# many tokens only. On an H100 (benchmarks/results/h100/splitk.json) it won only where cuBLAS has
 # very few tiles: the FFN down-projection at 128 tokens (8.7 us against 10.2, with the LayerNorm);
 # from 384 tokens on cuBLAS was 10% or more faster, so timing it there only lengthened builds.
 SPLITK_MAX_TOKENS = 384
@@ -203,7 +202,7 @@ def pinned_attention(choice: str, default) -> str:
     count the bound covers runs what was timed. Recorded as "triton", the tiling would follow
     attention_config_for at run time, which changes within a bound: at 16,384 tokens (BERT-Large
     b128 s128) it picks 128 x 64, which took 104.7 us on an H200 against 68.9 for the 64 x 64 that
-    the 49,152-token timing had run (benchmarks/results/session7/call3/floors.json)."""
+    the 49,152-token timing had run (benchmarks/results/h200/floors.json)."""
     from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
 
     if choice != "triton":
@@ -250,7 +249,8 @@ def ragged_lengths(count: int, max_seq_length: int) -> list[int]:
 
     Up to max_seq_length tokens the batch is one sequence: that is what such small batches mostly
     are (one request at a time), and a ragged spread there picked a tiling (64 x 64 at 384 tokens)
-    that made a single 384-token request 0.09 ms slower on an H100 (session 5).
+    that made a single 384-token request 0.09 ms slower on an H100
+    (benchmarks/results/h100/attention_timing_ab.json).
     """
     if count <= max_seq_length:
         return [count]

@@ -104,8 +104,7 @@ def warm_up(backend, qsl: SquadQSL, max_batch_tokens: int, *, full_batch: bool, 
     The mixed batches matter: a kernel's tiling depends on the token count (``config_for``,
     ``attention_config_for``), and each tiling compiles on first use. Without them the first Server
     run on a fresh H100 compiled during the timed run and fell seconds behind (p50 2.4 s at 3,500
-    samples/s). Token counts themselves no longer cause compiles (``ops._triton.jit``'s
-    ``per_request``)."""
+    samples/s). Token counts themselves cause no compiles (``ops._triton.jit``'s ``per_request``)."""
     order = np.argsort(-qsl.lengths, kind="stable")
     backend.run([qsl.input_ids[order[0]]], [qsl.token_type_ids[order[0]]])
     if not full_batch:

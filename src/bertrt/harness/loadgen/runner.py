@@ -144,7 +144,8 @@ def frozen_heap():
     triggers scans only what the run allocates. A full collection of that heap takes 300 ms on a
     2-core CI machine, and it would hold the GIL the SUT's threads need. Insurance, not a measured
     fix: in a 20 s CPU Server run at 3,650 samples/s no full collection happened without it either
-    (benchmarks/server_gc_cpu.py), so GC does not explain the ~100 ms batch stalls seen on an H100."""
+    (benchmarks/results/cpu/server_gc_replay.json), so GC does not explain the ~100 ms batch stalls
+    seen on an H100."""
     gc.collect()
     gc.freeze()
     try:

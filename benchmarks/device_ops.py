@@ -1,6 +1,7 @@
 """Check and time every fused op at BERT-Large shapes on one GPU.
 
-Usage: python benchmarks/device_ops.py [out.json]   (default: $OUT/ops.json, else ./ops.json)
+Usage: BERTRT_COMMIT=<sha> PYTHONPATH=src python benchmarks/device_ops.py [out.json]
+       (default: $OUT/ops.json, else ./ops.json)
 
 For each op: the fused kernel and the unfused PyTorch sequence, both in fp16, are compared with a
 float64 computation of the same maths (the kernel may be at most 2x as wrong as PyTorch, plus a
@@ -154,7 +155,10 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) > 1 else Path(os.environ.get("OUT", ".")) / "ops.json"
     import triton
 
+    from bertrt.harness.perf import environment
+
     report = {
+        "environment": environment(torch.device("cuda")),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "dtype": str(DTYPE), "shapes": {"tokens": TOKENS, "hidden": HIDDEN, "intermediate": INTER,
                                         "heads": HEADS, "seq": SEQ},

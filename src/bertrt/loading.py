@@ -20,46 +20,24 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-HEADS = ("qa", "classifier")
-_HEAD_HINTS = {"qa": "has no question-answering head (qa_outputs); fine-tune one with `bertrt train-squad`",
-               "classifier": "has no sequence-classification head; fine-tune one with `bertrt train-classifier`"}
-
-
 def load_model(model: str | Path | None = None, *, device: str | None = None, engine: str | Path | None = None,
                head: str | None = "qa"):
-    """(runner, tokenizer) for a checkpoint or a saved engine.
+    """(runner, tokenizer); the runner (an ``Engine`` or a ``ReferenceBert``) has ``encode``,
+    ``qa_logits``, ``pooled`` and ``classify`` over a ``PackedBatch``.
 
-    The runner has ``encode``, ``qa_logits``, ``pooled`` and ``classify`` over a ``PackedBatch``
-    (an ``Engine`` or a ``ReferenceBert``). With ``engine`` a saved bertrt engine is loaded; on a
-    GPU without an engine, one is built in memory from the checkpoint (fp16); on the CPU the fp32
-    reference model runs.
-
-    Args:
-        model: anything ``load_checkpoint`` takes; None for the embedded default model.
-        device: "auto" (or None: the GPU when there is one), "cpu", "cuda", "cuda:1", ...
-        engine: a saved engine folder, used instead of ``model``.
-        head: the head the caller needs ("qa", "classifier"), or None for the encoder alone.
-
-    Raises:
-        CheckpointError: the model lacks the head or a vocabulary.
+    With ``engine`` a saved bertrt engine is loaded; on a GPU without an engine, one is built in
+    memory from the checkpoint (fp16); on the CPU the fp32 reference model runs. ``head`` is the
+    head the caller needs ("qa", "classifier"), or None for the encoder alone.
     """
-    if head is not None and head not in HEADS:
-        raise ValueError(f"unknown head {head!r} (choose from {', '.join(HEADS)} or None)")
     dev = resolve_device(device)
     if engine is not None:
         from bertrt.engine import Engine
 
         runner = Engine.load(engine, device=dev)
-        if head is not None and head not in runner.heads:
-            raise CheckpointError(f"{engine}: {_HEAD_HINTS[head]}")
-        if runner.vocab_file is None:
-            raise CheckpointError(f"{engine}: the engine has no vocab.txt (it was built from random weights)")
+        _require(head, runner.heads, runner.vocab_file, str(engine))
         return runner, BertTokenizer(runner.vocab_file, lowercase=runner.config.do_lower_case)
     checkpoint = load_checkpoint(model)
-    if head is not None and head not in checkpoint.heads:
-        raise CheckpointError(f"{checkpoint.source}: {_HEAD_HINTS[head]}")
-    if checkpoint.vocab_file is None:
-        raise CheckpointError(f"{checkpoint.source}: no vocab.txt beside the weights")
+    _require(head, checkpoint.heads, checkpoint.vocab_file, checkpoint.source)
     tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
     if dev.type == "cuda":
         from bertrt.engine import Engine
@@ -73,6 +51,18 @@ def load_model(model: str | Path | None = None, *, device: str | None = None, en
 
 
 def load_qa(model: str | Path | None = None, *, device: str | None = None, engine: str | Path | None = None):
-    """(runner, tokenizer) where runner.qa_logits(PackedBatch) -> (total_tokens, 2): ``load_model`` with
-    the question-answering head."""
+    """(runner, tokenizer) where runner.qa_logits(PackedBatch) -> (total_tokens, 2)."""
     return load_model(model, device=device, engine=engine, head="qa")
+
+
+_FINE_TUNE = {"qa": "has no question-answering head (qa_outputs); fine-tune one with `bertrt train-squad`",
+              "classifier": "has no sequence-classification head; fine-tune one with `bertrt train-classifier`"}
+
+
+def _require(head: str | None, heads: tuple[str, ...], vocab_file, source: str) -> None:
+    if head is not None and head not in _FINE_TUNE:
+        raise ValueError(f"unknown head {head!r} (choose from {', '.join(_FINE_TUNE)} or None)")
+    if head is not None and head not in heads:
+        raise CheckpointError(f"{source}: {_FINE_TUNE[head]}")
+    if vocab_file is None:
+        raise CheckpointError(f"{source}: no vocab.txt beside the weights")

@@ -1,6 +1,6 @@
 """The engine's device benchmark: one run on the lent GPU, about 8 minutes on an H100.
 
-    PYTHONPATH=src python benchmarks/device_engine.py [SQUAD_DEV_JSON] [--vocab FILE] [--out DIR]
+    BERTRT_COMMIT=<sha> PYTHONPATH=src python benchmarks/device_engine.py [SQUAD_DEV_JSON] [--vocab FILE] [--out DIR]
 
 Sections (each is timed and caught on its own, and the JSON is rewritten after each one, so a
 failure or a kill loses nothing that already ran):
@@ -16,7 +16,9 @@ failure or a kill loses nothing that already ran):
    The data comes from argv, $SQUAD or a dev-v1.1.json in the repository tree.
 5. compile: torch.compile max-autotune of the HF model, Large b1 s384 only, if time is left.
 
-Writes $OUT/device_engine.json, $OUT/perf_large.png and $OUT/perf_base.png.
+Writes $OUT/latency_large.json (build, numerics, table and the torch.compile row of BERT-Large),
+$OUT/latency_base.json, $OUT/squad_workload.json, $OUT/latency_large.png and $OUT/latency_base.png:
+the files kept under ``benchmarks/results/<gpu>/``.
 """
 
 from __future__ import annotations
@@ -38,13 +40,17 @@ sys.path.insert(0, str(REPO / "src"))
 
 from bertrt.config import STANDARD_CONFIGS  # noqa: E402
 from bertrt.engine import Engine, build  # noqa: E402
-from bertrt.harness import perf, workload  # noqa: E402
+from bertrt.harness import peers, perf, workload  # noqa: E402
 from bertrt.packed import pack_sequences, pad_packed  # noqa: E402
 from bertrt.weights import random_checkpoint  # noqa: E402
 
 ITERATIONS, WARMUP = 200, 20
 BATCHES, SEQS = [1, 8, 32, 128], [128, 384]
 PEERS = ["hf", "hf-graph"]
+# result file -> the sections it holds
+FIGURES = {"latency_large": ("build_large", "numerics_large", "perf_large", "compile_large_b1_s384"),
+           "latency_base": ("build_base", "numerics_base", "perf_base"),
+           "squad_workload": ("squad_large",)}
 
 
 class Run:
@@ -82,8 +88,13 @@ class Run:
         return result
 
     def save(self) -> None:
+        """One file per figure, each with the environment and settings."""
         self.report["total_seconds"] = round(self.elapsed(), 1)
-        perf.write_json(self.report, self.out / "device_engine.json")
+        head = {k: v for k, v in self.report.items() if k != "sections"}
+        for figure, names in FIGURES.items():
+            sections = {k: v for k, v in self.report["sections"].items() if k in names}
+            if sections:
+                perf.write_json({**head, "sections": sections}, self.out / f"{figure}.json")
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +135,7 @@ def numerics(engine: Engine) -> dict:
         torch.cuda.empty_cache()
         eager = Engine(engine.spec, engine.tensors(), device=engine.device, graphs=False)
         ours = {"graphs": engine.qa_logits(batch), "eager": eager.qa_logits(batch)}
-        model = perf.hf_model(engine)
+        model = peers.hf_model(engine)
         cu = batch.cu_seqlens
         pid, ptype = (pad_packed(t, cu, 384) for t in (batch.input_ids, batch.token_type_ids))
         mask = pad_packed(torch.ones_like(batch.input_ids), cu, 384)
@@ -153,7 +164,7 @@ def perf_table(engine: Engine, name: str, out: Path, *, batches=BATCHES, seqs=SE
     if len(batches) > 1:
         try:
             where = torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "CPU"
-            perf.plot(rows, out / f"perf_{name}.png", title=f"BERT-{name} {engine.precision.value}, {where}")
+            perf.plot(rows, out / f"latency_{name}.png", title=f"BERT-{name} {engine.precision.value}, {where}")
         except Exception as exc:  # matplotlib is optional
             errors.append({"plot": f"{type(exc).__name__}: {exc}"})
     return {"engine": perf.engine_summary(engine), "rows": [r.to_json() for r in rows], "errors": errors}
@@ -278,7 +289,7 @@ def main() -> int:
     for name, entry in run.report["sections"].items():
         status = "ok" if entry.get("ok") else f"FAILED: {entry.get('error', '')[:200]}"
         print(f"{name:<24} {entry.get('seconds', 0):>7}s  {status}")
-    print(f"wrote {out / 'device_engine.json'} in {run.elapsed():.0f} s")
+    print(f"wrote {', '.join(f'{f}.json' for f in FIGURES)} to {out} in {run.elapsed():.0f} s")
     return 0
 
 

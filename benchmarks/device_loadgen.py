@@ -9,7 +9,7 @@ and installed by this script when ``import mlperf_loadgen`` fails.
 
 Run on the device from the repo root (carry ``.whl``), after building the speed engine:
     PYTHONPATH=src python3 -m bertrt.cli build --random large --out /tmp/large-fp16   # or any engine
-    PYTHONPATH=src python3 benchmarks/device_loadgen.py --engine /tmp/large-fp16 \\
+    BERTRT_COMMIT=<sha> PYTHONPATH=src python3 benchmarks/device_loadgen.py --engine /tmp/large-fp16 \\
         --data shared/data/dev-v1.1.json --out $OUT
 
 Steps, in priority order (a step that would overrun ``--budget`` is skipped and says so):
@@ -21,7 +21,7 @@ Steps, in priority order (a step that would overrun ``--budget`` is skipped and 
    padded) Offline and SingleStream; onnxruntime Offline with its CUDA provider where it exists,
    else Offline and SingleStream on the CPU provider (fp32, the host's cores).
 
-Writes ``loadgen_results.json.gz`` (every report with its LoadGen summary text) and
+Writes ``loadgen.json.gz`` (every report with its LoadGen summary text) and
 ``loadgen_summaries.txt`` (the summaries one after another) into ``--out``, and prints a table.
 """
 
@@ -149,7 +149,7 @@ def main() -> int:
     def save() -> None:
         # Gzipped: the batch traces make it megabytes, and every committed byte travels with each
         # later device call (64 MiB at most; a 9 MB results file once pushed a call over).
-        (out / "loadgen_results.json.gz").write_bytes(gzip.compress(json.dumps(
+        (out / "loadgen.json.gz").write_bytes(gzip.compress(json.dumps(
             {"env": env, "durations_s": {"bertrt": args.duration, "peers": args.peer_duration},
              "results": results, "triton_compiles": compiles}).encode()))
         (out / "loadgen_summaries.txt").write_text("".join(

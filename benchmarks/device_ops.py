@@ -1,6 +1,7 @@
 """Check and time every fused op at BERT-Large shapes on one GPU.
 
-Usage: python benchmarks/device_ops.py [out.json]   (default: $OUT/ops.json, else ./ops.json)
+Usage: BERTRT_COMMIT=<sha> PYTHONPATH=src python benchmarks/device_ops.py [out.json]
+       (default: $OUT/ops.json, else ./ops.json)
 
 For each op: the fused kernel and the unfused PyTorch sequence, both in fp16, are compared with a
 float64 computation of the same maths (the kernel may be at most 2x as wrong as PyTorch, plus a
@@ -101,9 +102,11 @@ def _attention_case(kernel):
 
 
 def case_varlen_attention_torch_fused():
-    from bertrt.ops.attention import _fused_varlen, varlen_attention
+    import importlib.util
 
-    if _fused_varlen() is None:
+    from bertrt.ops.attention import varlen_attention
+
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
         raise RuntimeError("torch.nn.attention.varlen.varlen_attn is not available in this torch")
     return _attention_case(varlen_attention)
 
@@ -152,7 +155,10 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) > 1 else Path(os.environ.get("OUT", ".")) / "ops.json"
     import triton
 
+    from bertrt.harness.perf import environment
+
     report = {
+        "environment": environment(torch.device("cuda")),
         "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "dtype": str(DTYPE), "shapes": {"tokens": TOKENS, "hidden": HIDDEN, "intermediate": INTER,
                                         "heads": HEADS, "seq": SEQ},

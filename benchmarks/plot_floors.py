@@ -1,10 +1,13 @@
 """How far fp16 can go: bertrt's speed-up over the best Hugging Face peer per cell of the latency
-table, next to the most any engine could reach with cuBLAS's fp16 GEMMs (issue 3's 1.5x line drawn).
+table, next to the most any engine could reach with cuBLAS's fp16 GEMMs (a 1.5x line drawn).
 
-    python benchmarks/plot_floors.py OUT.png DEVICE_ENGINE_JSON FLOORS_JSON [--table OUT.md]
+    python benchmarks/plot_floors.py OUT.png FLOORS_JSON LATENCY_JSON [LATENCY_JSON ...] [--table OUT.md]
 
-DEVICE_ENGINE_JSON is ``device_engine.py``'s result (the table, peers measured in the same run);
-FLOORS_JSON is ``device_explore.py ... floors``' (same machine). A cell's bound is the best HF
+    python benchmarks/plot_floors.py benchmarks/results/h200/floors.png benchmarks/results/h200/floors.json \
+        benchmarks/results/h200/latency_large.json benchmarks/results/h200/latency_base.json
+
+LATENCY_JSON is ``device_engine.py``'s result for one or more models (the table, peers measured
+in the same run); FLOORS_JSON is ``floors.py``'s (same machine). A cell's bound is the best HF
 peer's time over the shortest time an engine could take there: the model's GEMMs alone without
 epilogues ("no_epilogue") plus every layer's attention by the fastest backend measured, before
 any LayerNorm, bias, GELU, embedding or launch gap. Where the bound is under 1.5, so is any engine.
@@ -72,7 +75,7 @@ def plot(rows: list[dict], path: str | Path) -> Path:
         ax.bar([i - 0.2 for i in x], [r["ratio"] for r in mine], width=0.4, label="bertrt (measured)")
         ax.bar([i + 0.2 for i in x], [r["ratio_bound"] for r in mine], width=0.4, color="lightgray",
                edgecolor="gray", label="bound: GEMMs alone + fastest attention")
-        ax.axhline(TARGET, color="red", linestyle="--", linewidth=1, label="issue 3 target (1.5x)")
+        ax.axhline(TARGET, color="red", linestyle="--", linewidth=1, label="1.5x over the best HF peer")
         ax.set_xticks(list(x), [f"b{r['batch']}\ns{r['seq']}" for r in mine])
         ax.set_ylabel("speed-up over the best Hugging Face peer")
         ax.set_title(f"BERT-{model.capitalize()} fp16")
@@ -89,11 +92,12 @@ def plot(rows: list[dict], path: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="PNG to write")
-    parser.add_argument("engine_json", help="device_engine.py's JSON")
-    parser.add_argument("floors_json", help="device_explore.py's floors JSON")
+    parser.add_argument("floors_json", help="floors.py's JSON")
+    parser.add_argument("latency_json", nargs="+", help="device_engine.py's JSON: latency_large.json, latency_base.json")
     parser.add_argument("--table", help="also write the rows as a Markdown table here")
     args = parser.parse_args(argv)
-    rows = cells(json.loads(Path(args.engine_json).read_text()), json.loads(Path(args.floors_json).read_text()))
+    sections = {k: v for path in args.latency_json for k, v in json.loads(Path(path).read_text())["sections"].items()}
+    rows = cells({"sections": sections}, json.loads(Path(args.floors_json).read_text()))
     if not rows:
         raise SystemExit("no cell has both a perf row and a floor")
     print(f"wrote {plot(rows, args.out)}")

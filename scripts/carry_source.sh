@@ -11,4 +11,5 @@ dest=.carry/src_$name
 rm -rf "$dest" && mkdir -p "$dest"
 git archive "$rev" src/bertrt | tar -x -C "$dest" --strip-components=1
 rm -rf "$dest/bertrt/models"  # the default model (45 MB) is not needed for speed runs
+git rev-parse "$rev^{commit}" > "$dest/COMMIT"  # what benchmarks/device_ab.sh records for this tree
 echo "$dest ($(git rev-parse --short "$rev"), $(du -sh "$dest" | cut -f1))"

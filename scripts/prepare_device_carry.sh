@@ -9,7 +9,7 @@ mkdir -p .carry
 cp ../shared/data/dev-v1.1.json .carry/
 cp -r ../shared/data/glue_mrpc .carry/ && chmod -R u+w .carry/glue_mrpc
 cp src/bertrt/models/default/vocab.txt .carry/vocab.txt
-git rev-parse --short HEAD > .carry/sha
+git rev-parse HEAD > .carry/sha  # run device scripts with BERTRT_COMMIT=$(cat .carry/sha)
 if [ "${1:-}" = "--base" ]; then
   "${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}" - <<'PY'
 import torch

@@ -53,7 +53,7 @@ def test_no_command_prints_help(capsys):
 def test_demo_question(capsys):
     code, out, _ = run_cli("qa", "--context", DEMO_CONTEXT, "--question", "What is TensorRT?", capsys=capsys)
     assert code == 0
-    assert "high performance deep learning inference platform" in out  # the demo requirement
+    assert "high performance deep learning inference platform" in out  # the README's demo answer
 
 
 def test_json_gives_offsets_into_the_context(capsys):

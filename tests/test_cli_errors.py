@@ -90,7 +90,7 @@ def _reading_stdin(pid: int) -> bool:
 
 
 def test_the_library_does_not_import_the_command_line():
-    code = ("import sys, bertrt.harness.loadgen.runner, bertrt.harness.loadgen.backends, bertrt.pipeline; "
+    code = ("import sys, bertrt.harness.loadgen.runner, bertrt.harness.loadgen.backends, bertrt.loading; "
             "sys.exit('bertrt.cli' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

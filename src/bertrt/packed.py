@@ -53,6 +53,15 @@ class PackedBatch:
         return list(values.split(self.seqlens.tolist()))
 
 
+def mean_per_sequence(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """(B, ...) mean of each sequence's rows of a packed (total_tokens, ...) tensor, in its dtype."""
+    seqlens = batch.seqlens.to(values.device)
+    seq = torch.repeat_interleave(torch.arange(batch.num_sequences, device=values.device), seqlens,
+                                  output_size=values.shape[0])
+    sums = values.new_zeros(batch.num_sequences, *values.shape[1:]).index_add_(0, seq, values)
+    return sums / seqlens.to(values.dtype).view(-1, *([1] * (values.dim() - 1)))
+
+
 def cu_seqlens_from_lengths(lengths: Sequence[int] | torch.Tensor, device=None) -> torch.Tensor:
     lengths = torch.as_tensor(lengths, dtype=torch.int32, device=device)
     return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))

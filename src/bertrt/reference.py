@@ -10,7 +10,7 @@ from torch import nn
 
 from bertrt.config import BertConfig
 from bertrt.ops.attention import varlen_attention, varlen_attention_ref
-from bertrt.packed import PackedBatch
+from bertrt.packed import PackedBatch, mean_per_sequence
 from bertrt.weights.schema import Checkpoint
 
 
@@ -133,7 +133,4 @@ class ReferenceBert(nn.Module):
     def mean_pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """(B, hidden): mean of each sequence's last hidden states (sentence-transformers style)."""
         hidden = self.encode(batch) if hidden is None else hidden
-        seq = torch.repeat_interleave(torch.arange(batch.num_sequences, device=hidden.device),
-                                      batch.seqlens.to(hidden.device), output_size=hidden.shape[0])
-        sums = hidden.new_zeros(batch.num_sequences, hidden.shape[1]).index_add_(0, seq, hidden)
-        return sums / batch.seqlens.to(hidden.device, hidden.dtype)[:, None]
+        return mean_per_sequence(hidden, batch)

@@ -121,6 +121,36 @@ def _accuracy_cli(out: Path, backend: str, model: Path, data: Path, count: int =
                      "--out", str(out), *extra])
 
 
+def _reference_scores(qa_model, squad_dev, count: int) -> dict:
+    """The questions of the first ``count`` features answered outside LoadGen: the same features, the
+    fp32 reference model over them, post-processing and the SQuAD metric, with nothing shared with
+    the harness but the task library."""
+    from bertrt.loading import load_qa
+    from bertrt.tasks.squad import FeatureConfig, make_features, postprocess, read_squad, read_squad_articles, run_qa_model
+    from bertrt.tasks.squad_metric import evaluate
+
+    model, tokenizer = load_qa(qa_model, device="cpu")
+    examples = read_squad(squad_dev, slice(0, 2))
+    features = make_features(examples, tokenizer, FeatureConfig())
+    windows = [sum(f.example_index == i for f in features) for i in range(len(examples))]
+    first = features[:count]
+    complete = 0  # examples come in order, so the whole ones form a prefix
+    while complete < len(examples) and sum(f.example_index == complete for f in first) == windows[complete]:
+        complete += 1
+    kept = [f for f in first if f.example_index < complete]
+    starts, ends = run_qa_model(model, kept)
+    predictions, _ = postprocess(examples[:complete], kept, starts, ends)
+    qids = {ex.qid for ex in examples[:complete]}
+    articles = [{**a, "paragraphs": [{**p, "qas": [q for q in p["qas"] if q["id"] in qids]} for p in a["paragraphs"]]}
+                for a in read_squad_articles(squad_dev, slice(0, 2))]
+    return {**evaluate(articles, predictions), "questions": complete, "predictions": predictions}
+
+
+@pytest.fixture(scope="module")
+def reference_scores(qa_model, squad_dev):
+    return _reference_scores(qa_model, squad_dev, COUNT)
+
+
 @pytest.fixture(scope="module")
 def accuracy_runs(tmp_path_factory, qa_model, squad_dev):
     """Accuracy mode through the CLI with the bertrt (reference) and pytorch backends."""
@@ -141,13 +171,16 @@ def test_cli_plots_the_batch_trace(accuracy_runs):
     assert sum(row["samples"] for row in rows) == COUNT  # every sample in exactly one batch
 
 
-def test_accuracy_mode_scores_with_our_metric(accuracy_runs, capsys):
+def test_accuracy_mode_scores_as_the_reference_run(accuracy_runs, reference_scores):
     for backend, out in accuracy_runs.items():
         _check_logs(out)
         acc = json.loads((out / "accuracy.json").read_text())
-        assert 0.0 <= acc["f1"] <= 100.0 and 0.0 <= acc["exact_match"] <= acc["f1"] + 1e-9
+        # What the logged logits score is what the same model scores outside LoadGen.
+        assert acc["f1"] == pytest.approx(reference_scores["f1"], abs=1e-6), backend
+        assert acc["exact_match"] == pytest.approx(reference_scores["exact_match"], abs=1e-6), backend
+        assert json.loads((out / "predictions.json").read_text()) == reference_scores["predictions"], backend
         # 16 features of article 0 are 16 whole questions (each short passage is one window).
-        assert acc["samples"] == COUNT and 1 <= acc["questions"] <= COUNT
+        assert acc["samples"] == COUNT and acc["questions"] == reference_scores["questions"] == COUNT
         logits = read_accuracy_log(out / "mlperf_log_accuracy.json")
         assert sorted(logits) == list(range(COUNT))
         assert all(v.dtype == np.float32 and v.ndim == 2 and v.shape[1] == 2 for v in logits.values())
@@ -174,7 +207,7 @@ def test_onnxruntime_backend(tmp_path, qa_model, squad_dev, accuracy_runs):
     qsl, backend = prepare(options)
     assert backend.providers[0] == "CPUExecutionProvider"
     report = run_test(options, qsl, backend)
-    assert 0.0 <= report["accuracy"]["f1"] <= 100.0
+    assert report["accuracy"]["f1"] == pytest.approx(_reference_scores(qa_model, squad_dev, 8)["f1"], abs=1e-6)
     onnx = read_accuracy_log(tmp_path / "mlperf_log_accuracy.json")
     reference = read_accuracy_log(accuracy_runs["bertrt"] / "mlperf_log_accuracy.json")
     assert sorted(onnx) == list(range(8))

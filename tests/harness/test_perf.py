@@ -11,7 +11,7 @@ import torch
 from bertrt.cli import main
 from bertrt.config import BertConfig
 from bertrt.engine import Engine, build
-from bertrt.harness import perf, workload
+from bertrt.harness import peers, perf, workload
 from bertrt.weights import random_checkpoint
 
 TINY = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -34,7 +34,7 @@ def test_latency_row_statistics():
 def test_hf_peer_gives_the_engine_answers(tiny_engine_dir):
     """The peer is built from the engine's own weights: same logits in fp32."""
     engine = Engine.load(tiny_engine_dir, device="cpu")
-    model = perf.hf_model(engine)
+    model = peers.hf_model(engine)
     ids, types = perf.synthetic_inputs(3, 16, TINY.vocab_size, device=engine.device)
     with torch.inference_mode():
         out = model(input_ids=ids, token_type_ids=types)
@@ -132,11 +132,11 @@ def test_peers_get_an_attention_mask_by_default():
         return kwargs
 
     ids, types = perf.synthetic_inputs(2, 5, 100, device=torch.device("cpu"))
-    run, _ = perf.peer_runner("hf", model, ids, types)
+    run, _ = peers.peer_runner("hf", model, ids, types)
     run()
     assert torch.equal(seen["attention_mask"], torch.ones_like(ids))
     padded = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    perf.peer_runner("hf", model, ids, types, padded)[0]()
+    peers.peer_runner("hf", model, ids, types, padded)[0]()
     assert torch.equal(seen["attention_mask"], padded)
 
 
@@ -148,3 +148,14 @@ def test_report_names_the_kernels_the_build_chose():
     assert summary["gemm_choices"] == {"attention": {"64": "torch", "256": "triton-64x64"},
                                        "ffn_out": {"256": "cublas-accumulate"}}
     json.dumps(summary)  # JSON keys are strings
+
+
+def test_reports_record_the_commit_they_are_given(monkeypatch):
+    """A device's copy of the tree has a stale .git: the commit passed in wins over it."""
+    monkeypatch.setenv(perf.COMMIT_VARIABLE, "f" * 40)
+    assert perf.source_commit("a" * 40) == ("a" * 40, "argument")
+    assert perf.source_commit() == ("f" * 40, perf.COMMIT_VARIABLE)
+    env = perf.environment(torch.device("cpu"))
+    assert (env["git_sha"], env["git_sha_from"], env["git_dirty"]) == ("f" * 40, perf.COMMIT_VARIABLE, None)
+    monkeypatch.delenv(perf.COMMIT_VARIABLE)
+    assert perf.source_commit()[1] == "git"

@@ -1,4 +1,4 @@
-"""A new batch size must not compile a kernel again (issue 3: no recompilation on new request shapes).
+"""A new batch size must not compile a kernel again (no recompilation on new request shapes).
 
 Large batches run outside CUDA graphs, so each token count reaches the kernels as a new integer
 argument; Triton would compile again for values that are 1 or multiples of 16 unless the kernel

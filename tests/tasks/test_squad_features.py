@@ -196,3 +196,19 @@ def test_training_target_outside_window_is_cls(tokenizer):
         s, e = f.token_offsets[f.start_position][0], f.token_offsets[f.end_position][1]
         assert context[s:e] == "Zanzibar"
     assert features[0].start_position == features[0].end_position == 0
+
+
+@pytest.mark.parametrize("text, expected", [("32:48", slice(32, 48)), (":32", slice(None, 32)), ("32:", slice(32, None)),
+                                            ("5", slice(5, 6)), (None, None)])
+def test_parse_articles(text, expected):
+    from bertrt.tasks.squad import parse_articles
+
+    assert parse_articles(text) == expected
+
+
+@pytest.mark.parametrize("text", ["a:b", "1:2:3", "", "five"])
+def test_parse_articles_says_what_it_expects(text):
+    from bertrt.tasks.squad import parse_articles
+
+    with pytest.raises(ValueError, match="START:END"):
+        parse_articles(text)

@@ -66,7 +66,7 @@ def read_stdin_text(flag: str) -> str:
 def fitted_window(model, *, max_seq_length: int | None, default: int = 384) -> int:
     """The window to read passages through: ``max_seq_length`` when the model accepts it (UserError
     otherwise); without one, ``default`` clamped to the model's limit, with a warning when clamped."""
-    from bertrt.pipeline import max_window
+    from bertrt.loading import max_window
 
     limit = max_window(model)
     if max_seq_length is not None:

@@ -67,7 +67,8 @@ def register(subparsers) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, Scenario, parse_articles
+    from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, Scenario
+    from bertrt.tasks.squad import parse_articles
 
     return HarnessOptions(
         scenario=Scenario(args.scenario), mode=Mode(args.mode), backend=BackendName(args.backend),

@@ -49,7 +49,7 @@ def read_text_arg(value: str, what: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from bertrt.commands._common import fitted_window
     from bertrt.errors import UserError
-    from bertrt.pipeline import load_qa
+    from bertrt.loading import load_qa
     from bertrt.tasks.qa import answer_question
     from bertrt.tasks.squad import FeatureConfig
 

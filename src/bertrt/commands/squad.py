@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from bertrt.commands._common import fitted_window, require_positive
     from bertrt.commands.evaluate import load_json, parse_articles
     from bertrt.errors import UserError
-    from bertrt.pipeline import load_qa
+    from bertrt.loading import load_qa
     from bertrt.tasks.squad import (FeatureConfig, make_features, nbest_path, postprocess, read_squad,
                                     run_qa_model, write_predictions)
     from bertrt.tasks.squad_metric import evaluate

@@ -94,8 +94,12 @@ class Engine:
         vocab_file: the WordPiece vocabulary, when the engine has one.
 
     Example:
-        >>> engine = Engine.load("engines/large-fp16")
-        >>> logits = engine.qa_logits(pack_sequences(ids, types))   # (total_tokens, 2) fp32
+        >>> import tempfile
+        >>> from bertrt import build
+        >>> engine = Engine.load(build(None, tempfile.mkdtemp() + "/engine", device="cpu"), device="cpu")
+        >>> logits = engine.qa_logits(pack_sequences([[101, 2054, 2003, 102]]))   # [CLS] what is [SEP]
+        >>> tuple(logits.shape), logits.dtype                                     # (total_tokens, 2) fp32
+        ((4, 2), torch.float32)
     """
 
     def __init__(self, spec: EngineSpec, tensors: dict[str, torch.Tensor], *, device: torch.device,

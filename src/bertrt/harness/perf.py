@@ -9,11 +9,8 @@ Two measurements:
   token-budget batches by bertrt and padded to 384 in fixed-size batches by the peers; reported
   as features/s. Tokenisation is not timed; inputs are staged on the device beforehand.
 
-Peers (built from the engine's own weights, in its precision):
-
-- ``hf``: transformers ``BertForQuestionAnswering`` run eagerly (its default attention kernel);
-- ``hf-graph``: that model captured in one CUDA graph per shape;
-- ``compile``: ``torch.compile(mode="max-autotune")`` of that model (minutes to compile).
+The peers are built from the engine's own weights, in its precision (``harness.peers``); the
+SQuAD workload is ``harness.workload``.
 """
 
 from __future__ import annotations
@@ -24,18 +21,19 @@ import json
 import os
 import platform
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bertrt.harness.peers import BERTRT, PEERS, hf_model, peer_runner
+from bertrt.harness.timing import synchronize, time_iterations
 from bertrt.packed import pack_padded
 
-PEERS = ("hf", "hf-graph", "compile")
-BERTRT = "bertrt"
+__all__ = ["BERTRT", "PEERS", "PerfRow", "environment", "engine_summary", "format_table", "source_commit", "latency_row", "perf_report",
+           "plot", "rows_from_report", "run_table", "synchronize", "synthetic_inputs", "time_iterations", "write_json"]
 
 
 @dataclasses.dataclass
@@ -63,34 +61,6 @@ class PerfRow:
 # Timing
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_iterations(fn: Callable[[], object], *, iterations: int, warmup: int, device: torch.device) -> list[float]:
-    """Milliseconds of each of ``iterations`` calls of ``fn``, after ``warmup`` untimed calls."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        synchronize(device)
-        times = []
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            for _ in range(iterations):
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(iterations):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1000.0)
-    return times
-
-
 def latency_row(system: str, batch: int, seq: int, times_ms: Sequence[float]) -> PerfRow:
     t = np.asarray(times_ms, dtype=np.float64)
     p50, p95, p99 = np.percentile(t, [50, 95, 99])
@@ -111,78 +81,6 @@ def synthetic_inputs(batch: int, seq: int, vocab_size: int, *, device: torch.dev
     types = torch.ones(batch, seq, dtype=torch.long)
     types[:, : max(1, seq // 4)] = 0
     return ids.to(device), types.to(device)
-
-
-def hf_model(engine) -> torch.nn.Module:
-    """transformers ``BertForQuestionAnswering`` holding the engine's weights, in its precision and device."""
-    import transformers
-
-    from bertrt.weights.schema import to_hf_names
-
-    if "qa" not in engine.heads:
-        raise ValueError("the engine has no QA head, so there is no BertForQuestionAnswering peer")
-    hf_config = transformers.BertConfig(**engine.config.to_hf_dict("BertForQuestionAnswering"))
-    with torch.device(engine.device):  # initialise on the device: fast even for BERT-Large
-        model = transformers.BertForQuestionAnswering(hf_config)
-    state = {k: v for k, v in to_hf_names(engine.tensors(), engine.config).items() if not k.startswith("bert.pooler")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-    if missing or unexpected:
-        raise RuntimeError(f"HF peer weights do not line up: missing {missing[:4]}, unexpected {unexpected[:4]}")
-    return model.to(engine.dtype).eval()
-
-
-def hf_call(model, ids, types, mask=None):
-    return model(input_ids=ids, token_type_ids=types, attention_mask=mask)
-
-
-def _graphed(fn: Callable[[], object], device: torch.device) -> tuple[Callable[[], None], Any]:
-    """Capture ``fn`` (which reads static tensors) in one CUDA graph; returns (replay, outputs)."""
-    with torch.inference_mode():
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
-    return graph.replay, (graph, out)
-
-
-def peer_runner(name: str, model: torch.nn.Module, ids: torch.Tensor, types: torch.Tensor,
-                mask: torch.Tensor | None = None, *, compiled: dict | None = None) -> tuple[Callable[[], object], Any]:
-    """A no-argument callable running peer ``name`` on these static inputs, plus objects to keep alive.
-
-    ``mask`` defaults to all ones, as a server passes it: without a mask, transformers 5 captured in
-    a CUDA graph falls back to fp32 math attention (2x slower at b1 s384, 3.5x at b8 s384 on an
-    H100; benchmarks/results/explore_h100.json), which would flatter bertrt's ratios.
-    """
-    device = ids.device
-    if mask is None:
-        mask = torch.ones_like(ids)
-    if name == "hf":
-        return (lambda: hf_call(model, ids, types, mask)), None
-    if name == "hf-graph":
-        if device.type != "cuda":
-            raise RuntimeError("hf-graph needs a CUDA device")
-        return _graphed(lambda: hf_call(model, ids, types, mask), device)
-    if name == "compile":
-        if compiled is None:
-            compiled = {}
-        if "model" not in compiled:
-            compiled["model"] = torch.compile(model, mode="max-autotune", dynamic=False)
-        cmodel = compiled["model"]
-        mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
-
-        def run():
-            if mark is not None:
-                mark()  # compiled graphs reuse their outputs' memory from one call to the next
-            return hf_call(cmodel, ids, types, mask)
-
-        return run, compiled
-    raise ValueError(f"unknown peer {name!r} (choose from {', '.join(PEERS)})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,12 +176,35 @@ def _driver() -> str | None:
     return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Where and with what the numbers were measured."""
+COMMIT_VARIABLE = "BERTRT_COMMIT"
+
+
+def source_commit(commit: str | None = None) -> tuple[str | None, str]:
+    """(the commit the measured source is at, where that was read).
+
+    A copied tree (a device that receives the working tree, not the repository) carries a stale
+    ``.git``, so the commit is taken from ``commit``, then the ``BERTRT_COMMIT`` variable, and only
+    then from ``git rev-parse HEAD`` beside the package.
+    """
+    if commit:
+        return commit, "argument"
+    if os.environ.get(COMMIT_VARIABLE):
+        return os.environ[COMMIT_VARIABLE], COMMIT_VARIABLE
+    return _git("rev-parse", "HEAD"), "git"
+
+
+def environment(device: torch.device, *, commit: str | None = None) -> dict[str, Any]:
+    """Where and with what the numbers were measured.
+
+    Args:
+        device: the device that ran them.
+        commit: the source's commit (see ``source_commit``); default ``BERTRT_COMMIT``, else git.
+    """
     from bertrt import __version__
 
     is_cuda = device.type == "cuda"
-    status = _git("status", "--porcelain")
+    sha, sha_from = source_commit(commit)
+    status = _git("status", "--porcelain") if sha_from == "git" else None
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
@@ -297,7 +218,8 @@ def environment(device: torch.device) -> dict[str, Any]:
         "triton": _version("triton"),
         "transformers": _version("transformers"),
         "bertrt": __version__,
-        "git_sha": _git("rev-parse", "HEAD"),
+        "git_sha": sha,
+        "git_sha_from": sha_from,
         "git_dirty": bool(status) if status is not None else None,
     }
 
@@ -393,11 +315,11 @@ def perf_report(engine, *, batches: Sequence[int], seqs: Sequence[int], iteratio
                      progress=progress, errors=errors) if batches and seqs else []
     report["rows"] = [r.to_json() for r in rows]
     if workload_data is not None:
+        from bertrt.harness.workload import squad_features, squad_workload
         from bertrt.tokenizer import BertTokenizer
 
         tokenizer = BertTokenizer(find_vocab(engine, vocab), lowercase=engine.config.do_lower_case,
                                   vocab_size=engine.config.vocab_size)
-        from bertrt.harness.workload import squad_features, squad_workload
 
         features = squad_features(workload_data, tokenizer, max_features=max_features, progress=progress)
         work = squad_workload(engine, features, peers=[p for p in peers if p != "compile"], peer_batch=peer_batch,

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from bertrt.harness.perf import BERTRT, hf_call, hf_model, peer_runner, synchronize
+from bertrt.harness.peers import BERTRT, hf_call, hf_model, peer_runner
+from bertrt.harness.timing import synchronize
 from bertrt.packed import PackedBatch, pack_sequences, pad_sequences
 
 

@@ -36,8 +36,8 @@ class AttentionConfig:
 def attention_config_for(programs_at_64: int, head_dim: int) -> AttentionConfig:
     """The tiling for ``programs_at_64`` (query blocks of 64 tokens x heads) of work.
 
-    From timings on an H100 (head_dim 64; benchmarks/results/explore_h100.json, and CUDA-graph
-    replays in explore_h100_s4.json): a single sequence (under 128 such programs) wants 64 queries
+    From timings on an H100 (head_dim 64; benchmarks/results/h100/alternatives.json, and CUDA-graph
+    replays in h100/tilings.json): a single sequence (under 128 such programs) wants 64 queries
     against 128-key steps; a few sequences want 64 x 64 with a deeper pipeline; from about 512
     programs, 128-query blocks on 8 warps (12k tokens: 74 us against 80 for 64 x 64 and 92 for
     PyTorch's flash kernel); from 8,192 programs (32k tokens at 16 heads) 64 x 64 again (49k tokens:
@@ -59,8 +59,8 @@ def default_config(total: int, heads: int, head_dim: int) -> AttentionConfig:
 
 # The kernel's smallest sequence-slot width. CUDA graphs pass 129 slots (max_batch 128 + padding),
 # so 256 makes graphs, eager batches of up to 256 sequences and the build's timing one compiled
-# variant per tiling. With 128, the build compiled both widths of each tiling it timed; with the
-# named tilings a cold BERT-Large build took 27.9 s on an H100 (19.7 s before them, session 5).
+# variant per tiling. With 128, a build compiles both widths of every tiling it times: a cold
+# BERT-Large build on an H100 took 27.9 s so, against 19.7 s with one width per tiling.
 SEQUENCE_SLOTS = 256
 
 

@@ -23,7 +23,7 @@ tl = None  # triton.language, bound by jit() on first use: importing this module
 _add_bias_gelu = _grouped_tile = None  # jitted device functions, bound by jit() with the kernels (_HELPERS)
 
 
-# Tiles by M, from CUDA-graph timings on an H100 (benchmarks/results/explore_h100_s4.json, K=1024,
+# Tiles by M, from CUDA-graph timings on an H100 (benchmarks/results/h100/tilings.json, K=1024,
 # N=4096, fp16, against cuBLAS + the bias_gelu kernel): up to ~1k tokens 64 x 64 tiles fill the 132
 # SMs; to ~2k a persistent 128 x 128 TMA kernel (1,536 tokens: 27.8 us against 31.2); beyond, 128 x 256
 # TMA tiles (3,072: 50.1 against 61.2; 49,152: 750 against 903, 550 TFLOP/s with the epilogue).

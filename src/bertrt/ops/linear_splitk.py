@@ -24,8 +24,8 @@ _grouped_tile = None  # _triton.grouped_tile_impl, bound by jit() with the kerne
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
 
-# Tiles by M for N=1024 (not yet timed on a GPU: benchmarks/device_splitk.py compares them with
-# cuBLAS). Output tiles x splits should cover the 132 SMs of an H100 about once or twice:
+# Tiles by M for N=1024, against cuBLAS on an H100 in benchmarks/results/h100/splitk.json (split-K
+# wins only at 128 tokens there). Output tiles x splits should cover the 132 SMs about once or twice:
 # M=128: 64 x 64 gives 32 tiles (64/128 programs at 2/4 splits); M=384: 96 tiles; M=768, 64 x 128:
 # 96 tiles; M=1536, 128 x 128: 96 tiles, M=3072: 192 (where cuBLAS should no longer need splitting).
 SMALL_M = GemmConfig(64, 64, 64, num_warps=4, num_stages=4)

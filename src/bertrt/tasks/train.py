@@ -38,6 +38,9 @@ class TrainConfig:
     seed: int = 42
     device: str | None = None  # None: CUDA when available, else CPU
     mixed_precision: bool = True  # bf16 autocast on CUDA
+    # PyTorch's fused varlen attention on CUDA; False trains through the exact padded reference,
+    # for a torch whose fused kernel has no backward on this GPU.
+    fused_attention: bool = True
 
     def resolved_device(self) -> torch.device:
         from bertrt.device import resolve_device
@@ -138,6 +141,7 @@ def train(model: ReferenceBert, examples: Sequence[Example],
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     model.to(device).train()
+    model.fused_attention = config.fused_attention
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = max(1, int(round(steps_per_epoch * config.epochs)))
     warmup = int(total * config.warmup_fraction)

@@ -41,6 +41,11 @@ def load_checkpoint(model: str | Path | None = None) -> Checkpoint:
             file with ``config.json`` beside it, a hub name, or None for the embedded default.
     Raises:
         CheckpointError: naming what is wrong; nothing is half-loaded.
+
+    Example:
+        >>> checkpoint = load_checkpoint()    # the embedded default model: MiniLM fine-tuned for SQuAD
+        >>> checkpoint.config.hidden_size, checkpoint.heads, len(checkpoint.tensors)
+        (384, ('qa',), 81)
     """
     checkpoint = _load(resolve_model_path(model))
     check_finite(checkpoint)

@@ -171,24 +171,11 @@ class OnnxBackend:
 
 def hf_model(checkpoint, device: torch.device, *, attn_implementation: str = "sdpa"):
     """``BertForQuestionAnswering`` with the checkpoint's weights (fp16 on CUDA, fp32 on CPU)."""
-    from transformers import BertForQuestionAnswering
-
-    from bertrt.weights import save_hf_folder
-
-    from transformers.utils import logging as hf_logging
+    from bertrt.harness.peers import hf_qa_model
 
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    verbosity = hf_logging.get_verbosity()
-    # from_pretrained reports tensors the QA model does not use (the pooler): expected, not news.
-    hf_logging.set_verbosity_error()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bertrt-hf-") as tmp:
-            folder = save_hf_folder(checkpoint, Path(tmp) / "model")
-            model = BertForQuestionAnswering.from_pretrained(str(folder), dtype=dtype,
-                                                             attn_implementation=attn_implementation)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    return model.to(device).eval()
+    return hf_qa_model(checkpoint.config, checkpoint.tensors, device=device, dtype=dtype,
+                       attn_implementation=attn_implementation)
 
 
 class _LogitsOnly(torch.nn.Module):

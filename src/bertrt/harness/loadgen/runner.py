@@ -118,8 +118,7 @@ def warm_up(backend, qsl: SquadQSL, max_batch_tokens: int, *, full_batch: bool, 
     The mixed batches matter: a kernel's tiling depends on the token count (``config_for``,
     ``attention_config_for``), and each tiling compiles on first use. Without them the first Server
     run on a fresh H100 compiled during the timed run and fell seconds behind (p50 2.4 s at 3,500
-    samples/s). Token counts themselves no longer cause compiles (``ops._triton.jit``'s
-    ``per_request``)."""
+    samples/s). Token counts themselves cause no compiles (``ops._triton.jit``'s ``per_request``)."""
     order = np.argsort(-qsl.lengths, kind="stable")
     backend.run([qsl.input_ids[order[0]]], [qsl.token_type_ids[order[0]]])
     if not full_batch:
@@ -159,7 +158,8 @@ def frozen_heap():
     triggers scans only what the run allocates. A full collection of that heap takes 300 ms on a
     2-core CI machine, and it would hold the GIL the SUT's threads need. Insurance, not a measured
     fix: in a 20 s CPU Server run at 3,650 samples/s no full collection happened without it either
-    (benchmarks/server_gc_cpu.py), so GC does not explain the ~100 ms batch stalls seen on an H100."""
+    (benchmarks/results/cpu/server_gc_replay.json), so GC does not explain the ~100 ms batch stalls
+    seen on an H100."""
     gc.collect()
     gc.freeze()
     try:

@@ -1,0 +1,261 @@
+"""Write each GPU folder's README under benchmarks/results/ from its JSON, so prose cannot drift from numbers.
+
+    python benchmarks/tables.py            # rewrite benchmarks/results/*/README.md
+    python benchmarks/tables.py --check    # exit 1 if a README differs from what its JSON gives
+
+A folder holds one file per figure (``latency_large.json``, ``loadgen.json.gz``, ``floors.json``, ...);
+the README gets a table for each figure it knows and a line for every file (``FILES``). A figure
+is replaced by running its script again and committing the new file under the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from plot_floors import cells, markdown as floors_markdown  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GPUS = {"h200": "NVIDIA H200 (141 GB HBM3e, 700 W)", "h100": "NVIDIA H100 80GB HBM3 (700 W)",
+        "cpu": "CPU (2 cores, no GPU)"}
+
+# What each figure is and which script writes it; files not named here are listed without a line.
+FILES = {
+    "latency_large.json": "BERT-Large latency table, build, kernel choices and numerics (`device_engine.py`)",
+    "latency_base.json": "BERT-Base latency table, build, kernel choices and numerics (`device_engine.py`)",
+    "latency_large.png": "the BERT-Large table drawn (`bertrt perf --plot`)",
+    "latency_base.png": "the BERT-Base table drawn (`bertrt perf --plot`)",
+    "squad_workload.json": "SQuAD v1.1 dev workload, features/s of bertrt and the peers (`device_engine.py`)",
+    "floors.json": "each cell's GEMMs alone and every attention backend (`floors.py`)",
+    "floors.png": "bertrt's speed-up over HF beside the fp16 bound (`plot_floors.py`)",
+    "matmul_ceiling.json": "the 8192^3 fp16 matmul rate over 0.05 s and over 4 s (`floors.py --ceiling`)",
+    "profile_large.json": "where BERT-Large's time goes, per kernel kind (`device_profile.py`)",
+    "loadgen.json.gz": "MLPerf LoadGen: every scenario and backend of one run, with per-batch traces (`device_loadgen.py`)",
+    "loadgen_summaries.txt": "LoadGen's own summaries of the `loadgen.json.gz` run",
+    "loadgen_server_4200.json.gz": "Server at 4,200 qps: the first rate over capacity",
+    "loadgen_server_3650.json": "Server at 3,650 qps, VALID (figures parsed from the run's log)",
+    "loadgen_server_3800.json": "Server at 3,800 qps: the first rate over capacity, with Offline and SingleStream",
+    "loadgen_accuracy.json": "LoadGen accuracy mode, held-out articles 32-47, with that run's performance rows",
+    "loadgen_onnxruntime_cpu.json": "the onnxruntime backend on the CPU provider (128-sample QSL)",
+    "loadgen_server_stall.png": "per-batch service times of a Server run that stalled on a Triton compile",
+    "loadgen_server_stall_fused.json": "that run's batch trace (fused up-projection)",
+    "loadgen_server_stall_cublas.json": "the same build with the cuBLAS up-projection: no stall",
+    "ffn_up_projection.json": "the FFN up-projection + bias + GELU by backend, graph replays",
+    "tilings.json": "the fused up-projection's and the attention kernel's tilings, graph replays",
+    "attention_backends.json": "attention by backend: bertrt's Triton tilings, varlen flash, SDPA flash and cuDNN",
+    "attention_unmasked_blocks.json": "the Triton attention kernel alone, with and without masks on whole blocks",
+    "attention_unmasked_blocks_ab.json": "the engine with and without masks on whole attention blocks, A B A B",
+    "attention_tiling_ab_large.json": "builds that record the attention tiling they timed, against a run-time pick",
+    "attention_tiling_ab_base.json": "the same A/B for BERT-Base",
+    "attention_timing_ab.json": "builds that time attention on ragged lengths against one sequence",
+    "gelu_epilogue_ab.json": "cuBLASLt's GELU_BIAS epilogue in the engine, against the source before it",
+    "cublaslt_algorithms.json": "each of cuBLASLt's suggested algorithms per projection, alone and chained",
+    "dependent_launch_ab.json": "programmatic dependent launch for the Triton kernels after each GEMM",
+    "staging_ab.json": "batch-1 request latency by host-to-device staging path",
+    "alternatives.json": "attention, GEMM and HF-peer variants, among them the peer without an attention mask",
+    "splitk.json": "split-K for the projections back to hidden width, by token count",
+    "ops.json": "each op against its reference and PyTorch, alone",
+    "gpu_tests.txt": "the GPU variants of the test suite",
+    "train_default_model.json": "how the default model was selected and trained (`device_train.py`)",
+    "train_distillation.json": "distillation from the soup and a logit ensemble of its members (`device_train.py`)",
+    "train_model_soup.json": "the soup of six fine-tunes (the model card's alternative)",
+    "train_model_soup.log": "its training log",
+    "train_recipes_and_mrpc.json": "recipe search on articles 0-23 / 24-31, and the MRPC classifier",
+    "train_recipes_and_mrpc.log": "its training log",
+    "squad_heldout.json": "the default model on held-out articles 32-47, fp32 reference on the CPU",
+    "fp8_accuracy.json": "what e4m3 GEMM operands would cost the default model, by fake quantization",
+    "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",
+}
+
+
+def read(path: Path):
+    return json.load(gzip.open(path, "rt")) if path.suffix == ".gz" else json.loads(path.read_text())
+
+
+def environment(report: dict) -> dict:
+    return report.get("environment") or report.get("env") or {}
+
+
+def conditions(report: dict) -> str:
+    env = environment(report)
+    sha = (env.get("git_sha") or (report.get("provenance") or {}).get("ran_at_commit") or "")[:7] or "unknown"
+    parts = [env.get("device_name"), env.get("date", "")[:10] or None,
+             f"torch {env['torch']}" if env.get("torch") else None,
+             f"triton {env['triton']}" if env.get("triton") else None,
+             f"transformers {env['transformers']}" if env.get("transformers") else None, f"source {sha}"]
+    return ", ".join(p for p in parts if p)
+
+
+def latency_table(reports: dict[str, dict]) -> list[str]:
+    lines = ["| model | seq | batch | bertrt avg / p99 ms | HF eager ms | HF + CUDA graph ms | best HF / bertrt |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for model, report in reports.items():
+        section = report["sections"].get(f"perf_{model}", {})
+        rows = section.get("result", {}).get("rows", [])
+        by_cell: dict[tuple[int, int], dict[str, dict]] = {}
+        for row in rows:
+            by_cell.setdefault((row["seq"], row["batch"]), {})[row["system"]] = row
+        for (seq, batch), systems in sorted(by_cell.items()):
+            ours = systems.get("bertrt")
+            if ours is None:
+                continue
+            peers = {k: v["avg_ms"] for k, v in systems.items() if k != "bertrt"}
+            ratio = f"{min(peers.values()) / ours['avg_ms']:.2f}x" if peers else "-"
+            cell = lambda name: f"{peers[name]:.2f}" if name in peers else "-"  # noqa: E731
+            lines.append(f"| {model.capitalize()} | {seq} | {batch} | {ours['avg_ms']:.2f} / {ours['p99_ms']:.2f} | "
+                         f"{cell('hf')} | {cell('hf-graph')} | {ratio} |")
+    return lines
+
+
+def numerics_lines(reports: dict[str, dict]) -> list[str]:
+    lines = []
+    for model, report in reports.items():
+        n = report["sections"].get(f"numerics_{model}", {}).get("result")
+        if n:
+            lines.append(f"- BERT-{model.capitalize()}, a ragged batch against the fp32 reference on the engine's "
+                         f"weights: max |error| {n['graphs_max_abs_err']:.4f} with CUDA graphs, "
+                         f"{n['eager_max_abs_err']:.4f} eager; Hugging Face fp16 {n['hf_fp16_max_abs_err']:.4f}.")
+        build = report["sections"].get(f"build_{model}", {}).get("result")
+        if build:
+            lines.append(f"- BERT-{model.capitalize()} build: {build['build_s']:.1f} s, {build['weights_mib']:.0f} MiB "
+                         f"of weights.")
+    return lines
+
+
+def workload_table(report: dict) -> list[str]:
+    result = report["sections"]["squad_large"]["result"]
+    rows = result["rows"]
+    ours = next(r["features_per_s"] for r in rows if r["system"] == "bertrt")
+    lines = [f"{result['features']:,} features (384 / 128 / 64), BERT-Large fp16; bertrt packed and sorted by length, "
+             f"the peers padded to {result['peer_padding']} in batches of {result['peer_batch']}.", "",
+             "| system | features/s | tokens computed | bertrt x |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['features_per_s']:,.0f} | {r['computed_tokens']:,} | "
+                     f"{ours / r['features_per_s']:.2f}x |")
+    return lines
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+# What a LoadGen file other than the main run is kept for: only those rows go into the README.
+LOADGEN_FOCUS = {
+    "loadgen_server_4200.json.gz": lambda r: r["scenario"] == "Server",
+    "loadgen_server_3800.json": lambda r: r["scenario"] == "Server",
+    "loadgen_onnxruntime_cpu.json": lambda r: r["backend"] == "onnxruntime",
+}
+
+
+def loadgen_table(report: dict, keep=lambda r: True) -> list[str]:
+    lines = ["| scenario | mode | backend | result | p50 / p90 / p99 ms | LoadGen |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in report.get("results", []):
+        if "scenario" not in r or not keep(r):
+            continue
+        settings = r.get("settings") or {}
+        scenario = r["scenario"] + (f", {int(settings['target_qps']):,} qps" if r["scenario"] == "Server" else "")
+        if r["mode"] == "accuracy":
+            acc = r.get("accuracy") or {}
+            lines.append(f"| {scenario} | accuracy | {r['backend']} | F1 {acc.get('f1', float('nan')):.2f}, "
+                         f"EM {acc.get('exact_match', float('nan')):.2f} ({acc.get('questions', '?')} questions) | | |")
+            continue
+        lat = r.get("latency_ms") or {}
+        # Offline's latencies are those of one query holding every sample: not a figure of merit.
+        latency = " / ".join(_ms(lat[k]) for k in ("p50", "p90", "p99")) if lat and r["scenario"] != "Offline" else ""
+        value = f"{r['result']:,.1f} samples/s" if r["unit"] == "samples/s" else f"p90 {r['result']:.3f} ms"
+        qsl = f" ({r['samples_in_qsl']}-sample QSL)" if r.get("samples_in_qsl", 10833) != 10833 else ""
+        lines.append(f"| {scenario}{qsl} | performance | {r['backend']} | {value} | {latency} | {r['verdict']} |")
+    return lines
+
+
+def loadgen_log_table(report: dict) -> list[str]:
+    """Rows already formatted by the run's log (a run whose JSON did not come back)."""
+    lines = ["| scenario | backend | result | p50 / p90 / p99 ms | LoadGen |", "| --- | --- | --- | --- | --- |"]
+    for r in report["rows"]:
+        latency = "" if r["scenario"] == "Offline" else f"{r['p50_ms']} / {r['p90_ms']} / {r['p99_ms']}"
+        lines.append(f"| {r['scenario']} | {r['backend']} | {r['result']} | {latency} | {r['verdict']} |")
+    return lines
+
+
+def readme(folder: Path) -> str:
+    name = folder.name
+    files = sorted(p.name for p in folder.iterdir() if p.name != "README.md")
+    out = [f"# Results on the {GPUS.get(name, name)}", "",
+           f"Generated by `python benchmarks/tables.py` from the JSON files in this folder: edit those (by running",
+           "their scripts again), not this file. Each section names its file and the conditions it records.", ""]
+    models = {m: read(folder / f"latency_{m}.json") for m in ("large", "base") if (folder / f"latency_{m}.json").exists()}
+    if models:
+        first = next(iter(models.values()))
+        s = first.get("settings", {})
+        out += ["## Latency", "",
+                f"fp16, random weights, full batches of one length, {s.get('iterations')} iterations after "
+                f"{s.get('warmup')} warm-up, peers in the same process ({conditions(first)}; "
+                + ", ".join(f"`latency_{m}.json`" for m in models) + ").", ""]
+        out += latency_table(models) + [""] + numerics_lines(models) + [""]
+    if (folder / "squad_workload.json").exists():
+        report = read(folder / "squad_workload.json")
+        out += ["## SQuAD workload", "", f"`squad_workload.json` ({conditions(report)}).", ""]
+        out += workload_table(report) + [""]
+    if (folder / "floors.json").exists() and models:
+        floors = read(folder / "floors.json")
+        merged = {"sections": {k: v for r in models.values() for k, v in r["sections"].items()}}
+        rows = cells(merged, floors)
+        if rows:
+            out += ["## What fp16 allows", "",
+                    "Each cell's bound: the model's GEMMs alone (bare products, each layer's own weights, one CUDA "
+                    "graph) plus every layer's attention by the fastest backend measured; no fp16 engine on cuBLAS can "
+                    f"take less (`floors.json`, {conditions(floors)}; drawn in `floors.png`).", ""]
+            out += floors_markdown(rows).rstrip("\n").split("\n") + [""]
+    for loadgen in ("loadgen.json.gz", "loadgen_accuracy.json", "loadgen_server_4200.json.gz",
+                    "loadgen_server_3800.json", "loadgen_onnxruntime_cpu.json"):
+        if (folder / loadgen).exists():
+            report = read(folder / loadgen)
+            durations = report.get("durations_s") or {}
+            title = "LoadGen" if loadgen == "loadgen.json.gz" else f"LoadGen: `{loadgen}`"
+            keep = LOADGEN_FOCUS.get(loadgen, lambda r: True)
+            accuracy = any(r.get("mode") == "accuracy" and keep(r) for r in report.get("results", []))
+            model = ("BERT-Large random weights, fp32 on onnxruntime's CPU provider (16 cores: the image had no CUDA "
+                     "provider)" if "onnxruntime" in loadgen else "BERT-Large random weights fp16")
+            out += [f"## {title}", "",
+                    model
+                    + (" (accuracy rows: the embedded default model on held-out articles 32-47)" if accuracy else "")
+                    + f", SQuAD v1.1 dev QSL, {durations.get('bertrt', 0):g} s minimum per bertrt run and "
+                    f"{durations.get('peers', 0):g} s per peer run ({conditions(report)}; `{loadgen}`).", ""]
+            out += loadgen_table(report, keep) + [""]
+    if (folder / "loadgen_server_3650.json").exists():
+        report = read(folder / "loadgen_server_3650.json")
+        out += ["## LoadGen: `loadgen_server_3650.json`", "", f"{report['what']} ({conditions(report)}).", ""]
+        out += loadgen_log_table(report) + [""]
+    out += ["## Files", "", "| file | what |", "| --- | --- |"]
+    out += [f"| `{f}` | {FILES.get(f, '')} |" for f in files]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 where a README is stale")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    stale = []
+    for folder in sorted(p for p in args.results.iterdir() if p.is_dir()):
+        text = readme(folder)
+        path = folder / "README.md"
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print("stale (run python benchmarks/tables.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,6 +16,7 @@ COMMANDS = (
     "loadgen",
     "build",
     "perf",
+    "serve",
 )
 
 

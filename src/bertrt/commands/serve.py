@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 
 from bertrt.commands._common import add_model_args
 
@@ -72,12 +73,17 @@ def run(args: argparse.Namespace) -> int:
     # by its own timeout at the latest), then runs the app's shutdown, which drains the batcher.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=int(settings.timeout_s) + 5, access_log=False)
-    uvicorn.Server(config).run()
+    # uvicorn raises the signal that stopped it again once it has drained; the work is done by then,
+    # so a drained SIGTERM exits 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
 def _run_ray(args: argparse.Namespace, settings) -> int:
-    import signal
     import threading
 
     import ray

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+# In the OpenAPI document: a text holds something besides whitespace (the validators say why not).
+_NOT_BLANK = {"pattern": r"\S"}
+
+
 def _text(value: str, what: str = "text") -> str:
     if not value.strip():
         raise ValueError(f"the {what} is empty or whitespace")
@@ -20,9 +24,9 @@ class _Body(BaseModel):
 
 
 class QAPair(_Body):
-    question: str = Field(description="the question", examples=["What is TensorRT?"])
+    question: str = Field(description="the question", examples=["What is TensorRT?"], json_schema_extra=_NOT_BLANK)
     context: str = Field(description="the passage the answer is cut from; long passages are read through "
-                                     "overlapping windows")
+                                     "overlapping windows", json_schema_extra=_NOT_BLANK)
 
     @field_validator("question")
     @classmethod
@@ -38,8 +42,11 @@ class QAPair(_Body):
 class QARequest(_Body):
     """Either one ``question`` and ``context``, or several pairs in ``inputs``."""
 
-    question: str | None = None
-    context: str | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["question", "context"]}, {"required": ["inputs"]}]})
+
+    question: str | None = Field(default=None, json_schema_extra=_NOT_BLANK)
+    context: str | None = Field(default=None, json_schema_extra=_NOT_BLANK)
     inputs: list[QAPair] | None = Field(default=None, min_length=1)
 
     @field_validator("question")
@@ -82,7 +89,8 @@ class QAResults(BaseModel):
 
 
 class EmbedRequest(_Body):
-    inputs: str | list[str] = Field(description="a sentence, or a list of them")
+    inputs: str | list[str] = Field(description="a sentence, or a list of them",
+                                    json_schema_extra={**_NOT_BLANK, "items": _NOT_BLANK})
     normalize: bool = Field(default=True, description="scale each vector to unit length")
     truncate: bool = Field(default=False, description="cut texts longer than the model's window instead of "
                                                       "answering 413")
@@ -107,8 +115,8 @@ class Embeddings(BaseModel):
 
 
 class ClassifyPair(_Body):
-    text: str
-    text_pair: str | None = None
+    text: str = Field(json_schema_extra=_NOT_BLANK)
+    text_pair: str | None = Field(default=None, json_schema_extra=_NOT_BLANK)
 
     @field_validator("text", "text_pair")
     @classmethod
@@ -119,8 +127,11 @@ class ClassifyPair(_Body):
 class ClassifyRequest(_Body):
     """Either one ``text`` (and optional ``text_pair``), or several in ``inputs``."""
 
-    text: str | None = None
-    text_pair: str | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["text"]}, {"required": ["inputs"]}]})
+
+    text: str | None = Field(default=None, json_schema_extra=_NOT_BLANK)
+    text_pair: str | None = Field(default=None, json_schema_extra=_NOT_BLANK)
     inputs: list[ClassifyPair] | None = Field(default=None, min_length=1)
     truncate: bool = Field(default=False, description="cut pairs longer than the model's window instead of "
                                                       "answering 413")

@@ -134,6 +134,11 @@ class TokenBatcher:
     def pending_items(self) -> int:
         return len(self._pending)
 
+    @property
+    def alive(self) -> bool:
+        """Every worker thread is running (false before ``start`` and after ``stop``)."""
+        return all(t.is_alive() for t in self._threads)
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self):

@@ -80,17 +80,24 @@ def test_text_without_tokens_is_422(serve):
     assert "no tokens" in _error(r, 422, "no_tokens")
 
 
-def test_full_queue_answers_503_with_retry_after(serve, gated):
-    runner = gated.runner
+@pytest.mark.parametrize("room", ["for one more window", "for none"])
+def test_full_queue_answers_503_with_retry_after(serve, gated, room):
+    runner, tok = gated.runner, gated.tokenizer
+    window = len(tok.pair(tok.encode(QUESTION).ids, tok.encode(CONTEXT).ids)[0])
+    # Room for one more window: the third request is tokenised, then refused by the queue. Room
+    # for none: the queue is already full, so it is refused before tokenising.
+    limit = 2 * window - 1 if room == "for one more window" else window
     runner.gate.clear()
-    with serve(ServeSettings(max_queue_tokens=40, max_delay_ms=0), model=gated, warm_up=False) as client, \
+    with serve(ServeSettings(max_queue_tokens=limit, max_delay_ms=0), model=gated, warm_up=False) as client, \
             concurrent.futures.ThreadPoolExecutor(2) as pool:
         first = pool.submit(client.post, "/v1/qa", json=ASK)  # taken into a batch, held at the gate
         assert runner.entered.wait(10)
-        second = pool.submit(client.post, "/v1/qa", json=ASK)  # queued: ~25 of the 40 tokens
-        _wait_for(lambda: _queued_tokens(client) > 0)
+        second = pool.submit(client.post, "/v1/qa", json=ASK)  # queued
+        _wait_for(lambda: _queued_tokens(client) == window)
         r = client.post("/v1/qa", json=ASK)
         assert "busy" in _error(r, 503, "overloaded") and int(r.headers["retry-after"]) >= 1
+        tokenised = _metric(client, 'bertrt_tokenize_duration_seconds_count{route="/v1/qa"}')
+        assert tokenised == (3 if room == "for one more window" else 2)
         runner.gate.set()
         assert first.result().status_code == 200 and second.result().status_code == 200
         assert client.post("/v1/qa", json=ASK).status_code == 200  # room again
@@ -168,10 +175,14 @@ def _queued_or_running(base: str) -> bool:
 
 
 def _queued_tokens(client: httpx.Client) -> float:
+    return _metric(client, "bertrt_queue_tokens")
+
+
+def _metric(client: httpx.Client, name: str) -> float:
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("bertrt_queue_tokens "):
-            return float(line.split()[1])
-    raise AssertionError("no bertrt_queue_tokens")
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in the metrics")
 
 
 def _wait_for(predicate, timeout_s: float = 10.0) -> None:

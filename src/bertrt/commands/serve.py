@@ -34,6 +34,8 @@ def register(subparsers) -> None:
                    help="larger request bodies get 413 (default 1 MiB)")
     p.add_argument("--max-text-chars", type=int, default=50_000, metavar="N",
                    help="longer contexts or texts get 413 (default 50000)")
+    p.add_argument("--max-connections", type=int, default=4096, metavar="N",
+                   help="open connections at most; past it uvicorn answers 503 (default 4096)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     ray = p.add_argument_group("Ray Serve")
     ray.add_argument("--ray", action="store_true",
@@ -72,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     # On SIGTERM uvicorn closes the listening socket, waits for the accepted requests (each ends
     # by its own timeout at the latest), then runs the app's shutdown, which drains the batcher.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=int(settings.timeout_s) + 5, access_log=False)
+                            timeout_graceful_shutdown=int(settings.timeout_s) + 5, access_log=False,
+                            limit_concurrency=args.max_connections)
     # uvicorn raises the signal that stopped it again once it has drained; the work is done by then,
     # so a drained SIGTERM exits 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

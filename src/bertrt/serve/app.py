@@ -233,7 +233,12 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
         if not app.state.ready:
             raise ApiError(503, "not_ready", "the model is loading or the server is stopping",
                            {"Retry-After": "1"})
-        return app.state.batcher
+        batcher = app.state.batcher
+        # A full queue refuses before tokenising: overload must not be paid for in host time.
+        if batcher.queued_tokens >= settings.max_queue_tokens:
+            raise ApiError(503, "overloaded", f"the server is busy ({batcher.queued_tokens} tokens queued)",
+                           {"Retry-After": str(batcher.retry_after_s())})
+        return batcher
 
     def too_large(what: str, size: int, limit: int, unit: str = "characters") -> ApiError:
         return ApiError(413, "too_large", f"{what} has {size} {unit}; the server takes at most {limit}")
@@ -290,6 +295,7 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
               summary="Answer questions about passages (extractive spans)")
     async def qa(body: QARequest, request: Request):
         require("qa")
+        batcher_for(request)
         pairs = body.pairs()
         check_inputs(len(pairs))
         for p in pairs:
@@ -311,6 +317,7 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
     @app.post("/v1/embed", response_model=Embeddings, responses=ERRORS, tags=["work"],
               summary="Sentence vectors: mean of the last hidden states")
     async def embed(body: EmbedRequest, request: Request):
+        batcher_for(request)
         texts = body.texts()
         check_inputs(len(texts))
         for text in texts:
@@ -330,6 +337,7 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
               summary="Classify sentences or sentence pairs (models with a classification head)")
     async def classify(body: ClassifyRequest, request: Request):
         require("classify")
+        batcher_for(request)
         pairs = body.pairs()
         check_inputs(len(pairs))
         for p in pairs:

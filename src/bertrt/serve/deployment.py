@@ -48,7 +48,7 @@ class BertrtReplica:
     def check_health(self) -> None:
         """Ray Serve replaces a replica whose batcher worker has died."""
         batcher = getattr(self._app.state, "batcher", None) if self._app is not None else None
-        if batcher is not None and not all(t.is_alive() for t in batcher._threads):
+        if batcher is not None and not batcher.alive:
             raise RuntimeError("the batcher's worker thread has stopped")
 
 

@@ -59,7 +59,7 @@ def test_concurrent_requests_share_packed_batches_and_get_their_own_answers(serv
                  ("Who wrote it?", "It was written by Ada Lovelace in 1843.")] * 3
     expected = [answer_question(served.runner, served.tokenizer, q, c).text for q, c in questions]
     # A long delay lets requests that arrive together meet in one batch.
-    with serve(ServeSettings(max_delay_ms=300)) as client:
+    with serve(ServeSettings(max_delay_ms=500)) as client:
         with concurrent.futures.ThreadPoolExecutor(len(questions)) as pool:
             replies = list(pool.map(lambda qc: client.post("/v1/qa", json={"question": qc[0], "context": qc[1]}),
                                     questions))

@@ -144,13 +144,19 @@ def test_sigterm_finishes_accepted_requests_then_exits(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(lambda: _ok(f"{base}/ready"), timeout_s=60)
-        long_context = "The committee met again on Tuesday to discuss the budget. " * 250 + CONTEXT
+        long_context = "The committee met again on Tuesday to discuss the budget. " * 500 + CONTEXT
+
+        def ask():
+            reply = httpx.post(f"{base}/v1/qa", json={"question": QUESTION, "context": long_context}, timeout=60)
+            return reply, time.monotonic()
+
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            accepted = pool.submit(httpx.post, f"{base}/v1/qa", json={"question": QUESTION, "context": long_context},
-                                   timeout=60)
+            accepted = pool.submit(ask)
             _wait_for(lambda: _queued_or_running(base), timeout_s=20)
             proc.send_signal(signal.SIGTERM)
-            reply = accepted.result()
+            signalled = time.monotonic()
+            reply, answered = accepted.result()
+        assert answered > signalled  # the request was still being worked on when the signal came
         body = reply.json()
         assert reply.status_code == 200 and body["answer"] and long_context[body["start"]:body["end"]] == body["answer"]
         assert proc.wait(30) == 0

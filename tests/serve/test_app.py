@@ -182,3 +182,22 @@ def _sample(text: str, name: str) -> float:
 
 def _script_sources(html: str) -> str:
     return " ".join(re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]*)"', html))
+
+
+def test_an_engine_serves_the_answers_of_the_reference(serve, served):
+    """The engine (what a GPU serves), built here for the CPU: same answers and vectors, its limits."""
+    from bertrt.engine import Engine
+    from bertrt.weights import load_checkpoint
+
+    model = ServedModel(Engine.from_checkpoint(load_checkpoint(), device="cpu"), served.tokenizer, name="engine",
+                        device="cpu")
+    replies = {}
+    with serve(model=model) as engine, serve() as reference:
+        for name, client in (("engine", engine), ("reference", reference)):
+            replies[name] = (client.post("/v1/qa", json={"question": "What is TensorRT?", "context": CONTEXT}).json(),
+                             client.post("/v1/embed", json={"inputs": "A man is playing a guitar."}).json())
+        info = engine.get("/v1/info").json()
+    (answer, vector), (expected, expected_vector) = replies["engine"], replies["reference"]
+    assert answer["answer"] == expected["answer"] and answer["score"] == pytest.approx(expected["score"], abs=1e-3)
+    np.testing.assert_allclose(vector["embeddings"], expected_vector["embeddings"], atol=1e-5)
+    assert info["max_seq_length"] == 384 and info["precision"] == "fp32"

@@ -1,4 +1,4 @@
-"""Helpers of the server tests: a free port, an app under a real uvicorn, a runner behind a gate."""
+"""What the server tests share: a free port, an app under a real uvicorn, a runner behind a gate."""
 
 from __future__ import annotations
 

@@ -227,7 +227,7 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
                       f"the server failed on this request; quote request id {request_id}",
                       {"x-request-id": request_id})
 
-    # --- helpers -----------------------------------------------------------------------------
+    # --- shared by the routes ----------------------------------------------------------------
 
     def batcher_for(request: Request) -> ModelBatcher:
         if not app.state.ready:

@@ -28,6 +28,7 @@ COMMANDS = (
     "loadgen",
     "build",
     "perf",
+    "serve",
 )
 
 EXIT_INPUT = 2  # bad arguments or input files

@@ -125,15 +125,16 @@ def test_a_cache_is_reused_without_data_and_refused_for_other_weights(tiny_check
     cache = _calibration(tiny_checkpoint, calibration_batches).save(tmp_path / "calib.json")
     before = cache.read_bytes()
     out = build(tiny_checkpoint, tmp_path / "e", precision="fp8", device="cpu",
-                calibration=CalibrationSettings(cache=cache))
+                calibration=CalibrationSettings(cache=cache, method="max"))
     assert Engine.load(out, device="cpu").spec.quantization.calibration["model_sha256"]
     assert cache.read_bytes() == before
     other = Checkpoint(tiny_checkpoint.config, {k: v * 1.01 for k, v in tiny_checkpoint.tensors.items()})
     with pytest.raises(QuantError, match="made for other weights"):
-        build(other, tmp_path / "e2", precision="fp8", device="cpu", calibration=CalibrationSettings(cache=cache))
+        build(other, tmp_path / "e2", precision="fp8", device="cpu",
+              calibration=CalibrationSettings(cache=cache, method="max"))
     with pytest.raises(QuantError, match="made with --calib-method max, not mse"):
-        build(tiny_checkpoint, tmp_path / "e3", precision="fp8", device="cpu",
-              calibration=CalibrationSettings(cache=cache, method="mse"))
+        build(tiny_checkpoint, tmp_path / "e3", precision="fp8", device="cpu",  # fp8's default method: mse
+              calibration=CalibrationSettings(cache=cache))
     assert not (tmp_path / "e2").exists() and not (tmp_path / "e3").exists()
 
 

@@ -124,7 +124,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         raise EngineError(f"precision {name!r}: use one of fp32, fp16, bf16, fp8, int8")
     if recipe is None and name in QUANT_FORMATS:
         recipe = QuantRecipe.default(name, int8_mode)
-        if isinstance(calibration, (CalibrationSettings, Calibration)):
+        if isinstance(calibration, (CalibrationSettings, Calibration)) and calibration.method:
             recipe = dataclasses.replace(recipe, method=calibration.method)
     elif int8_mode is not None and name != "int8":
         raise EngineError(f"int8_mode applies to precision int8, not {name}")
@@ -194,9 +194,9 @@ def resolve_calibration(checkpoint: Checkpoint, recipe: QuantRecipe,
         if cache is not None and cache.exists():
             found = Calibration.load(cache)
             found.check_model(sha, source=str(cache))
-            if found.method != calibration.method:
-                raise QuantError(f"{cache}: made with --calib-method {found.method}, not {calibration.method}; "
-                                 "name another cache file or the same method")
+            if found.method != (calibration.method or recipe.method):
+                raise QuantError(f"{cache}: made with --calib-method {found.method}, not "
+                                 f"{calibration.method or recipe.method}; name another cache file or the same method")
         else:
             from bertrt.tokenizer import BertTokenizer
 
@@ -206,7 +206,7 @@ def resolve_calibration(checkpoint: Checkpoint, recipe: QuantRecipe,
             tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
             seq = max_seq_length or min(DEFAULT_MAX_SEQ_LENGTH, checkpoint.config.max_position_embeddings)
             batches, data = calibration_batches(calibration, tokenizer, max_seq_length=seq)
-            found = calibrate(checkpoint, batches, method=calibration.method, fmt=recipe.format, data=data,
+            found = calibrate(checkpoint, batches, method=calibration.method or recipe.method, fmt=recipe.format, data=data,
                               progress=calibration.progress)
             if cache is not None:
                 found.save(cache)

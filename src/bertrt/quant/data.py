@@ -28,7 +28,7 @@ class CalibrationSettings:
         data: a SQuAD v1.1 json file (None: only ``cache`` may supply the scales).
         articles: which articles of it (file order); default 0-31.
         num: most windows to use (a fixed random draw when there are more).
-        method: ``bertrt.quant.recipe.METHODS``.
+        method: ``bertrt.quant.recipe.METHODS``; default the format's (``recipe.DEFAULT_METHOD``).
         cache: a calibration cache to reuse when it exists (and matches the weights), and to write
             otherwise.
         progress: show a progress bar.
@@ -37,14 +37,15 @@ class CalibrationSettings:
     data: str | Path | None = None
     articles: slice = dataclasses.field(default_factory=lambda: slice(0, 32))
     num: int = DEFAULT_FEATURES
-    method: str = "max"
+    method: str | None = None
     cache: str | Path | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         from bertrt.quant.recipe import parse_method
 
-        parse_method(self.method)
+        if self.method is not None:
+            parse_method(self.method)
         if not isinstance(self.num, int) or isinstance(self.num, bool) or self.num <= 0:
             raise QuantError(f"the number of calibration windows must be a positive integer, got {self.num!r}")
 

@@ -12,8 +12,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
-from bertrt.tasks.squad import FeatureConfig, SquadExample, make_features, postprocess, run_qa_model
+import numpy as np
+
+from bertrt.tasks.squad import (FeatureConfig, SquadExample, SquadFeature, make_features, postprocess,
+                                run_qa_model)
 from bertrt.tokenizer import BertTokenizer
 
 
@@ -33,15 +37,9 @@ class Answer:
     probability: float = 1.0
 
 
-def answer_question(model, tokenizer: BertTokenizer, question: str, context: str, *,
-                    config: FeatureConfig = FeatureConfig(), n_best_size: int = 20,
-                    max_answer_length: int = 30) -> Answer:
-    """Best answer to ``question`` in ``context``.
-
-    Args:
-        model: anything with ``qa_logits(PackedBatch) -> (total_tokens, 2)`` (see ``run_qa_model``).
-        tokenizer: the model's BertTokenizer.
-        config: window geometry; questions longer than ``max_query_length`` tokens are cut.
+def qa_features(tokenizer: BertTokenizer, question: str, context: str, *,
+                config: FeatureConfig = FeatureConfig()) -> tuple[SquadExample, list[SquadFeature]]:
+    """The question's example and its model windows (one ``SquadFeature`` per window).
 
     Raises:
         ValueError: the question or context is empty, whitespace, or has no tokens.
@@ -56,9 +54,33 @@ def answer_question(model, tokenizer: BertTokenizer, question: str, context: str
         raise ValueError("context has no tokens after tokenisation")
     if features[0].input_ids[1] == tokenizer.sep_id:
         raise ValueError("question has no tokens after tokenisation")
-    starts, ends = run_qa_model(model, features)
-    _, nbest = postprocess([example], features, starts, ends, n_best_size=n_best_size,
+    return example, features
+
+
+def best_answer(example: SquadExample, features: Sequence[SquadFeature], start_logits: Sequence[np.ndarray],
+                end_logits: Sequence[np.ndarray], *, n_best_size: int = 20, max_answer_length: int = 30) -> Answer:
+    """The best span across all of the example's windows, from each window's (len,) logits."""
+    _, nbest = postprocess([example], features, start_logits, end_logits, n_best_size=n_best_size,
                            max_answer_length=max_answer_length)
-    best = nbest["0"][0]
+    best = nbest[example.qid][0]
     return Answer(text=best["text"], score=best["start_logit"] + best["end_logit"],
                   start=best["start"], end=best["end"], probability=best["probability"])
+
+
+def answer_question(model, tokenizer: BertTokenizer, question: str, context: str, *,
+                    config: FeatureConfig = FeatureConfig(), n_best_size: int = 20,
+                    max_answer_length: int = 30) -> Answer:
+    """Best answer to ``question`` in ``context``.
+
+    Args:
+        model: anything with ``qa_logits(PackedBatch) -> (total_tokens, 2)`` (see ``run_qa_model``).
+        tokenizer: the model's BertTokenizer.
+        config: window geometry; questions longer than ``max_query_length`` tokens are cut.
+
+    Raises:
+        ValueError: the question or context is empty, whitespace, or has no tokens.
+    """
+    example, features = qa_features(tokenizer, question, context, config=config)
+    starts, ends = run_qa_model(model, features)
+    return best_answer(example, features, starts, ends, n_best_size=n_best_size,
+                       max_answer_length=max_answer_length)

@@ -1,0 +1,113 @@
+"""`bertrt serve`: the HTTP API on one machine (uvicorn), or on a Ray cluster (Ray Serve)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+from bertrt.commands._common import add_model_args
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve the model over HTTP (question answering, embeddings, classification, a web page)",
+        description="Serve the model over HTTP: POST /v1/qa, /v1/embed, /v1/classify; GET /health, /ready, "
+                    "/v1/info, /metrics (Prometheus), /openapi.json, and a page at / to try questions. Concurrent "
+                    "requests' windows are packed into token-budget batches. SIGTERM stops accepting, finishes "
+                    "what was accepted, then exits.",
+        epilog="examples:\n  bertrt serve                      # the embedded model on 127.0.0.1:8000\n"
+               "  bertrt serve --engine engines/large-fp16 --port 8080\n"
+               "  bertrt serve --ray --replicas 4 --num-gpus-per-replica 1",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N",
+                   help="real tokens per packed batch at most (default 16384)")
+    p.add_argument("--max-delay-ms", type=float, default=2.0, metavar="MS",
+                   help="how long a queued window may wait for a fuller batch (default 2)")
+    p.add_argument("--max-queue-tokens", type=int, default=131072, metavar="N",
+                   help="queued tokens at most; past it requests get 503 with Retry-After (default 131072)")
+    p.add_argument("--timeout-s", type=float, default=30.0, metavar="S",
+                   help="a request unanswered after this gets 504 and its queued work is dropped (default 30)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N",
+                   help="larger request bodies get 413 (default 1 MiB)")
+    p.add_argument("--max-text-chars", type=int, default=50_000, metavar="N",
+                   help="longer contexts or texts get 413 (default 50000)")
+    p.add_argument("--max-connections", type=int, default=4096, metavar="N",
+                   help="open connections at most; past it uvicorn answers 503 (default 4096)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    ray = p.add_argument_group("Ray Serve")
+    ray.add_argument("--ray", action="store_true",
+                     help="serve through Ray Serve (joins RAY_ADDRESS's cluster when set, else starts one here)")
+    ray.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas (default 1)")
+    ray.add_argument("--num-gpus-per-replica", type=float, default=None, metavar="G",
+                     help="GPUs per replica (default 1 when this machine has a GPU, else 0)")
+    ray.add_argument("--autoscale", action="store_true",
+                     help="scale between 1 and --replicas replicas on ongoing requests")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace):
+    from bertrt.cli import UserError
+    from bertrt.serve.app import ServeSettings
+
+    try:
+        return ServeSettings(max_batch_tokens=args.max_batch_tokens, max_delay_ms=args.max_delay_ms,
+                             max_queue_tokens=args.max_queue_tokens, timeout_s=args.timeout_s,
+                             max_body_bytes=args.max_body_bytes, max_text_chars=args.max_text_chars)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.ray:
+        return _run_ray(args, settings)
+    import uvicorn
+
+    from bertrt.serve.app import create_app
+    from bertrt.serve.model import ServedModel
+
+    model = ServedModel.load(args.model, engine=args.engine, device=args.device)
+    app = create_app(model, settings)
+    # On SIGTERM uvicorn closes the listening socket, waits for the accepted requests (each ends
+    # by its own timeout at the latest), then runs the app's shutdown, which drains the batcher.
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=int(settings.timeout_s) + 5, access_log=False,
+                            limit_concurrency=args.max_connections)
+    # uvicorn raises the signal that stopped it again once it has drained; the work is done by then,
+    # so a drained SIGTERM exits 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _run_ray(args: argparse.Namespace, settings) -> int:
+    import threading
+
+    import ray
+    import torch
+    from ray import serve
+
+    from bertrt.serve.deployment import build
+
+    gpus = args.num_gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    ray.init(ignore_reinit_error=True)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    app = build(args.model, engine=args.engine, device=args.device, settings=settings, replicas=args.replicas,
+                num_gpus_per_replica=gpus, autoscaling=args.autoscale)
+    serve.run(app, name="bertrt", route_prefix="/")
+    print(f"bertrt serve: {args.replicas} replica(s) on http://{args.host}:{args.port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()  # each replica drains within its graceful shutdown timeout
+    ray.shutdown()
+    return 0

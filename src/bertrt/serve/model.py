@@ -1,0 +1,157 @@
+"""The model behind the server: what it can answer, how windows are made, how one packed batch runs.
+
+One ``ServedModel`` wraps a runner (a GPU ``Engine`` or the CPU ``ReferenceBert``) and its
+tokenizer. ``run(kind, ids, types)`` runs one packed batch of one kind of work and returns
+something with ``result()``:
+
+- ``"qa"``: (total_tokens, 2) float32 start/end logits, through ``PackedBackend`` (the LoadGen
+  backend: CUDA graphs for small batches, asynchronous copies for large ones);
+- ``"embed"``: (B, hidden) float32 mean of each sequence's last hidden states;
+- ``"classify"``: (B, num_labels) float32 logits of the classification head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertrt.batching import Ready
+from bertrt.packed import PackedBatch, pack_sequences
+from bertrt.tasks.squad import FeatureConfig
+from bertrt.tokenizer import BertTokenizer
+
+KINDS = ("qa", "embed", "classify")
+
+
+class MissingHead(Exception):
+    """The loaded model cannot do this kind of work (no such head)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    device: str
+    precision: str
+    heads: tuple[str, ...]
+    hidden_size: int
+    num_labels: int | None
+    max_seq_length: int
+
+
+def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """(total_tokens, H) -> (B, H) fp32: the mean of each sequence's rows."""
+    hidden = hidden.float()
+    lengths = batch.seqlens.to(hidden.device)
+    seq = torch.repeat_interleave(torch.arange(batch.num_sequences, device=hidden.device), lengths,
+                                  output_size=hidden.shape[0])
+    sums = hidden.new_zeros(batch.num_sequences, hidden.shape[1]).index_add_(0, seq, hidden)
+    return sums / lengths.to(hidden.dtype)[:, None]
+
+
+class ServedModel:
+    """A runner and its tokenizer, with the window geometry the server uses.
+
+    Args:
+        runner: ``Engine`` or ``ReferenceBert`` (anything with ``encode``; ``qa_logits`` and
+            ``classify`` where it has those heads).
+        tokenizer: the model's ``BertTokenizer``.
+        name: what ``/v1/info`` calls the model.
+        device: where the runner's inputs go.
+    """
+
+    def __init__(self, runner, tokenizer: BertTokenizer, *, name: str, device: torch.device):
+        from bertrt.harness.loadgen.backends import PackedBackend
+
+        self.runner, self.tokenizer, self.device = runner, tokenizer, torch.device(device)
+        config = runner.config
+        heads = tuple(getattr(runner, "heads", ()))
+        max_seq = min(config.max_position_embeddings, getattr(runner, "max_seq_length", 512))
+        precision = getattr(runner, "precision", None)
+        self.info = ModelInfo(
+            name=name, device=str(self.device),
+            precision=precision.value if precision is not None else _dtype_name(runner),
+            heads=heads, hidden_size=config.hidden_size,
+            num_labels=config.num_labels if "classifier" in heads else None, max_seq_length=max_seq)
+        # BERT's SQuAD windows (384 / 128 / 64), narrowed for models with shorter positions.
+        seq = min(384, max_seq)
+        self.features = FeatureConfig(max_seq_length=seq, doc_stride=min(128, seq // 3),
+                                      max_query_length=min(64, seq // 4))
+        self._qa = PackedBackend(runner, self.device, name) if "qa" in heads else None
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, *, engine: str | Path | None = None,
+             device: str | None = "auto") -> "ServedModel":
+        """The checkpoint ``model`` (default: the embedded model) or the saved ``engine``, on the
+        GPU engine when there is a GPU and the CPU reference otherwise."""
+        from bertrt.pipeline import resolve_device
+        from bertrt.weights import CheckpointError, load_checkpoint
+
+        dev = resolve_device(device)
+        if engine is not None:
+            from bertrt.engine import Engine
+
+            runner = Engine.load(engine, device=dev)
+            if runner.vocab_file is None:
+                raise CheckpointError(f"{engine}: the engine has no vocab.txt")
+            return cls(runner, BertTokenizer(runner.vocab_file, lowercase=runner.config.do_lower_case),
+                       name=str(engine), device=dev)
+        checkpoint = load_checkpoint(model)
+        if checkpoint.vocab_file is None:
+            raise CheckpointError(f"{checkpoint.source}: no vocab.txt beside the weights")
+        tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+        if dev.type == "cuda":
+            from bertrt.engine import Engine
+
+            # No kernel timing at start-up: the default kernels serve at once; `bertrt build`
+            # records tuned choices, and `--engine` serves them.
+            runner = Engine.from_checkpoint(checkpoint, device=dev, gemm_choices={})
+        else:
+            from bertrt.reference import ReferenceBert
+
+            runner = ReferenceBert.from_checkpoint(checkpoint, device=dev)
+        return cls(runner, tokenizer, name=str(checkpoint.source), device=dev)
+
+    def supports(self, kind: str) -> bool:
+        """Embeddings need only the encoder; the other kinds need their head."""
+        return kind == "embed" or {"qa": "qa", "classify": "classifier"}[kind] in self.info.heads
+
+    def require(self, kind: str) -> None:
+        if not self.supports(kind):
+            what = {"qa": "question-answering head (qa_outputs)",
+                    "classify": "sequence-classification head (classifier)"}[kind]
+            raise MissingHead(f"the loaded model ({self.info.name}) has no {what}; serve a model that has one")
+
+    def run(self, kind: str, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]):
+        """Launch one packed batch of ``kind``; ``.result()`` gives its float32 numpy output."""
+        if kind == "qa":
+            return self._qa.submit(input_ids, token_type_ids)
+        batch = pack_sequences([x.tolist() for x in input_ids], [x.tolist() for x in token_type_ids])
+        batch = batch.to(self.device)
+        with torch.inference_mode():
+            if kind == "embed":
+                out = mean_pool(self.runner.encode(batch), batch)
+            elif kind == "classify":
+                out = self.runner.classify(batch)
+            else:
+                raise ValueError(f"unknown kind of work {kind!r}")
+        return Ready(out.float().cpu().numpy())
+
+    def warm_up(self) -> None:
+        """One batch of each kind the model serves, so the first request pays no first-call cost."""
+        if self._qa is not None:
+            self._qa.capture_graphs()
+        ids, types = self.tokenizer.pair(self.tokenizer.encode("warm up").ids, self.tokenizer.encode("now").ids)
+        sample = ([np.asarray(ids, dtype=np.int32)], [np.asarray(types, dtype=np.int32)])
+        for kind in KINDS:
+            if self.supports(kind):
+                self.run(kind, *sample).result()
+
+
+def _dtype_name(runner) -> str:
+    params = getattr(runner, "parameters", None)
+    first = next(iter(params()), None) if callable(params) else None
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(
+        getattr(first, "dtype", torch.float32), "fp32")

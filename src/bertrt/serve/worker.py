@@ -1,0 +1,157 @@
+"""Requests' windows through the one token-budget batcher (``bertrt.batching``) onto the model.
+
+A request turns into windows (one model sequence each) that are put into the batcher together;
+the request's coroutine then awaits one future per window. The batcher's worker thread packs the
+windows of many requests into one forward pass and settles each future on the request's event
+loop. A request that gives up (timeout, client gone) takes its windows out of the queue, so work
+nobody waits for is not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+
+import numpy as np
+
+from bertrt.batching import Failed, QueueFull, TokenBatcher
+from bertrt.serve.metrics import Metrics
+from bertrt.serve.model import ServedModel
+
+log = logging.getLogger("bertrt.serve")
+
+
+class Overloaded(Exception):
+    """The queue is full (or the server is stopping): come back after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TimedOut(Exception):
+    """The request's deadline passed before all its windows ran."""
+
+
+class ModelFailure(Exception):
+    """The model raised while running a batch that held this request's windows."""
+
+
+@dataclasses.dataclass(eq=False)
+class Window:
+    """One model sequence of one request, and the future its result goes to."""
+
+    kind: str
+    input_ids: np.ndarray  # (len,) int32
+    token_type_ids: np.ndarray  # (len,) int32
+    arrived: float  # perf_counter() when it was queued
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+    def settle(self, value=None, error: BaseException | None = None) -> None:
+        """Hand the result to the request's event loop (from the worker thread)."""
+        def apply():
+            if not self.future.done():
+                if error is not None:
+                    self.future.set_exception(error)
+                else:
+                    self.future.set_result(value)
+        try:
+            self.loop.call_soon_threadsafe(apply)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
+class ModelBatcher(TokenBatcher):
+    """The batcher of ``bertrt.batching`` running ``ServedModel`` batches, one kind per batch."""
+
+    def __init__(self, model: ServedModel, metrics: Metrics, *, max_batch_tokens: int, max_delay_s: float,
+                 max_queue_tokens: int):
+        engine_tokens = getattr(model.runner, "max_tokens", None)
+        super().__init__(max_batch_tokens=min(max_batch_tokens, engine_tokens or max_batch_tokens),
+                         max_batch_items=getattr(model.runner, "max_batch", None), max_delay_s=max_delay_s,
+                         max_queue_tokens=max_queue_tokens, name="serve-worker")
+        self.model, self.metrics = model, metrics
+
+    def _length(self, item: Window) -> int:
+        return len(item.input_ids)
+
+    def _arrival(self, item: Window) -> float:
+        return item.arrived
+
+    def _group(self, item: Window) -> str:
+        return item.kind
+
+    def _launch(self, batch: list[Window], waiting: int = 0):
+        start = time.perf_counter()
+        kind = batch[0].kind
+        for w in batch:
+            self.metrics.queue_seconds.labels(kind).observe(start - w.arrived)
+        try:
+            pending = self.model.run(kind, [w.input_ids for w in batch], [w.token_type_ids for w in batch])
+        except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, the worker goes on
+            pending = Failed(exc)
+        return batch, pending, start
+
+    def _complete(self, batch: list[Window], pending, start: float) -> None:
+        kind = batch[0].kind
+        lengths = [len(w.input_ids) for w in batch]
+        try:
+            out = pending.result()
+            rows = sum(lengths) if kind == "qa" else len(batch)
+            if out.shape[0] != rows:
+                raise RuntimeError(f"the model returned {out.shape[0]} rows for {rows}")
+        except Exception as exc:  # noqa: BLE001
+            log.exception("a %s batch of %d windows failed", kind, len(batch))
+            self.metrics.batch_failures.labels(kind).inc()
+            failure = ModelFailure(f"the model failed on this request's batch ({type(exc).__name__})")
+            for w in batch:
+                w.settle(error=failure)
+            return
+        self._observe(sum(lengths), start)
+        self.metrics.inference_seconds.labels(kind).observe(time.perf_counter() - start)
+        self.metrics.batch_sequences.labels(kind).observe(len(batch))
+        self.metrics.batch_tokens.labels(kind).observe(sum(lengths))
+        parts = np.split(out, np.cumsum(lengths)[:-1]) if kind == "qa" else list(out)
+        for w, part in zip(batch, parts):
+            w.settle(part)
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has drained at the measured rate (at least 1)."""
+        rate = self._tokens_per_s
+        if not rate:
+            return 1
+        return int(min(60, max(1, math.ceil(self.queued_tokens / rate))))
+
+
+async def run_windows(batcher: ModelBatcher, kind: str, sequences: list[tuple[list[int], list[int]]],
+                      deadline: float) -> list[np.ndarray]:
+    """Queue one request's sequences and wait for their outputs, in order, until ``deadline``
+    (a perf_counter() time).
+
+    Raises:
+        Overloaded: the queue would pass its token bound, or the server is stopping.
+        TimedOut: the deadline passed; the request's windows still queued are dropped.
+        ModelFailure: the model raised on a batch holding one of the windows.
+    """
+    loop = asyncio.get_running_loop()
+    now = time.perf_counter()
+    windows = [Window(kind, np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int32), now,
+                      loop.create_future(), loop) for ids, types in sequences]
+    try:
+        batcher.put(windows)
+    except QueueFull as exc:
+        raise Overloaded(f"the server is busy ({exc})", batcher.retry_after_s()) from None
+    except RuntimeError:
+        raise Overloaded("the server is shutting down", 1) from None
+    try:
+        return await asyncio.wait_for(asyncio.gather(*(w.future for w in windows)),
+                                      timeout=max(0.0, deadline - time.perf_counter()))
+    except TimeoutError:
+        raise TimedOut("the request took longer than the server's timeout") from None
+    finally:
+        if not all(w.future.done() and not w.future.cancelled() for w in windows):
+            batcher.discard(windows)

@@ -40,22 +40,69 @@ class BertConfig:
     pad_token_id: int = 0
     num_labels: int = 2
     do_lower_case: bool = True
+    # --- where the BERT-family encoders differ: data, read by the one reference code path -----
+    # (defaults are BERT's; ``from_dict`` sets them per Hugging Face ``model_type``, see FAMILIES)
+    model_type: str = "bert"
+    # FFN activation: "gelu" (exact erf), "gelu_tanh", "relu" or "silu".
+    hidden_act: str = "gelu"
+    # Position id of a sequence's first token: RoBERTa counts from padding_idx + 1.
+    position_offset: int = 0
+    # ELECTRA: embeddings this wide, projected to hidden_size before the first layer (None: no projection).
+    embedding_size: int | None = None
+    # Pre-LN (Megatron-BERT): LayerNorm before each sub-layer and once after the last layer.
+    pre_layer_norm: bool = False
+    embedding_layer_norm: bool = True
+    # Activation between the dense layer on the first token and the sequence classifier:
+    # "tanh" (BERT's pooler, RoBERTa's head), "relu" (DistilBERT), "gelu" (ELECTRA).
+    pooler_act: str = "tanh"
+    # The Hugging Face class the checkpoint was saved from (``architectures[0]``), when known:
+    # where it came from, not what it computes, so configs compare equal without it.
+    architecture: str | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+                     "intermediate_size", "max_position_embeddings"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        # 0 token types: the family has no token-type embedding (DistilBERT).
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size must be a non-negative integer, got {self.type_vocab_size!r}")
+        self._check_family()
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by "
                 f"num_attention_heads {self.num_attention_heads}"
             )
 
+    def _check_family(self) -> None:
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(f"hidden_act {self.hidden_act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.pooler_act not in ("tanh", "relu", "gelu"):
+            raise ConfigError(f"pooler_act {self.pooler_act!r} is not one of tanh, relu, gelu")
+        if self.embedding_size is not None and (not isinstance(self.embedding_size, int) or self.embedding_size <= 0):
+            raise ConfigError(f"embedding_size must be a positive integer or None, got {self.embedding_size!r}")
+        if not isinstance(self.position_offset, int) or not 0 <= self.position_offset < self.max_position_embeddings:
+            raise ConfigError(f"position_offset {self.position_offset!r} must be in [0, max_position_embeddings)")
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def embedding_width(self) -> int:
+        """Width of the embedding tables (ELECTRA's may be narrower than the encoder)."""
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest sequence the position table can hold (RoBERTa's first positions are reserved)."""
+        return self.max_position_embeddings - self.position_offset
+
+    @property
+    def family(self) -> str:
+        """The family name as ``FAMILIES`` spells it."""
+        return self.model_type
 
     # --- Hugging Face config.json -------------------------------------------------
 
@@ -66,23 +113,55 @@ class BertConfig:
         Raises ConfigError when the dictionary is not a BERT encoder bertrt supports.
         """
         model_type = raw.get("model_type", "bert")
-        if model_type != "bert":
-            raise ConfigError(f"{source}: model_type is {model_type!r}; bertrt runs 'bert' models")
+        if model_type not in FAMILIES:
+            raise ConfigError(f"{source}: model_type is {model_type!r}; bertrt runs {', '.join(FAMILIES)}")
+        if model_type == "distilbert":
+            raw = {**{new: raw[old] for old, new in _DISTILBERT_NAMES.items() if old in raw}, **raw}
         act = raw.get("hidden_act", "gelu")
-        if act not in ("gelu", "gelu_python"):
-            raise ConfigError(f"{source}: hidden_act {act!r} is not supported (exact erf 'gelu' only)")
+        if act not in _HF_ACTIVATIONS:
+            raise ConfigError(f"{source}: hidden_act {act!r} is not supported "
+                              f"({', '.join(sorted(_HF_ACTIVATIONS))})")
         pos = raw.get("position_embedding_type", "absolute")
         if pos != "absolute":
             raise ConfigError(f"{source}: position_embedding_type {pos!r} is not supported")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads") if k not in raw]
         if missing:
             raise ConfigError(f"{source}: not a BERT config, missing {', '.join(missing)}")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - _FAMILY_FIELDS
         kwargs = {k: v for k, v in raw.items() if k in names}
         if "id2label" in raw and "num_labels" not in raw:
             kwargs["num_labels"] = len(raw["id2label"])
         kwargs.setdefault("intermediate_size", 4 * raw["hidden_size"])
+        kwargs.update(model_type=model_type, hidden_act=_HF_ACTIVATIONS[act])
+        architectures = raw.get("architectures") or []
+        if architectures:
+            kwargs["architecture"] = str(architectures[0])
+        if model_type in ("roberta", "xlm-roberta"):
+            pad = raw.get("pad_token_id", 1)
+            kwargs.update(pad_token_id=pad, position_offset=pad + 1,
+                          type_vocab_size=raw.get("type_vocab_size", 1))
+        elif model_type == "distilbert":
+            kwargs.update(type_vocab_size=0, pooler_act="relu", layer_norm_eps=1e-12)
+        elif model_type == "electra":
+            emb = raw.get("embedding_size", raw["hidden_size"])
+            kwargs.update(embedding_size=None if emb == raw["hidden_size"] else emb, pooler_act="gelu")
+        elif model_type == "megatron-bert":
+            kwargs.update(pre_layer_norm=True, embedding_layer_norm=False)
         return cls(**kwargs)
+
+    @staticmethod
+    def labels_from_dict(raw: dict[str, Any], *, source: str = "config") -> tuple[str, ...]:
+        """Label names in label-id order from ``id2label`` (empty when there is none)."""
+        id2label = raw.get("id2label")
+        if not isinstance(id2label, dict) or not id2label:
+            return ()
+        try:
+            ordered = sorted(id2label, key=int)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: id2label keys must be label ids, got {sorted(id2label)[:4]}") from None
+        if [int(k) for k in ordered] != list(range(len(ordered))):
+            raise ConfigError(f"{source}: id2label must number its labels 0..{len(ordered) - 1}")
+        return tuple(str(id2label[k]) for k in ordered)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
@@ -96,7 +175,9 @@ class BertConfig:
         return cls.from_dict(raw, source=str(path))
 
     def to_hf_dict(self, architecture: str = "BertModel") -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        if self.model_type != "bert":
+            raise ConfigError(f"writing a {self.model_type} config is not supported (bertrt writes BERT folders)")
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _FAMILY_FIELDS}
         data.update(
             model_type="bert",
             architectures=[architecture],
@@ -110,6 +191,43 @@ class BertConfig:
             data["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
             data["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         return data
+
+
+# Hugging Face model_type values the reference runs, each a set of the fields above.
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+# Hugging Face activation names -> ours.
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                   "gelu_fast": "gelu_tanh", "relu": "relu", "silu": "silu", "swish": "silu"}
+# DistilBERT's config.json spells the shape its own way.
+_DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+                     "hidden_dim": "intermediate_size", "activation": "hidden_act"}
+# Fields only ``from_dict``'s family branches set (never copied from a raw dict by name), and that
+# a BERT config.json does not carry.
+_FAMILY_FIELDS = frozenset({"model_type", "hidden_act", "position_offset", "embedding_size", "pre_layer_norm",
+                            "embedding_layer_norm", "pooler_act", "architecture"})
+
+
+def check_engine_support(config: BertConfig) -> None:
+    """Raise ConfigError unless the GPU engine can run ``config`` (post-LN BERT with exact GELU).
+
+    The reference (``bertrt.reference``) runs every family in ``FAMILIES``; the engine's fused
+    kernels assume BERT's layout, so a model is checked here where it enters the engine.
+    """
+    reasons = []
+    if config.model_type != "bert":
+        reasons.append(f"model_type {config.model_type!r}")
+    if config.pre_layer_norm:
+        reasons.append("pre-LayerNorm residuals")
+    if config.hidden_act != "gelu":
+        reasons.append(f"hidden_act {config.hidden_act!r}")
+    if config.embedding_size is not None or config.position_offset or not config.embedding_layer_norm:
+        reasons.append("a non-BERT embedding layer")
+    if config.type_vocab_size == 0:
+        reasons.append("no token-type embedding")
+    if reasons:
+        raise ConfigError("the GPU engine runs BERT models only (post-LN, exact GELU); this model has "
+                          + ", ".join(reasons) + ". Run it on the reference path with --device cpu")
 
 
 # Standard shapes for speed runs (weights random: speed does not depend on values).

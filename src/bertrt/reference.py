@@ -1,5 +1,9 @@
 """Plain-PyTorch BERT on canonical weights and packed tokens: the oracle, the CPU path, and what
 fine-tuning trains. Its ``state_dict()`` keys are exactly the canonical names of ``weights.schema``.
+
+One code path for every family in ``config.FAMILIES``: where RoBERTa, DistilBERT, ELECTRA or
+Megatron-BERT differ from BERT (position offset, token types, embedding projection, pre-LN,
+activations), the config says so and the modules below read it.
 """
 
 from __future__ import annotations
@@ -14,24 +18,40 @@ from bertrt.packed import PackedBatch
 from bertrt.weights.schema import Checkpoint
 
 
+_ACTIVATIONS = {
+    "gelu": F.gelu,  # exact erf GELU, as BERT was trained
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "tanh": torch.tanh,
+}
+
+
 class _Embeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
-        h = config.hidden_size
-        self.word = nn.Parameter(torch.empty(config.vocab_size, h))
-        self.position = nn.Parameter(torch.empty(config.max_position_embeddings, h))
-        self.token_type = nn.Parameter(torch.empty(config.type_vocab_size, h))
-        self.ln = nn.LayerNorm(h, eps=config.layer_norm_eps)
+        e = config.embedding_width
+        self.offset = config.position_offset
+        self.word = nn.Parameter(torch.empty(config.vocab_size, e))
+        self.position = nn.Parameter(torch.empty(config.max_position_embeddings, e))
+        self.token_type = nn.Parameter(torch.empty(config.type_vocab_size, e)) if config.type_vocab_size else None
+        self.ln = nn.LayerNorm(e, eps=config.layer_norm_eps) if config.embedding_layer_norm else None
+        self.project = nn.Linear(e, config.hidden_size) if config.embedding_size is not None else None
 
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        x = self.word[batch.input_ids] + self.position[batch.position_ids] + self.token_type[batch.token_type_ids]
-        return self.ln(x)
+        x = self.word[batch.input_ids] + self.position[batch.position_ids + self.offset]
+        if self.token_type is not None:
+            x = x + self.token_type[batch.token_type_ids]
+        if self.ln is not None:
+            x = self.ln(x)
+        return x if self.project is None else self.project(x)
 
 
 class _Attention(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         h = config.hidden_size
+        self.pre_ln = config.pre_layer_norm
         self.heads, self.head_dim = config.num_attention_heads, config.head_dim
         self.qkv = nn.Linear(h, 3 * h)
         self.out = nn.Linear(h, h)
@@ -39,24 +59,29 @@ class _Attention(nn.Module):
         self.dropout = nn.Dropout(0.1)
 
     def forward(self, x: torch.Tensor, batch: PackedBatch, fused: bool) -> torch.Tensor:
-        q, k, v = self.qkv(x).view(-1, 3, self.heads, self.head_dim).unbind(1)
+        inputs = self.ln(x) if self.pre_ln else x
+        q, k, v = self.qkv(inputs).view(-1, 3, self.heads, self.head_dim).unbind(1)
         attend = varlen_attention if fused else varlen_attention_ref
         ctx = attend(q, k, v, batch.cu_seqlens, batch.max_seqlen).reshape(x.shape)
-        return self.ln(x + self.dropout(self.out(ctx)))
+        x = x + self.dropout(self.out(ctx))
+        return x if self.pre_ln else self.ln(x)
 
 
 class _FeedForward(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         h, i = config.hidden_size, config.intermediate_size
+        self.pre_ln = config.pre_layer_norm
+        self.act = _ACTIVATIONS[config.hidden_act]
         self.add_module("in", nn.Linear(h, i))  # canonical name "ffn.in"; `in` is a Python keyword
         self.out = nn.Linear(i, h)
         self.ln = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = F.gelu(getattr(self, "in")(x))  # exact erf GELU, as BERT was trained
-        return self.ln(x + self.dropout(self.out(up)))
+        up = self.act(getattr(self, "in")(self.ln(x) if self.pre_ln else x))
+        x = x + self.dropout(self.out(up))
+        return x if self.pre_ln else self.ln(x)
 
 
 class _Layer(nn.Module):
@@ -82,8 +107,11 @@ class ReferenceBert(nn.Module):
         self.config = config
         self.embeddings = _Embeddings(config)
         self.layers = nn.ModuleList(_Layer(config) for _ in range(config.num_hidden_layers))
+        self.final_ln = (nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+                         if config.pre_layer_norm else None)
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
-        out = {"qa": 2, "classifier": config.num_labels}
+        self.pooler_act = _ACTIVATIONS[config.pooler_act]
+        out = {"qa": 2, "classifier": config.num_labels, "token_classifier": config.num_labels}
         self.heads = nn.ModuleDict({h: nn.Linear(config.hidden_size, out[h]) for h in heads})
         # The fused attention kernel needs CUDA; the reference path is exact everywhere else.
         self.fused_attention = True
@@ -113,18 +141,28 @@ class ReferenceBert(nn.Module):
         fused = self.fused_attention and x.is_cuda
         for layer in self.layers:
             x = layer(x, batch, fused)
-        return x
+        return x if self.final_ln is None else self.final_ln(x)
 
     def qa_logits(self, batch: PackedBatch) -> torch.Tensor:
         """(total_tokens, 2): start and end logits of every token."""
         return self.heads["qa"](self.encode(batch))
 
     def pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, hidden): tanh(W h_[CLS] + b), BERT's pooled output."""
+        """(B, hidden): act(W h_[CLS] + b): BERT's pooled output (tanh), or the dense layer of the
+        family's sequence head (``config.pooler_act``)."""
         if self.pooler is None:
             raise ValueError("this checkpoint has no pooler")
         hidden = self.encode(batch) if hidden is None else hidden
-        return torch.tanh(self.pooler(hidden[batch.cu_seqlens[:-1].long()]))
+        return self.pooler_act(self.pooler(hidden[batch.cu_seqlens[:-1].long()]))
+
+    def token_logits(self, batch: PackedBatch) -> torch.Tensor:
+        """(total_tokens, num_labels) logits of the token-classification head."""
+        return self.heads["token_classifier"](self.encode(batch))
+
+    def cls_pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden): each sequence's first-token last hidden state."""
+        hidden = self.encode(batch) if hidden is None else hidden
+        return hidden[batch.cu_seqlens[:-1].long()]
 
     def classify(self, batch: PackedBatch) -> torch.Tensor:
         """(B, num_labels) logits of the sequence-classification head."""

@@ -16,6 +16,9 @@ COMMANDS = (
     "loadgen",
     "build",
     "perf",
+    "embed",
+    "classify",
+    "tag",
 )
 
 

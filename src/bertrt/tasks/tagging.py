@@ -1,7 +1,7 @@
 """Token classification (NER and the like) with word-level aggregation and character offsets.
 
-Each word (as the tokenizer's pre-tokenizer splits the text) takes the label of its first token
-(Hugging Face's ``aggregation_strategy="first"``); consecutive words of one entity type are merged
+Each word (as the tokenizer's pre-tokenizer splits the text: for byte-level BPE, punctuation is a
+word of its own) takes the label of its first token (Hugging Face's ``aggregation_strategy="first"``); consecutive words of one entity type are merged
 (``B-X`` starts a new entity, ``I-X`` or a bare ``X`` continues one), and words labelled ``O`` are
 dropped. ``text[entity.start:entity.end] == entity.text`` always.
 
@@ -70,6 +70,8 @@ def tag_words(task_model: TaskModel, text: str) -> list[Word]:
     words: list[Word] = []
     last_word = object()
     for i, (word_id, (s, e)) in enumerate(zip(enc.words or range(len(enc.ids)), enc.offsets)):
+        if s == e:  # whitespace alone (byte-level BPE's lone "Ġ"): no characters to label
+            continue
         if word_id is not None and word_id == last_word:
             w = words[-1]
             words[-1] = dataclasses.replace(w, end=max(w.end, e))

@@ -7,6 +7,8 @@ tokens; transformers runs the same sequences padded.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -189,3 +191,94 @@ def test_a_missing_family_tensor_is_named(tmp_path):
     model.save_pretrained(str(tmp_path / "hf"), state_dict=state)
     with pytest.raises(CheckpointError, match="embeddings.project.weight"):
         load_checkpoint(tmp_path / "hf")
+
+
+# --- ModernBERT: rotary positions (two bases), GeGLU, no biases, global + sliding-window layers ---------
+
+MODERNBERT = dict(vocab_size=97, hidden_size=54, num_hidden_layers=4, num_attention_heads=3, intermediate_size=37,
+                  max_position_embeddings=512, local_attention=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  cls_token_id=1, sep_token_id=2)
+
+
+def random_modernbert(task: str, seed: int = 0, **extra):
+    torch.manual_seed(seed)
+    config = transformers.ModernBertConfig(**{**MODERNBERT, **extra})
+    model = getattr(transformers, f"ModernBert{task}")(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            param.copy_(1 + 0.1 * noise if "norm" in name else 0.1 * noise)
+    return model
+
+
+def modernbert_inputs(lengths, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(3, 97, (n,), generator=gen).tolist() for n in lengths]
+    input_ids, mask, _ = pad_sequences(ids, [[0] * n for n in lengths])
+    return ids, {"input_ids": input_ids, "attention_mask": mask}, mask.bool()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_modernbert_hidden_states_and_sequence_logits(pooling, tmp_path):
+    model = random_modernbert("ForSequenceClassification", classifier_pooling=pooling, num_labels=3)
+    ckpt = load(model, tmp_path)
+    cfg = ckpt.config
+    assert (cfg.rotary_base, cfg.local_rotary_base, cfg.local_attention_window, cfg.global_attention_every) == (
+        160000.0, 10000.0, 8, 3)
+    assert cfg.gated_ffn and not cfg.linear_bias and not cfg.norm_bias and "layers.0.attn.ln.weight" not in ckpt.tensors
+    ids, inputs, mask = modernbert_inputs((29, 5, 17, 11))  # longer than the 8-token window
+    batch = pack_sequences(ids)
+    ref = ReferenceBert.from_checkpoint(ckpt)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        hidden = ref.encode(batch)
+        logits = ref.classify(batch)
+        theirs_hidden = model.model(**inputs).last_hidden_state[mask]
+    close(hidden, theirs_hidden)
+    close(logits, out.logits)
+
+
+def test_modernbert_window_matters_and_spans_query_blocks(tmp_path):
+    model = random_modernbert("Model", seed=3)
+    ckpt = load(model, tmp_path)
+    ids, inputs, mask = modernbert_inputs((300, 40), seed=3)  # 300 tokens: two query blocks of 256
+    ref = ReferenceBert.from_checkpoint(ckpt)
+    with torch.no_grad():
+        ours = ref.encode(pack_sequences(ids))
+        theirs = model(**inputs).last_hidden_state[mask]
+        close(ours, theirs)
+        # Every layer global instead: a different model, so the window is really applied.
+        wide = ReferenceBert.from_checkpoint(dataclasses.replace(
+            ckpt, config=dataclasses.replace(ckpt.config, global_attention_every=1)))
+        assert (wide.encode(pack_sequences(ids)) - theirs).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("task", ["ForTokenClassification", "ForQuestionAnswering"])
+def test_modernbert_token_heads(task, tmp_path):
+    model = random_modernbert(task, seed=1, num_labels=2 if task == "ForQuestionAnswering" else 5)
+    ckpt = load(model, tmp_path)
+    ids, inputs, mask = modernbert_inputs((13, 21, 4), seed=1)
+    ref = ReferenceBert.from_checkpoint(ckpt)
+    with torch.no_grad():
+        out = model(**inputs)
+        if task == "ForQuestionAnswering":
+            assert ckpt.heads == ("qa",)
+            ours = ref.qa_logits(pack_sequences(ids))
+            theirs = torch.stack([out.start_logits[mask], out.end_logits[mask]], dim=-1)
+        else:
+            assert ckpt.heads == ("token_classifier",)
+            ours, theirs = ref.token_logits(pack_sequences(ids)), out.logits[mask]
+    close(ours, theirs)
+
+
+def test_modernbert_masked_lm_loads_as_an_encoder(tmp_path):
+    model = random_modernbert("ForMaskedLM", seed=2)
+    ckpt = load(model, tmp_path)
+    assert ckpt.heads == () and not ckpt.has_pooler
+    ids, inputs, mask = modernbert_inputs((9, 14), seed=2)
+    with torch.no_grad():
+        close(ReferenceBert.from_checkpoint(ckpt).encode(pack_sequences(ids)),
+              model.model(**inputs).last_hidden_state[mask])
+    with pytest.raises(ConfigError, match="rotary positions, GeGLU"):
+        check_engine_support(ckpt.config)

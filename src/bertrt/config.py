@@ -55,6 +55,24 @@ class BertConfig:
     # Activation between the dense layer on the first token and the sequence classifier:
     # "tanh" (BERT's pooler, RoBERTa's head), "relu" (DistilBERT), "gelu" (ELECTRA).
     pooler_act: str = "tanh"
+    # ModernBERT: rotary positions instead of a position table (base of the global layers' rotation;
+    # None: a learned position table), sliding-window layers with their own base, every
+    # ``global_attention_every``-th layer (from layer 0) global and the others attending
+    # ``local_attention_window // 2`` tokens each side; no biases; GeGLU feed-forward (``ffn.in``
+    # makes 2 x intermediate_size: act(first half) * second half); no LayerNorm before layer 0's attention.
+    rotary_base: float | None = None
+    local_rotary_base: float | None = None
+    local_attention_window: int | None = None
+    global_attention_every: int = 1
+    linear_bias: bool = True
+    norm_bias: bool = True
+    gated_ffn: bool = False
+    first_attention_norm: bool = True
+    # Sequence classifier input: the first token ("cls") or the mean of all tokens ("mean"); with
+    # ``head_norm`` a LayerNorm follows the pooler's activation, and a token classifier applies the
+    # same dense + activation + LayerNorm to every token first (ModernBERT's prediction head).
+    classifier_pooling: str = "cls"
+    head_norm: bool = False
     # The Hugging Face class the checkpoint was saved from (``architectures[0]``), when known:
     # where it came from, not what it computes, so configs compare equal without it.
     architecture: str | None = dataclasses.field(default=None, compare=False)
@@ -82,6 +100,14 @@ class BertConfig:
             raise ConfigError(f"pooler_act {self.pooler_act!r} is not one of tanh, relu, gelu")
         if self.embedding_size is not None and (not isinstance(self.embedding_size, int) or self.embedding_size <= 0):
             raise ConfigError(f"embedding_size must be a positive integer or None, got {self.embedding_size!r}")
+        if self.classifier_pooling not in ("cls", "mean"):
+            raise ConfigError(f"classifier_pooling {self.classifier_pooling!r} is not one of cls, mean")
+        if self.rotary_base is not None and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.local_attention_window is not None and (self.rotary_base is None or self.local_attention_window < 2):
+            raise ConfigError("local_attention_window needs rotary positions and at least 2 tokens")
+        if not isinstance(self.global_attention_every, int) or self.global_attention_every < 1:
+            raise ConfigError(f"global_attention_every must be a positive integer, got {self.global_attention_every!r}")
         if not isinstance(self.position_offset, int) or not 0 <= self.position_offset < self.max_position_embeddings:
             raise ConfigError(f"position_offset {self.position_offset!r} must be in [0, max_position_embeddings)")
 
@@ -98,6 +124,10 @@ class BertConfig:
     def max_sequence_length(self) -> int:
         """Longest sequence the position table can hold (RoBERTa's first positions are reserved)."""
         return self.max_position_embeddings - self.position_offset
+
+    def is_global_layer(self, index: int) -> bool:
+        """Whether layer ``index`` attends to the whole sequence (else to its sliding window)."""
+        return self.local_attention_window is None or index % self.global_attention_every == 0
 
     @property
     def family(self) -> str:
@@ -117,6 +147,9 @@ class BertConfig:
             raise ConfigError(f"{source}: model_type is {model_type!r}; bertrt runs {', '.join(FAMILIES)}")
         if model_type == "distilbert":
             raw = {**{new: raw[old] for old, new in _DISTILBERT_NAMES.items() if old in raw}, **raw}
+        if model_type == "modernbert":
+            raw = {**raw, "hidden_act": raw.get("hidden_activation", "gelu"),
+                   "layer_norm_eps": raw.get("norm_eps", 1e-5)}
         act = raw.get("hidden_act", "gelu")
         if act not in _HF_ACTIVATIONS:
             raise ConfigError(f"{source}: hidden_act {act!r} is not supported "
@@ -147,6 +180,8 @@ class BertConfig:
             kwargs.update(embedding_size=None if emb == raw["hidden_size"] else emb, pooler_act="gelu")
         elif model_type == "megatron-bert":
             kwargs.update(pre_layer_norm=True, embedding_layer_norm=False)
+        elif model_type == "modernbert":
+            kwargs.update(_modernbert_fields(raw, source))
         return cls(**kwargs)
 
     @staticmethod
@@ -194,7 +229,7 @@ class BertConfig:
 
 
 # Hugging Face model_type values the reference runs, each a set of the fields above.
-FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert", "modernbert")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 # Hugging Face activation names -> ours.
 _HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -205,7 +240,44 @@ _DISTILBERT_NAMES = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_h
 # Fields only ``from_dict``'s family branches set (never copied from a raw dict by name), and that
 # a BERT config.json does not carry.
 _FAMILY_FIELDS = frozenset({"model_type", "hidden_act", "position_offset", "embedding_size", "pre_layer_norm",
-                            "embedding_layer_norm", "pooler_act", "architecture"})
+                            "embedding_layer_norm", "pooler_act", "architecture", "rotary_base",
+                            "local_rotary_base", "local_attention_window", "global_attention_every",
+                            "linear_bias", "norm_bias", "gated_ffn", "first_attention_norm",
+                            "classifier_pooling", "head_norm"})
+
+
+def _modernbert_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """ModernBERT's config.json (older files: global_rope_theta / local_rope_theta /
+    global_attn_every_n_layers; newer: rope_parameters and layer_types) as our fields."""
+    layers = raw["num_hidden_layers"]
+    rope = raw.get("rope_parameters") or {}
+    global_base = (rope.get("full_attention") or {}).get("rope_theta", raw.get("global_rope_theta", 160000.0))
+    local_base = (rope.get("sliding_attention") or {}).get("rope_theta", raw.get("local_rope_theta", 10000.0))
+    for kind in ("full_attention", "sliding_attention"):
+        rope_type = (rope.get(kind) or {}).get("rope_type", "default")
+        if rope_type != "default":
+            raise ConfigError(f"{source}: rope_type {rope_type!r} is not supported (default RoPE only)")
+    every = raw.get("global_attn_every_n_layers", 3)
+    layer_types = raw.get("layer_types")
+    if layer_types:
+        full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
+        every = full[1] - full[0] if len(full) > 1 else max(layers, 1)
+        if full[:1] != [0] or [t == "full_attention" for t in layer_types] != [i % every == 0 for i in range(layers)]:
+            raise ConfigError(f"{source}: layer_types must be global every n layers from layer 0, got {layer_types}")
+    if raw.get("attention_bias", False) != raw.get("mlp_bias", False):
+        raise ConfigError(f"{source}: attention_bias and mlp_bias must agree")
+    if raw.get("classifier_bias", False) != raw.get("attention_bias", False):
+        raise ConfigError(f"{source}: classifier_bias and attention_bias must agree")
+    head_act = _HF_ACTIVATIONS.get(raw.get("classifier_activation", "gelu"))
+    if head_act not in ("gelu", "relu"):
+        raise ConfigError(f"{source}: classifier_activation {raw.get('classifier_activation')!r} is not supported")
+    return dict(
+        type_vocab_size=0, pre_layer_norm=True, embedding_layer_norm=True, rotary_base=float(global_base),
+        local_rotary_base=float(local_base), local_attention_window=int(raw.get("local_attention", 128)),
+        global_attention_every=int(every), linear_bias=bool(raw.get("attention_bias", False)),
+        norm_bias=bool(raw.get("norm_bias", False)), gated_ffn=True, first_attention_norm=False,
+        classifier_pooling=raw.get("classifier_pooling", "cls"), head_norm=True, pooler_act=head_act,
+        pad_token_id=raw.get("pad_token_id", 50283))
 
 
 def check_engine_support(config: BertConfig) -> None:
@@ -223,6 +295,8 @@ def check_engine_support(config: BertConfig) -> None:
         reasons.append(f"hidden_act {config.hidden_act!r}")
     if config.embedding_size is not None or config.position_offset or not config.embedding_layer_norm:
         reasons.append("a non-BERT embedding layer")
+    if config.rotary_base is not None or config.gated_ffn or not config.linear_bias:
+        reasons.append("rotary positions, GeGLU or bias-free layers")
     if config.type_vocab_size == 0:
         reasons.append("no token-type embedding")
     if reasons:

@@ -50,41 +50,59 @@ HEADS = ("qa", "classifier", "token_classifier")
 def encoder_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the tensors every encoder must have."""
     h, i, e = config.hidden_size, config.intermediate_size, config.embedding_width
-    shapes: dict[str, tuple[int, ...]] = {
-        "embeddings.word": (config.vocab_size, e),
-        "embeddings.position": (config.max_position_embeddings, e),
-    }
+    shapes: dict[str, tuple[int, ...]] = {"embeddings.word": (config.vocab_size, e)}
+
+    def linear(name: str, out: int, inp: int, bias: bool = config.linear_bias) -> None:
+        shapes[f"{name}.weight"] = (out, inp)
+        if bias:
+            shapes[f"{name}.bias"] = (out,)
+
+    def norm(name: str, width: int = h) -> None:
+        shapes[f"{name}.weight"] = (width,)
+        if config.norm_bias:
+            shapes[f"{name}.bias"] = (width,)
+
+    if config.rotary_base is None:
+        shapes["embeddings.position"] = (config.max_position_embeddings, e)
     if config.type_vocab_size:
         shapes["embeddings.token_type"] = (config.type_vocab_size, e)
     if config.embedding_layer_norm:
-        shapes.update({"embeddings.ln.weight": (e,), "embeddings.ln.bias": (e,)})
+        norm("embeddings.ln", e)
     if config.embedding_size is not None:
-        shapes.update({"embeddings.project.weight": (h, e), "embeddings.project.bias": (h,)})
+        linear("embeddings.project", h, e)
     for n in range(config.num_hidden_layers):
         p = f"layers.{n}."
-        shapes.update({
-            p + "attn.qkv.weight": (3 * h, h), p + "attn.qkv.bias": (3 * h,),
-            p + "attn.out.weight": (h, h), p + "attn.out.bias": (h,),
-            p + "attn.ln.weight": (h,), p + "attn.ln.bias": (h,),
-            p + "ffn.in.weight": (i, h), p + "ffn.in.bias": (i,),
-            p + "ffn.out.weight": (h, i), p + "ffn.out.bias": (h,),
-            p + "ffn.ln.weight": (h,), p + "ffn.ln.bias": (h,),
-        })
+        linear(p + "attn.qkv", 3 * h, h)
+        linear(p + "attn.out", h, h)
+        if n or config.first_attention_norm:
+            norm(p + "attn.ln")
+        linear(p + "ffn.in", 2 * i if config.gated_ffn else i, h)
+        linear(p + "ffn.out", h, i)
+        norm(p + "ffn.ln")
     if config.pre_layer_norm:
-        shapes.update({"final_ln.weight": (h,), "final_ln.bias": (h,)})
+        norm("final_ln")
     return shapes
+
+
+def optional_groups(config: BertConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The pooler and each head: group -> its tensors' shapes; a group is all there or all absent."""
+    h, n = config.hidden_size, config.num_labels
+    pooler = {"pooler.weight": (h, h)}
+    if config.linear_bias:
+        pooler["pooler.bias"] = (h,)
+    if config.head_norm:
+        pooler["pooler_ln.weight"] = (h,)
+        if config.norm_bias:
+            pooler["pooler_ln.bias"] = (h,)
+    groups = {"pooler": pooler}
+    for head, out in (("qa", 2), ("classifier", n), ("token_classifier", n)):
+        groups[f"heads.{head}"] = {f"heads.{head}.weight": (out, h), f"heads.{head}.bias": (out,)}
+    return groups
 
 
 def optional_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the pooler and the heads; each group is all there or all absent."""
-    h = config.hidden_size
-    return {
-        "pooler.weight": (h, h), "pooler.bias": (h,),
-        "heads.qa.weight": (2, h), "heads.qa.bias": (2,),
-        "heads.classifier.weight": (config.num_labels, h), "heads.classifier.bias": (config.num_labels,),
-        "heads.token_classifier.weight": (config.num_labels, h),
-        "heads.token_classifier.bias": (config.num_labels,),
-    }
+    return {name: shape for group in optional_groups(config).values() for name, shape in group.items()}
 
 
 @dataclasses.dataclass
@@ -141,10 +159,11 @@ def validate(config: BertConfig, tensors: dict[str, torch.Tensor], *, source: st
             problems.append(f"{name} has shape {tuple(tensor.shape)}, expected {want}")
         if not tensor.is_floating_point():
             problems.append(f"{name} has dtype {tensor.dtype}, expected a float tensor")
-    for group in ("pooler",) + tuple(f"heads.{h}" for h in HEADS):
-        present = [f"{group}.weight" in tensors, f"{group}.bias" in tensors]
+    for group, names in optional_groups(config).items():
+        present = [name in tensors for name in names]
         if any(present) and not all(present):
-            problems.append(f"{group} has a weight or a bias but not both")
+            absent = [name for name, there in zip(names, present) if not there]
+            problems.append(f"{group} is incomplete: no {', '.join(absent)}")
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
 
@@ -154,13 +173,12 @@ def random_checkpoint(config: BertConfig, *, heads: tuple[str, ...] = ("qa",), s
     """A checkpoint with BERT's initialisation (normal(0, std), LayerNorm 1/0): for speed runs and tests."""
     gen = torch.Generator().manual_seed(seed)
     shapes = dict(encoder_shapes(config))
-    opt = optional_shapes(config)
+    groups = optional_groups(config)
     for group in ("pooler",) + tuple(f"heads.{h}" for h in heads):
-        shapes[f"{group}.weight"] = opt[f"{group}.weight"]
-        shapes[f"{group}.bias"] = opt[f"{group}.bias"]
+        shapes.update(groups[group])
     tensors = {}
     for name, shape in shapes.items():
-        if name.endswith("ln.weight") or name == "final_ln.weight":
+        if name.endswith("ln.weight"):
             tensors[name] = torch.ones(shape)
         elif name.endswith(".bias"):
             tensors[name] = torch.randn(shape, generator=gen) * std
@@ -180,6 +198,20 @@ _HF_LAYER = {
     "attention.ln": "attn.ln",  # Megatron-BERT: the LayerNorm before attention
     "ln": "ffn.ln",  # Megatron-BERT: the LayerNorm before the FFN
 }
+# ModernBERT's names (``model.`` stripped): Q/K/V come fused already.
+_MODERNBERT_TOP = {
+    "embeddings.tok_embeddings.weight": "embeddings.word",
+    "embeddings.norm.weight": "embeddings.ln.weight",
+    "embeddings.norm.bias": "embeddings.ln.bias",
+    "final_norm.weight": "final_ln.weight",
+    "final_norm.bias": "final_ln.bias",
+    "head.dense.weight": "pooler.weight",
+    "head.dense.bias": "pooler.bias",
+    "head.norm.weight": "pooler_ln.weight",
+    "head.norm.bias": "pooler_ln.bias",
+}
+_MODERNBERT_LAYER = {"attn_norm": "attn.ln", "attn.Wqkv": "attn.qkv", "attn.Wo": "attn.out",
+                     "mlp_norm": "ffn.ln", "mlp.Wi": "ffn.in", "mlp.Wo": "ffn.out"}
 # DistilBERT's layer names -> BERT's (then mapped as BERT's are).
 _DISTILBERT_LAYER = {
     "attention.q_lin": "attention.self.query",
@@ -219,7 +251,7 @@ _HF_HEADS = {
     "pre_classifier.bias": "pooler.bias",
 }
 # Tensors in Hugging Face files that inference does not use (pre-training heads, buffers).
-_HF_IGNORED_PREFIXES = ("cls.", "embeddings.position_ids", "embeddings.token_type_ids", "lm_head.",
+_HF_IGNORED_PREFIXES = ("cls.", "embeddings.position_ids", "embeddings.token_type_ids", "lm_head.", "decoder.",
                         "discriminator_predictions.", "generator_predictions.", "generator_lm_head.",
                         "vocab_transform.", "vocab_layer_norm.", "vocab_projector.")
 _MODEL_PREFIXES = ("bert.", "model.", "roberta.", "distilbert.", "electra.")
@@ -260,7 +292,10 @@ def from_hf_names(state: dict[str, torch.Tensor], config: BertConfig, *, source:
     qkv: dict[tuple[int, str, str], torch.Tensor] = {}
     unknown: list[str] = []
     heads = dict(_HF_HEADS)
-    if is_token_classifier(config, state):
+    if (config.architecture or "").endswith("ForQuestionAnswering") and not any(
+            _strip_prefix(n) == "qa_outputs.weight" for n in state):  # ModernBERT names its QA layer classifier
+        heads.update({"classifier.weight": "heads.qa.weight", "classifier.bias": "heads.qa.bias"})
+    elif is_token_classifier(config, state):
         heads.update({"classifier.weight": "heads.token_classifier.weight",
                       "classifier.bias": "heads.token_classifier.bias"})
 
@@ -269,8 +304,21 @@ def from_hf_names(state: dict[str, torch.Tensor], config: BertConfig, *, source:
             raise CheckpointError(f"{source}: two tensors map to {canonical} (the second is {raw_name})")
         out[canonical] = tensor
 
+    modernbert = config.model_type == "modernbert"
+    # A masked-LM ModernBERT's prediction head feeds its decoder, not a classifier.
+    masked_lm = modernbert and (config.architecture or "").endswith("ForMaskedLM")
     for raw_name, tensor in state.items():
         name = _bert_layer_name(_strip_prefix(raw_name))
+        if modernbert:
+            if masked_lm and name.startswith(("head.", "decoder.")):
+                continue
+            if name in _MODERNBERT_TOP:
+                put(_MODERNBERT_TOP[name], raw_name, tensor)
+                continue
+            parts = name.split(".")
+            if parts[0] == "layers" and len(parts) > 3 and ".".join(parts[2:-1]) in _MODERNBERT_LAYER:
+                put(f"layers.{parts[1]}.{_MODERNBERT_LAYER['.'.join(parts[2:-1])]}.{parts[-1]}", raw_name, tensor)
+                continue
         # Old checkpoints (TF-converted) name LayerNorm parameters gamma/beta.
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         if name in _HF_TOP:

@@ -106,3 +106,18 @@ def test_a_token_classifier_is_refused_naming_its_head(tmp_path, capsys):
         load_for_task(tmp_path / "ner", "text-classification")
     assert main(["classify", "--model", str(tmp_path / "ner"), "--text", "hi", "--device", "cpu"]) == 2
     assert "run it with `bertrt tag`" in capsys.readouterr().err
+
+
+def test_plain_tsv_of_pairs_and_input_errors(pair_model, tmp_path, capsys):
+    folder, model, tok = pair_model
+    (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(FIRSTS, SECONDS)), encoding="utf-8")
+    assert main(["classify", "--model", str(folder), "--input", str(tmp_path / "pairs.tsv"), "--device", "cpu"]) == 0
+    scores = [float(line.split("\t")[1]) for line in capsys.readouterr().out.splitlines()]
+    theirs = hf_logits(model, tok, FIRSTS, SECONDS).softmax(-1).max(-1).values
+    assert torch.allclose(torch.tensor(scores), theirs, atol=1e-4)
+    (tmp_path / "mixed.tsv").write_text("one text\ntwo\ttexts\n", encoding="utf-8")
+    assert main(["classify", "--model", str(folder), "--input", str(tmp_path / "mixed.tsv"), "--device", "cpu"]) == 2
+    assert "every line to be a text, or every line text<TAB>pair" in capsys.readouterr().err
+    assert main(["classify", "--model", str(folder), "--text", "a", "--pair", "b", "--pair", "c",
+                 "--device", "cpu"]) == 2
+    assert "several passages need --rerank" in capsys.readouterr().err

@@ -282,3 +282,13 @@ def test_modernbert_masked_lm_loads_as_an_encoder(tmp_path):
               model.model(**inputs).last_hidden_state[mask])
     with pytest.raises(ConfigError, match="rotary positions, GeGLU"):
         check_engine_support(ckpt.config)
+
+
+def test_a_saved_bert_keeps_its_activation_and_other_families_are_not_written_as_bert(tmp_path):
+    from bertrt.weights import save_hf_folder
+
+    ckpt = load(random_hf("bert", "ForSequenceClassification"), tmp_path / "relu")
+    again = load_checkpoint(save_hf_folder(ckpt, tmp_path / "saved"))
+    assert again.config.hidden_act == "relu" and again.config == ckpt.config
+    with pytest.raises(CheckpointError, match="writing megatron-bert weights is not supported"):
+        save_hf_folder(load(random_hf("megatron-bert", "ForSequenceClassification"), tmp_path / "m"), tmp_path / "x")

@@ -212,11 +212,16 @@ class BertConfig:
     def to_hf_dict(self, architecture: str = "BertModel") -> dict[str, Any]:
         if self.model_type != "bert":
             raise ConfigError(f"writing a {self.model_type} config is not supported (bertrt writes BERT folders)")
+        bert = BertConfig()
+        differs = [k for k in sorted(_FAMILY_FIELDS - {"hidden_act", "architecture"})
+                   if getattr(self, k) != getattr(bert, k)]
+        if differs:
+            raise ConfigError(f"a BERT config.json cannot say {', '.join(differs)}")
         data = {k: v for k, v in dataclasses.asdict(self).items() if k not in _FAMILY_FIELDS}
         data.update(
             model_type="bert",
             architectures=[architecture],
-            hidden_act="gelu",
+            hidden_act={"gelu_tanh": "gelu_new"}.get(self.hidden_act, self.hidden_act),
             position_embedding_type="absolute",
             hidden_dropout_prob=0.1,
             attention_probs_dropout_prob=0.1,

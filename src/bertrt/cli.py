@@ -29,6 +29,9 @@ COMMANDS = (
     "build",
     "perf",
     "serve",
+    "embed",
+    "classify",
+    "tag",
 )
 
 EXIT_INPUT = 2  # bad arguments or input files

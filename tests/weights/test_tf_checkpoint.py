@@ -215,8 +215,8 @@ def test_config_with_wrong_shape(tmp_path):
 
 def test_config_not_bert(tmp_path):
     folder = copy_fixture(tmp_path)
-    (folder / "bert_config.json").write_text('{"model_type": "roberta", "hidden_size": 32}')
-    with pytest.raises(ConfigError, match="roberta"):
+    (folder / "bert_config.json").write_text('{"model_type": "deberta-v2", "hidden_size": 32}')
+    with pytest.raises(ConfigError, match="deberta-v2"):
         load_checkpoint(folder)
 
 

@@ -101,9 +101,9 @@ def test_wrong_shape_is_named(tmp_path, hf_qa):
         load_checkpoint(write_state(tmp_path, "m.safetensors", state, hf_qa.config.to_dict()))
 
 
-def test_roberta_config_refused(tmp_path, hf_qa):
-    config = {**hf_qa.config.to_dict(), "model_type": "roberta"}
-    with pytest.raises(ConfigError, match="model_type is 'roberta'"):
+def test_unknown_family_refused(tmp_path, hf_qa):
+    config = {**hf_qa.config.to_dict(), "model_type": "deberta-v2"}
+    with pytest.raises(ConfigError, match="model_type is 'deberta-v2'"):
         load_checkpoint(write_state(tmp_path, "m.safetensors", hf_qa.state_dict(), config))
 
 

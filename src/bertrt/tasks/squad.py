@@ -69,7 +69,8 @@ class SquadExample:
 class SquadFeature:
     """One window of one example, ready for the model.
 
-    ``input_ids`` / ``token_type_ids``: ``[CLS] question [SEP] window [SEP]`` and 0...0 1...1.
+    ``input_ids`` / ``token_type_ids``: ``[CLS] question [SEP] window [SEP]`` and 0...0 1...1 (the
+    tokenizer's own layout: RoBERTa's is ``<s> question </s></s> window </s>``, all type 0).
     ``token_offsets[i]``: (start, end) character span in the example's context for passage tokens,
     None for [CLS], question and [SEP]. ``token_is_max_context[i]``: this window is where passage
     token i has the most context (always False outside the passage). ``start_position`` /
@@ -274,6 +275,13 @@ def _answer_tokens(offsets: list[tuple[int, int]], ends: list[int], example: Squ
     return first, last
 
 
+def _window_start(tokenizer, query: list[int]) -> int:
+    """Where the passage window starts in the tokenizer's (question, window) layout."""
+    marker = -1  # no vocabulary has id -1
+    ids, _ = tokenizer.pair(query, [marker])
+    return ids.index(marker)
+
+
 def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
                   config: FeatureConfig = FeatureConfig(), *, training: bool = False,
                   progress: bool = False) -> list[SquadFeature]:
@@ -281,7 +289,8 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
 
     Args:
         examples: the questions; ``SquadFeature.example_index`` indexes this sequence.
-        tokenizer: a BertTokenizer (offsets must index the original context).
+        tokenizer: a BertTokenizer or any ``bertrt.tokenizer.load_tokenizer`` tokenizer (offsets must
+            index the original context); its ``pair`` lays out question and window.
         training: also fill ``start_position`` / ``end_position`` from the first gold answer.
         progress: show a tqdm bar.
 
@@ -294,7 +303,7 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
     contexts = list(dict.fromkeys(ex.context for ex in examples))
     context_enc = dict(zip(contexts, tokenizer.encode_batch(contexts)))
     question_enc = tokenizer.encode_batch([ex.question for ex in examples])
-    cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+    specials = tokenizer.special_tokens(pair=True)
 
     items = enumerate(examples)
     if progress:
@@ -312,7 +321,7 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
     for ex_index, ex in items:
         query = question_enc[ex_index].ids[:config.max_query_length]
         doc = context_enc[ex.context]
-        max_tokens_for_doc = config.max_seq_length - len(query) - 3
+        max_tokens_for_doc = config.max_seq_length - len(query) - specials
         key = (len(doc.ids), max_tokens_for_doc)
         if key not in span_cache:
             spans = doc_spans(len(doc.ids), max_tokens_for_doc, config.doc_stride)
@@ -321,12 +330,12 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
         target = None
         if training:
             target = _answer_tokens(doc.offsets, [e for _, e in doc.offsets], ex)
-        prefix = len(query) + 2  # [CLS] question [SEP]
+        prefix = _window_start(tokenizer, query)  # [CLS] question [SEP] (RoBERTa: <s> question </s></s>)
         for (start, length), is_max in zip(spans, flags):
-            ids = [cls_id, *query, sep_id, *doc.ids[start:start + length], sep_id]
-            types = [0] * prefix + [1] * (length + 1)
-            offsets = [None] * prefix + list(doc.offsets[start:start + length]) + [None]
-            max_ctx = [False] * prefix + is_max + [False]
+            ids, types = tokenizer.pair(query, doc.ids[start:start + length])
+            tail = len(ids) - prefix - length
+            offsets = [None] * prefix + list(doc.offsets[start:start + length]) + [None] * tail
+            max_ctx = [False] * prefix + is_max + [False] * tail
             start_pos = end_pos = 0
             if target is not None and start <= target[0] and target[1] < start + length:
                 start_pos, end_pos = target[0] - start + prefix, target[1] - start + prefix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bertrt.atomic import write_folder_atomically
-from bertrt.config import BertConfig
+from bertrt.config import BertConfig, ConfigError
 from bertrt.weights.schema import Checkpoint, CheckpointError, from_hf_names, to_hf_names
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -39,12 +40,45 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_hf_folder(path: Path) -> Checkpoint:
-    config = BertConfig.from_json(path / "config.json")
+    config, labels = read_config(path / "config.json")
     weights = next(path / f for f in WEIGHT_FILES if (path / f).is_file())
     state = read_state_file(weights)
     tensors = from_hf_names(state, config, source=str(weights))
     vocab = path / "vocab.txt"
-    return Checkpoint(config, tensors, vocab_file=vocab if vocab.is_file() else None, source=str(path))
+    return Checkpoint(config, tensors, vocab_file=vocab if vocab.is_file() else None, source=str(path),
+                      tokenizer_dir=path, labels=labels)
+
+
+def read_config(config_file: Path) -> tuple[BertConfig, tuple[str, ...]]:
+    """The config and label names of a checkpoint, with its casing from ``tokenizer_config.json``.
+
+    ``config.json`` rarely says whether the vocabulary is cased; the tokenizer's own config does
+    (``do_lower_case``), and wins where both speak.
+    """
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_file}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_file}: expected a JSON object")
+    config = BertConfig.from_dict(raw, source=str(config_file))
+    lower = tokenizer_lowercase(config_file.parent)
+    if lower is not None:
+        config = dataclasses.replace(config, do_lower_case=lower)
+    return config, BertConfig.labels_from_dict(raw, source=str(config_file))
+
+
+def tokenizer_lowercase(folder: Path) -> bool | None:
+    """``do_lower_case`` from ``folder/tokenizer_config.json``, or None when it does not say."""
+    file = folder / "tokenizer_config.json"
+    if not file.is_file():
+        return None
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{file}: not valid JSON ({exc})") from exc
+    value = raw.get("do_lower_case") if isinstance(raw, dict) else None
+    return value if isinstance(value, bool) else None
 
 
 def save_hf_folder(checkpoint: Checkpoint, out: str | Path, *, dtype: torch.dtype | None = None,
@@ -56,7 +90,8 @@ def save_hf_folder(checkpoint: Checkpoint, out: str | Path, *, dtype: torch.dtyp
     """
     out = Path(out)
     heads = checkpoint.heads
-    arch = {"qa": "BertForQuestionAnswering", "classifier": "BertForSequenceClassification"}.get(
+    arch = {"qa": "BertForQuestionAnswering", "classifier": "BertForSequenceClassification",
+            "token_classifier": "BertForTokenClassification"}.get(
         heads[0] if heads else "", "BertModel")
     tensors = to_hf_names(checkpoint.tensors, checkpoint.config)
     if dtype is not None:

@@ -13,6 +13,18 @@ Names (H = hidden, I = intermediate, V = vocab, P = max positions, T = token typ
     pooler.weight (H, H)  pooler.bias (H,)                       optional
     heads.qa.weight (2, H)  heads.qa.bias (2,)                   optional
     heads.classifier.weight (L, H)  heads.classifier.bias (L,)   optional
+    heads.token_classifier.weight (L, H)  heads.token_classifier.bias (L,)   optional
+
+Where the family's config says so (E = embedding_size, the embedding tables' width)::
+
+    embeddings.project.weight (H, E)  .bias (H,)      ELECTRA: embeddings narrower than the encoder
+    final_ln.weight / .bias (H,)                       pre-LN (Megatron-BERT): after the last layer
+    no embeddings.token_type                           type_vocab_size == 0 (DistilBERT)
+    no embeddings.ln                                   embedding_layer_norm False (Megatron-BERT)
+
+The pooler is the dense layer on the first token before the sequence classifier, whatever the family
+calls it (BERT's pooler, RoBERTa's/ELECTRA's classifier.dense, DistilBERT's pre_classifier); its
+activation is ``config.pooler_act``.
 
 Linear weights are stored (out_features, in_features), as torch.nn.Linear keeps them.
 Q/K/V are fused once, on the way in, so no later stage has to.
@@ -63,40 +75,65 @@ class QuantScales:
         return self.amax[name] / self.qmax
 
 
-HEADS = ("qa", "classifier")
+HEADS = ("qa", "classifier", "token_classifier")
 
 
 def encoder_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the tensors every encoder must have."""
-    h, i = config.hidden_size, config.intermediate_size
-    shapes: dict[str, tuple[int, ...]] = {
-        "embeddings.word": (config.vocab_size, h),
-        "embeddings.position": (config.max_position_embeddings, h),
-        "embeddings.token_type": (config.type_vocab_size, h),
-        "embeddings.ln.weight": (h,),
-        "embeddings.ln.bias": (h,),
-    }
+    h, i, e = config.hidden_size, config.intermediate_size, config.embedding_width
+    shapes: dict[str, tuple[int, ...]] = {"embeddings.word": (config.vocab_size, e)}
+
+    def linear(name: str, out: int, inp: int, bias: bool = config.linear_bias) -> None:
+        shapes[f"{name}.weight"] = (out, inp)
+        if bias:
+            shapes[f"{name}.bias"] = (out,)
+
+    def norm(name: str, width: int = h) -> None:
+        shapes[f"{name}.weight"] = (width,)
+        if config.norm_bias:
+            shapes[f"{name}.bias"] = (width,)
+
+    if config.rotary_base is None:
+        shapes["embeddings.position"] = (config.max_position_embeddings, e)
+    if config.type_vocab_size:
+        shapes["embeddings.token_type"] = (config.type_vocab_size, e)
+    if config.embedding_layer_norm:
+        norm("embeddings.ln", e)
+    if config.embedding_size is not None:
+        linear("embeddings.project", h, e)
     for n in range(config.num_hidden_layers):
         p = f"layers.{n}."
-        shapes.update({
-            p + "attn.qkv.weight": (3 * h, h), p + "attn.qkv.bias": (3 * h,),
-            p + "attn.out.weight": (h, h), p + "attn.out.bias": (h,),
-            p + "attn.ln.weight": (h,), p + "attn.ln.bias": (h,),
-            p + "ffn.in.weight": (i, h), p + "ffn.in.bias": (i,),
-            p + "ffn.out.weight": (h, i), p + "ffn.out.bias": (h,),
-            p + "ffn.ln.weight": (h,), p + "ffn.ln.bias": (h,),
-        })
+        linear(p + "attn.qkv", 3 * h, h)
+        linear(p + "attn.out", h, h)
+        if n or config.first_attention_norm:
+            norm(p + "attn.ln")
+        linear(p + "ffn.in", 2 * i if config.gated_ffn else i, h)
+        linear(p + "ffn.out", h, i)
+        norm(p + "ffn.ln")
+    if config.pre_layer_norm:
+        norm("final_ln")
     return shapes
+
+
+def optional_groups(config: BertConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The pooler and each head: group -> its tensors' shapes; a group is all there or all absent."""
+    h, n = config.hidden_size, config.num_labels
+    pooler = {"pooler.weight": (h, h)}
+    if config.linear_bias:
+        pooler["pooler.bias"] = (h,)
+    if config.head_norm:
+        pooler["pooler_ln.weight"] = (h,)
+        if config.norm_bias:
+            pooler["pooler_ln.bias"] = (h,)
+    groups = {"pooler": pooler}
+    for head, out in (("qa", 2), ("classifier", n), ("token_classifier", n)):
+        groups[f"heads.{head}"] = {f"heads.{head}.weight": (out, h), f"heads.{head}.bias": (out,)}
+    return groups
 
 
 def optional_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the pooler and the heads; each group is all there or all absent."""
-    h = config.hidden_size
-    return {
-        "pooler.weight": (h, h), "pooler.bias": (h,),
-        "heads.qa.weight": (2, h), "heads.qa.bias": (2,),
-        "heads.classifier.weight": (config.num_labels, h), "heads.classifier.bias": (config.num_labels,),
-    }
+    return {name: shape for group in optional_groups(config).values() for name, shape in group.items()}
 
 
 @dataclasses.dataclass
@@ -110,6 +147,9 @@ class Checkpoint:
         source: where it was loaded from (for messages).
         quant: the scales of a quantization-aware checkpoint (its ``tensors`` are then the
             dequantized weights); None for a float checkpoint.
+        tokenizer_dir: the folder holding the checkpoint's tokenizer files (tokenizer.json,
+            vocab.txt, vocab.json + merges.txt, tokenizer_config.json), if known.
+        labels: the heads' output names in label-id order (``id2label``), if the config names them.
     """
 
     config: BertConfig
@@ -117,6 +157,8 @@ class Checkpoint:
     vocab_file: Path | None = None
     source: str = "<memory>"
     quant: QuantScales | None = None
+    tokenizer_dir: Path | None = None
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate(self.config, self.tensors, source=self.source)
@@ -151,10 +193,11 @@ def validate(config: BertConfig, tensors: dict[str, torch.Tensor], *, source: st
             problems.append(f"{name} has shape {tuple(tensor.shape)}, expected {want}")
         if not tensor.is_floating_point():
             problems.append(f"{name} has dtype {tensor.dtype}, expected a float tensor")
-    for group in ("pooler", "heads.qa", "heads.classifier"):
-        present = [f"{group}.weight" in tensors, f"{group}.bias" in tensors]
+    for group, names in optional_groups(config).items():
+        present = [name in tensors for name in names]
         if any(present) and not all(present):
-            problems.append(f"{group} has a weight or a bias but not both")
+            absent = [name for name, there in zip(names, present) if not there]
+            problems.append(f"{group} is incomplete: no {', '.join(absent)}")
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
 
@@ -164,10 +207,9 @@ def random_checkpoint(config: BertConfig, *, heads: tuple[str, ...] = ("qa",), s
     """A checkpoint with BERT's initialisation (normal(0, std), LayerNorm 1/0): for speed runs and tests."""
     gen = torch.Generator().manual_seed(seed)
     shapes = dict(encoder_shapes(config))
-    opt = optional_shapes(config)
+    groups = optional_groups(config)
     for group in ("pooler",) + tuple(f"heads.{h}" for h in heads):
-        shapes[f"{group}.weight"] = opt[f"{group}.weight"]
-        shapes[f"{group}.bias"] = opt[f"{group}.bias"]
+        shapes.update(groups[group])
     tensors = {}
     for name, shape in shapes.items():
         if name.endswith("ln.weight"):
@@ -187,6 +229,33 @@ _HF_LAYER = {
     "intermediate.dense": "ffn.in",
     "output.dense": "ffn.out",
     "output.LayerNorm": "ffn.ln",
+    "attention.ln": "attn.ln",  # Megatron-BERT: the LayerNorm before attention
+    "ln": "ffn.ln",  # Megatron-BERT: the LayerNorm before the FFN
+}
+# ModernBERT's names (``model.`` stripped): Q/K/V come fused already.
+_MODERNBERT_TOP = {
+    "embeddings.tok_embeddings.weight": "embeddings.word",
+    "embeddings.norm.weight": "embeddings.ln.weight",
+    "embeddings.norm.bias": "embeddings.ln.bias",
+    "final_norm.weight": "final_ln.weight",
+    "final_norm.bias": "final_ln.bias",
+    "head.dense.weight": "pooler.weight",
+    "head.dense.bias": "pooler.bias",
+    "head.norm.weight": "pooler_ln.weight",
+    "head.norm.bias": "pooler_ln.bias",
+}
+_MODERNBERT_LAYER = {"attn_norm": "attn.ln", "attn.Wqkv": "attn.qkv", "attn.Wo": "attn.out",
+                     "mlp_norm": "ffn.ln", "mlp.Wi": "ffn.in", "mlp.Wo": "ffn.out"}
+# DistilBERT's layer names -> BERT's (then mapped as BERT's are).
+_DISTILBERT_LAYER = {
+    "attention.q_lin": "attention.self.query",
+    "attention.k_lin": "attention.self.key",
+    "attention.v_lin": "attention.self.value",
+    "attention.out_lin": "attention.output.dense",
+    "sa_layer_norm": "attention.output.LayerNorm",
+    "ffn.lin1": "intermediate.dense",
+    "ffn.lin2": "output.dense",
+    "output_layer_norm": "output.LayerNorm",
 }
 _HF_TOP = {
     "embeddings.word_embeddings.weight": "embeddings.word",
@@ -196,22 +265,59 @@ _HF_TOP = {
     "embeddings.LayerNorm.bias": "embeddings.ln.bias",
     "pooler.dense.weight": "pooler.weight",
     "pooler.dense.bias": "pooler.bias",
+    "embeddings_project.weight": "embeddings.project.weight",
+    "embeddings_project.bias": "embeddings.project.bias",
+    "encoder.ln.weight": "final_ln.weight",
+    "encoder.ln.bias": "final_ln.bias",
 }
 _HF_HEADS = {
     "qa_outputs.weight": "heads.qa.weight",
     "qa_outputs.bias": "heads.qa.bias",
     "classifier.weight": "heads.classifier.weight",
     "classifier.bias": "heads.classifier.bias",
+    # RoBERTa / ELECTRA sequence heads: dense + activation on the first token, then out_proj.
+    "classifier.dense.weight": "pooler.weight",
+    "classifier.dense.bias": "pooler.bias",
+    "classifier.out_proj.weight": "heads.classifier.weight",
+    "classifier.out_proj.bias": "heads.classifier.bias",
+    # DistilBERT's sequence head: pre_classifier + ReLU, then classifier.
+    "pre_classifier.weight": "pooler.weight",
+    "pre_classifier.bias": "pooler.bias",
 }
-# Tensors in Hugging Face files that inference does not use.
-_HF_IGNORED_PREFIXES = ("cls.", "embeddings.position_ids", "lm_head.")
+# Tensors in Hugging Face files that inference does not use (pre-training heads, buffers).
+_HF_IGNORED_PREFIXES = ("cls.", "embeddings.position_ids", "embeddings.token_type_ids", "lm_head.", "decoder.",
+                        "discriminator_predictions.", "generator_predictions.", "generator_lm_head.",
+                        "vocab_transform.", "vocab_layer_norm.", "vocab_projector.")
+_MODEL_PREFIXES = ("bert.", "model.", "roberta.", "distilbert.", "electra.")
 
 
 def _strip_prefix(name: str) -> str:
-    for prefix in ("bert.", "model."):
+    for prefix in _MODEL_PREFIXES:
         if name.startswith(prefix):
             return name[len(prefix):]
     return name
+
+
+def _bert_layer_name(name: str) -> str:
+    """DistilBERT's ``transformer.layer.{i}.*`` in BERT's ``encoder.layer.{i}.*`` spelling."""
+    if not name.startswith("transformer.layer."):
+        return name
+    parts = name.split(".")
+    module, kind = ".".join(parts[3:-1]), parts[-1]
+    return f"encoder.layer.{parts[2]}.{_DISTILBERT_LAYER.get(module, module)}.{kind}"
+
+
+def is_token_classifier(config: BertConfig, names) -> bool:
+    """Whether a Hugging Face ``classifier`` is per token (``*ForTokenClassification``).
+
+    Decided by the config's architecture; without one, a plain ``classifier`` with no dense layer
+    before it is per token, since every family's sequence classifier has one (the pooler).
+    """
+    if config.architecture:
+        return config.architecture.endswith("ForTokenClassification")
+    stripped = {_strip_prefix(n) for n in names}
+    return "classifier.weight" in stripped and not stripped & {"pooler.dense.weight", "pre_classifier.weight",
+                                                             "classifier.dense.weight"}
 
 
 def from_hf_names(state: dict[str, torch.Tensor], config: BertConfig, *, source: str) -> dict[str, torch.Tensor]:
@@ -219,14 +325,40 @@ def from_hf_names(state: dict[str, torch.Tensor], config: BertConfig, *, source:
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[int, str, str], torch.Tensor] = {}
     unknown: list[str] = []
+    heads = dict(_HF_HEADS)
+    if (config.architecture or "").endswith("ForQuestionAnswering") and not any(
+            _strip_prefix(n) == "qa_outputs.weight" for n in state):  # ModernBERT names its QA layer classifier
+        heads.update({"classifier.weight": "heads.qa.weight", "classifier.bias": "heads.qa.bias"})
+    elif is_token_classifier(config, state):
+        heads.update({"classifier.weight": "heads.token_classifier.weight",
+                      "classifier.bias": "heads.token_classifier.bias"})
+
+    def put(canonical: str, raw_name: str, tensor: torch.Tensor) -> None:
+        if canonical in out:
+            raise CheckpointError(f"{source}: two tensors map to {canonical} (the second is {raw_name})")
+        out[canonical] = tensor
+
+    modernbert = config.model_type == "modernbert"
+    # A masked-LM ModernBERT's prediction head feeds its decoder, not a classifier.
+    masked_lm = modernbert and (config.architecture or "").endswith("ForMaskedLM")
     for raw_name, tensor in state.items():
-        name = _strip_prefix(raw_name)
+        name = _bert_layer_name(_strip_prefix(raw_name))
+        if modernbert:
+            if masked_lm and name.startswith(("head.", "decoder.")):
+                continue
+            if name in _MODERNBERT_TOP:
+                put(_MODERNBERT_TOP[name], raw_name, tensor)
+                continue
+            parts = name.split(".")
+            if parts[0] == "layers" and len(parts) > 3 and ".".join(parts[2:-1]) in _MODERNBERT_LAYER:
+                put(f"layers.{parts[1]}.{_MODERNBERT_LAYER['.'.join(parts[2:-1])]}.{parts[-1]}", raw_name, tensor)
+                continue
         # Old checkpoints (TF-converted) name LayerNorm parameters gamma/beta.
         name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
         if name in _HF_TOP:
-            out[_HF_TOP[name]] = tensor
-        elif raw_name in _HF_HEADS or name in _HF_HEADS:
-            out[_HF_HEADS.get(raw_name) or _HF_HEADS[name]] = tensor
+            put(_HF_TOP[name], raw_name, tensor)
+        elif raw_name in heads or name in heads:
+            put(heads.get(raw_name) or heads[name], raw_name, tensor)
         elif name.startswith("encoder.layer."):
             parts = name.split(".")
             layer, rest = int(parts[2]), ".".join(parts[3:])
@@ -258,9 +390,15 @@ def from_hf_names(state: dict[str, torch.Tensor], config: BertConfig, *, source:
 
 def to_hf_names(tensors: dict[str, torch.Tensor], config: BertConfig) -> dict[str, torch.Tensor]:
     """Canonical -> Hugging Face names (``bert.`` prefix), splitting Q/K/V."""
-    top = {v: k for k, v in _HF_TOP.items()}
-    heads = {v: k for k, v in _HF_HEADS.items()}
-    layer_map = {v: k for k, v in _HF_LAYER.items()}
+    if config.model_type != "bert":
+        raise CheckpointError(f"writing {config.model_type} weights is not supported (bertrt writes BERT folders)")
+    top = {v: k for k, v in _HF_TOP.items() if k.startswith(("embeddings.", "pooler."))}
+    heads = {f"heads.{h}.{kind}": f"{hf}.{kind}" for h, hf in
+             (("qa", "qa_outputs"), ("classifier", "classifier"), ("token_classifier", "classifier"))
+             for kind in ("weight", "bias")}
+    layer_map: dict[str, str] = {}
+    for hf_name, canonical in _HF_LAYER.items():  # BERT's names come first
+        layer_map.setdefault(canonical, hf_name)
     out: dict[str, torch.Tensor] = {}
     h = config.hidden_size
     for name, tensor in tensors.items():

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bertrt.config import BertConfig
-from bertrt.weights.hf import read_state_file
+from bertrt.weights.hf import read_config, read_state_file
 from bertrt.weights.schema import Checkpoint, CheckpointError, from_hf_names
 
 SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
@@ -33,8 +32,9 @@ def load_state_dict_file(path: str | Path) -> Checkpoint:
     if config_file is None:
         raise CheckpointError(f"{path}: a bare weights file needs the model's config.json beside it "
                               f"(none in {path.parent})")
-    config = BertConfig.from_json(config_file)
+    config, labels = read_config(config_file)
     state = read_state_file(path)
     tensors = from_hf_names(state, config, source=str(path))
     vocab = path.parent / "vocab.txt"
-    return Checkpoint(config, tensors, vocab_file=vocab if vocab.is_file() else None, source=str(path))
+    return Checkpoint(config, tensors, vocab_file=vocab if vocab.is_file() else None, source=str(path),
+                      tokenizer_dir=path.parent, labels=labels)

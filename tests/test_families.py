@@ -1,0 +1,294 @@
+"""Every BERT family against Hugging Face transformers in fp32: hidden states and each head's logits.
+
+Each test builds a tiny random model with odd sizes from a ``transformers`` config, saves it as a
+Hugging Face folder, loads it through ``load_checkpoint`` and runs it on the reference's packed
+tokens; transformers runs the same sequences padded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bertrt.config import BertConfig, ConfigError, check_engine_support
+from bertrt.packed import pack_sequences, pad_sequences
+from bertrt.reference import ReferenceBert
+from bertrt.weights import CheckpointError, load_checkpoint
+
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-4
+LENGTHS = (11, 29, 3, 17)
+# Odd sizes: 3 heads of 19, an FFN of 73, 97 tokens, 2 layers.
+SHAPE = dict(vocab_size=97, hidden_size=57, num_hidden_layers=2, num_attention_heads=3, intermediate_size=73,
+             max_position_embeddings=67)
+
+
+def _family_config(family: str, **extra):
+    if family == "distilbert":
+        return transformers.DistilBertConfig(vocab_size=97, dim=57, n_layers=2, n_heads=3, hidden_dim=73,
+                                             max_position_embeddings=67, **extra)
+    cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig,
+           "xlm-roberta": transformers.XLMRobertaConfig, "electra": transformers.ElectraConfig,
+           "megatron-bert": transformers.MegatronBertConfig}[family]
+    if family in ("roberta", "xlm-roberta"):  # positions start at padding_idx + 1
+        extra = dict(max_position_embeddings=67 + 2, type_vocab_size=1, **extra)
+    return cls(**{**SHAPE, **extra})
+
+
+FAMILIES = {
+    # family: (prefix of the HF class names, config extras)
+    "roberta": ("Roberta", {}),
+    "xlm-roberta": ("XLMRoberta", {"hidden_act": "gelu_new"}),
+    "distilbert": ("DistilBert", {}),
+    "electra": ("Electra", {"embedding_size": 23}),
+    "megatron-bert": ("MegatronBert", {}),
+    "bert": ("Bert", {"hidden_act": "relu"}),
+}
+
+
+def random_hf(family: str, task: str, seed: int = 0, num_labels: int = 3):
+    """A transformers model of ``family`` with every parameter random (HF leaves biases 0, norms 1)."""
+    prefix, extra = FAMILIES[family]
+    torch.manual_seed(seed)
+    config = _family_config(family, num_labels=num_labels, **extra)
+    model = getattr(transformers, f"{prefix}{task}")(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if "norm" in name.lower() or name.endswith(".ln.weight") or ".ln." in name:
+                param.copy_(1 + 0.1 * noise if name.endswith("weight") else 0.1 * noise)
+            else:
+                param.copy_(0.08 * noise)
+    return model
+
+
+def sequences(family: str, seed: int = 0):
+    """Ragged id lists avoiding the pad id, with two token types where the family has them."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(3, SHAPE["vocab_size"], (n,), generator=gen).tolist() for n in LENGTHS]
+    if family in ("bert", "electra", "megatron-bert"):
+        types = [[0] * (n // 2) + [1] * (n - n // 2) for n in LENGTHS]
+    else:
+        types = [[0] * n for n in LENGTHS]
+    return ids, types
+
+
+def hf_inputs(family, ids, types):
+    input_ids, mask, token_types = pad_sequences(ids, types)
+    if family in ("roberta", "xlm-roberta"):
+        input_ids = input_ids.masked_fill(mask == 0, 1)  # padding_idx, so positions are HF's own
+    inputs = {"input_ids": input_ids, "attention_mask": mask}
+    if family != "distilbert":
+        inputs["token_type_ids"] = token_types
+    return inputs, mask.bool()
+
+
+def load(model, tmp_path):
+    model.save_pretrained(str(tmp_path / "hf"))
+    return load_checkpoint(tmp_path / "hf")
+
+
+def close(ours, theirs):
+    assert theirs.abs().max() > 0.1  # outputs that can show a difference
+    err = (ours - theirs).abs().max().item()
+    assert err <= TOL, err
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hidden_states_and_sequence_logits(family, tmp_path):
+    model = random_hf(family, "ForSequenceClassification")
+    ckpt = load(model, tmp_path)
+    assert ckpt.config.model_type == family and ckpt.heads == ("classifier",) and ckpt.has_pooler
+    ids, types = sequences(family)
+    batch = pack_sequences(ids, types)
+    inputs, mask = hf_inputs(family, ids, types)
+    ref = ReferenceBert.from_checkpoint(ckpt)
+    with torch.no_grad():
+        hidden = ref.encode(batch)
+        out = model(**inputs, output_hidden_states=True)
+        logits = ref.classify(batch)
+    close(hidden, out.hidden_states[-1][mask])
+    close(logits, out.logits)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_token_classification_logits(family, tmp_path):
+    model = random_hf(family, "ForTokenClassification", seed=1, num_labels=5)
+    ckpt = load(model, tmp_path)
+    # The per-token classifier is its own head, never mistaken for a sequence classifier.
+    assert ckpt.heads == ("token_classifier",)
+    ids, types = sequences(family, seed=1)
+    inputs, mask = hf_inputs(family, ids, types)
+    with torch.no_grad():
+        ours = ReferenceBert.from_checkpoint(ckpt).token_logits(pack_sequences(ids, types))
+        theirs = model(**inputs).logits[mask]
+    close(ours, theirs)
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra", "megatron-bert"])
+def test_question_answering_logits(family, tmp_path):
+    model = random_hf(family, "ForQuestionAnswering", seed=2, num_labels=2)
+    ckpt = load(model, tmp_path)
+    ids, types = sequences(family, seed=2)
+    inputs, mask = hf_inputs(family, ids, types)
+    with torch.no_grad():
+        ours = ReferenceBert.from_checkpoint(ckpt).qa_logits(pack_sequences(ids, types))
+        out = model(**inputs)
+    close(ours, torch.stack([out.start_logits[mask], out.end_logits[mask]], dim=-1))
+
+
+def test_family_fields_are_read_from_the_config(tmp_path):
+    cfg = load(random_hf("roberta", "ForSequenceClassification"), tmp_path / "r").config
+    assert (cfg.position_offset, cfg.type_vocab_size, cfg.max_sequence_length) == (2, 1, 67)
+    cfg = load(random_hf("distilbert", "ForSequenceClassification"), tmp_path / "d").config
+    assert (cfg.type_vocab_size, cfg.pooler_act, cfg.hidden_size, cfg.intermediate_size) == (0, "relu", 57, 73)
+    cfg = load(random_hf("electra", "ForSequenceClassification"), tmp_path / "e").config
+    assert (cfg.embedding_size, cfg.embedding_width, cfg.pooler_act) == (23, 23, "gelu")
+    cfg = load(random_hf("megatron-bert", "ForSequenceClassification"), tmp_path / "m").config
+    assert cfg.pre_layer_norm and not cfg.embedding_layer_norm
+
+
+def test_the_engine_refuses_other_families_by_name(tmp_path):
+    check_engine_support(BertConfig())  # post-LN BERT with exact GELU: the engine's own
+    relu_bert = load(random_hf("bert", "ForSequenceClassification"), tmp_path / "b").config
+    with pytest.raises(ConfigError, match="hidden_act 'relu'"):
+        check_engine_support(relu_bert)
+    for family in ("roberta", "distilbert", "electra", "megatron-bert"):
+        config = load(random_hf(family, "ForSequenceClassification"), tmp_path / family).config
+        with pytest.raises(ConfigError, match=f"model_type '{family}'.*reference path"):
+            check_engine_support(config)
+
+
+def test_electra_discriminator_loads_without_its_pretraining_head(tmp_path):
+    torch.manual_seed(0)
+    model = transformers.ElectraForPreTraining(_family_config("electra", embedding_size=23)).eval()
+    ckpt = load(model, tmp_path)
+    assert ckpt.heads == () and not ckpt.has_pooler
+    ids, types = sequences("electra", seed=3)
+    inputs, mask = hf_inputs("electra", ids, types)
+    with torch.no_grad():
+        hidden = ReferenceBert.from_checkpoint(ckpt).encode(pack_sequences(ids, types))
+        theirs = model.electra(**inputs).last_hidden_state[mask]
+    assert (hidden - theirs).abs().max().item() <= TOL
+
+
+def test_unknown_family_is_named(tmp_path):
+    model = random_hf("roberta", "Model")
+    model.save_pretrained(str(tmp_path / "hf"))
+    cfg = (tmp_path / "hf" / "config.json")
+    cfg.write_text(cfg.read_text().replace('"roberta"', '"deberta-v2"'))
+    with pytest.raises(ConfigError, match="deberta-v2"):
+        load_checkpoint(tmp_path / "hf")
+
+
+def test_a_missing_family_tensor_is_named(tmp_path):
+    model = random_hf("electra", "Model")
+    state = {k: v for k, v in model.state_dict().items() if "embeddings_project" not in k}
+    model.save_pretrained(str(tmp_path / "hf"), state_dict=state)
+    with pytest.raises(CheckpointError, match="embeddings.project.weight"):
+        load_checkpoint(tmp_path / "hf")
+
+
+# --- ModernBERT: rotary positions (two bases), GeGLU, no biases, global + sliding-window layers ---------
+
+MODERNBERT = dict(vocab_size=97, hidden_size=54, num_hidden_layers=4, num_attention_heads=3, intermediate_size=37,
+                  max_position_embeddings=512, local_attention=8, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                  cls_token_id=1, sep_token_id=2)
+
+
+def random_modernbert(task: str, seed: int = 0, **extra):
+    torch.manual_seed(seed)
+    config = transformers.ModernBertConfig(**{**MODERNBERT, **extra})
+    model = getattr(transformers, f"ModernBert{task}")(config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            param.copy_(1 + 0.1 * noise if "norm" in name else 0.1 * noise)
+    return model
+
+
+def modernbert_inputs(lengths, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(3, 97, (n,), generator=gen).tolist() for n in lengths]
+    input_ids, mask, _ = pad_sequences(ids, [[0] * n for n in lengths])
+    return ids, {"input_ids": input_ids, "attention_mask": mask}, mask.bool()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_modernbert_hidden_states_and_sequence_logits(pooling, tmp_path):
+    model = random_modernbert("ForSequenceClassification", classifier_pooling=pooling, num_labels=3)
+    ckpt = load(model, tmp_path)
+    cfg = ckpt.config
+    assert (cfg.rotary_base, cfg.local_rotary_base, cfg.local_attention_window, cfg.global_attention_every) == (
+        160000.0, 10000.0, 8, 3)
+    assert cfg.gated_ffn and not cfg.linear_bias and not cfg.norm_bias and "layers.0.attn.ln.weight" not in ckpt.tensors
+    ids, inputs, mask = modernbert_inputs((29, 5, 17, 11))  # longer than the 8-token window
+    batch = pack_sequences(ids)
+    ref = ReferenceBert.from_checkpoint(ckpt)
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        hidden = ref.encode(batch)
+        logits = ref.classify(batch)
+        theirs_hidden = model.model(**inputs).last_hidden_state[mask]
+    close(hidden, theirs_hidden)
+    close(logits, out.logits)
+
+
+def test_modernbert_window_matters_and_spans_query_blocks(tmp_path):
+    model = random_modernbert("Model", seed=3)
+    ckpt = load(model, tmp_path)
+    ids, inputs, mask = modernbert_inputs((300, 40), seed=3)  # 300 tokens: two query blocks of 256
+    ref = ReferenceBert.from_checkpoint(ckpt)
+    with torch.no_grad():
+        ours = ref.encode(pack_sequences(ids))
+        theirs = model(**inputs).last_hidden_state[mask]
+        close(ours, theirs)
+        # Every layer global instead: a different model, so the window is really applied.
+        wide = ReferenceBert.from_checkpoint(dataclasses.replace(
+            ckpt, config=dataclasses.replace(ckpt.config, global_attention_every=1)))
+        assert (wide.encode(pack_sequences(ids)) - theirs).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("task", ["ForTokenClassification", "ForQuestionAnswering"])
+def test_modernbert_token_heads(task, tmp_path):
+    model = random_modernbert(task, seed=1, num_labels=2 if task == "ForQuestionAnswering" else 5)
+    ckpt = load(model, tmp_path)
+    ids, inputs, mask = modernbert_inputs((13, 21, 4), seed=1)
+    ref = ReferenceBert.from_checkpoint(ckpt)
+    with torch.no_grad():
+        out = model(**inputs)
+        if task == "ForQuestionAnswering":
+            assert ckpt.heads == ("qa",)
+            ours = ref.qa_logits(pack_sequences(ids))
+            theirs = torch.stack([out.start_logits[mask], out.end_logits[mask]], dim=-1)
+        else:
+            assert ckpt.heads == ("token_classifier",)
+            ours, theirs = ref.token_logits(pack_sequences(ids)), out.logits[mask]
+    close(ours, theirs)
+
+
+def test_modernbert_masked_lm_loads_as_an_encoder(tmp_path):
+    model = random_modernbert("ForMaskedLM", seed=2)
+    ckpt = load(model, tmp_path)
+    assert ckpt.heads == () and not ckpt.has_pooler
+    ids, inputs, mask = modernbert_inputs((9, 14), seed=2)
+    with torch.no_grad():
+        close(ReferenceBert.from_checkpoint(ckpt).encode(pack_sequences(ids)),
+              model.model(**inputs).last_hidden_state[mask])
+    with pytest.raises(ConfigError, match="rotary positions, GeGLU"):
+        check_engine_support(ckpt.config)
+
+
+def test_a_saved_bert_keeps_its_activation_and_other_families_are_not_written_as_bert(tmp_path):
+    from bertrt.weights import save_hf_folder
+
+    ckpt = load(random_hf("bert", "ForSequenceClassification"), tmp_path / "relu")
+    again = load_checkpoint(save_hf_folder(ckpt, tmp_path / "saved"))
+    assert again.config.hidden_act == "relu" and again.config == ckpt.config
+    with pytest.raises(CheckpointError, match="writing megatron-bert weights is not supported"):
+        save_hf_folder(load(random_hf("megatron-bert", "ForSequenceClassification"), tmp_path / "m"), tmp_path / "x")

@@ -76,5 +76,9 @@ def linear_fp8(x_q: torch.Tensor, weight_q: torch.Tensor, x_scale: torch.Tensor,
             _REFUSED.add(key)
             warnings.warn(f"cuBLASLt refused an fp8 product ({exc}); computing it unfused", RuntimeWarning,
                           stacklevel=2)
+    if out_dtype == torch.float8_e4m3fn and x_q.is_cuda:
+        # An e4m3 output cuBLASLt would not write: its fp16 product, rounded by a second pass.
+        y = linear_fp8(x_q, weight_q, x_scale, w_scale, bias, gelu=gelu, out_dtype=torch.float16, fast_accum=fast_accum)
+        return quantize_ref(y, out_inv_scale, "fp8")
     return linear_fp8_ref(x_q, weight_q, x_scale, w_scale, bias, gelu=gelu, out_dtype=out_dtype,
                           out_inv_scale=out_inv_scale)

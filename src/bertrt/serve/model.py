@@ -86,7 +86,7 @@ class ServedModel:
              device: str | None = "auto") -> "ServedModel":
         """The checkpoint ``model`` (default: the embedded model) or the saved ``engine``, on the
         GPU engine when there is a GPU and the CPU reference otherwise."""
-        from bertrt.pipeline import resolve_device
+        from bertrt.device import resolve_device
         from bertrt.weights import CheckpointError, load_checkpoint
 
         dev = resolve_device(device)

@@ -192,7 +192,7 @@ def main() -> int:
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder (default $OUT)")
     parser.add_argument("--sections", default="accuracy,speed,floors")
     parser.add_argument("--recipes", help="comma-separated names of ACCURACY to run (default all)")
-    parser.add_argument("--speed-precisions", default="fp16,fp8")
+    parser.add_argument("--speed-precisions", default="fp8,int8,fp16")
     parser.add_argument("--iterations", type=int, default=100)
     args = parser.parse_args()
     device = torch.device("cuda")

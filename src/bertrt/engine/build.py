@@ -138,7 +138,8 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
     if recipe is not None:
         precision = Precision("fp16" if device.type == "cuda" else "fp32")
-        calibration, recipe = resolve_calibration(checkpoint, recipe, calibration, max_seq_length=max_seq_length)
+        calibration, recipe = resolve_calibration(checkpoint, recipe, calibration, max_seq_length=max_seq_length,
+                                                  device=device)
     precision = Precision(precision)
     spec = make_spec(checkpoint, precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
                      max_batch=max_batch, device=device, quantization=recipe)
@@ -171,7 +172,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
 
 def resolve_calibration(checkpoint: Checkpoint, recipe: QuantRecipe,
                         calibration: CalibrationSettings | Calibration | None, *,
-                        max_seq_length: int | None) -> tuple[Calibration, QuantRecipe]:
+                        max_seq_length: int | None, device: torch.device | str = "cpu") -> tuple[Calibration, QuantRecipe]:
     """The clip values a low-precision build uses, and the recipe that records where they came
     from: a quantization-aware checkpoint's own, a given Calibration, a matching cache file, or
     a calibration run over the data (whose result is written to the cache when one is named)."""
@@ -207,7 +208,7 @@ def resolve_calibration(checkpoint: Checkpoint, recipe: QuantRecipe,
             seq = max_seq_length or min(DEFAULT_MAX_SEQ_LENGTH, checkpoint.config.max_position_embeddings)
             batches, data = calibration_batches(calibration, tokenizer, max_seq_length=seq)
             found = calibrate(checkpoint, batches, method=calibration.method or recipe.method, fmt=recipe.format, data=data,
-                              progress=calibration.progress)
+                              progress=calibration.progress, device=device)
             if cache is not None:
                 found.save(cache)
     found.require(recipe.calibrated_names(checkpoint.config.num_hidden_layers), source="calibration")

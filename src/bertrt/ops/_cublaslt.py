@@ -204,10 +204,12 @@ class Plan:
         stream = torch.cuda.current_stream(x.device).cuda_stream
         if self.epilogue in _BIAS_EPILOGUES:
             self.set_bias(bias)
-        # C is never read apart from accumulating (beta = 1, where C = D): D's pointer stands in.
+        # C is read only when accumulating (beta = 1, C = D). Otherwise an fp8 product gets no C at all:
+        # cuBLASLt refuses C = D when their types differ (status 7, INVALID_VALUE, for an e4m3 D).
+        c_ptr = out.data_ptr() if (self.beta.value != 0 or not self.scaled) else None
         _check(library().cublasLtMatmul(
             self.device.handle, self.desc, ctypes.byref(self.alpha), weight.data_ptr(), a, x.data_ptr(), b,
-            ctypes.byref(self.beta), out.data_ptr(), c, out.data_ptr(), d, ctypes.byref(self.heuristic.algo),
+            ctypes.byref(self.beta), c_ptr, c, out.data_ptr(), d, ctypes.byref(self.heuristic.algo),
             self.device.workspace.data_ptr(), WORKSPACE_BYTES, stream), "cublasLtMatmul")
 
 

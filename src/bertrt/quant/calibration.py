@@ -133,7 +133,7 @@ class _Observer:
             return
         self.peak = max(self.peak, float(values.max()))
         if values.numel() > SAMPLE:
-            values = values[torch.randint(values.numel(), (SAMPLE,), generator=self.generator, device=values.device)]
+            values = values[torch.randint(values.numel(), (SAMPLE,), generator=self.generator).to(values.device)]
         self.samples.append(values.cpu())
 
     def amax(self, method: str, fmt: str) -> float:

@@ -46,6 +46,7 @@ ACCURACY = {
     "fp8 percentile:99.99": ("fp8", {"method": "percentile:99.99"}),
     "fp8 percentile:99.9": ("fp8", {"method": "percentile:99.9"}),
     "fp8 mse": ("fp8", {"method": "mse"}),
+    "fp8 mse, rounding pass": ("fp8", {"method": "mse", "epilogue_rounding": False}),
     "fp8 max, ffn.out in fp16": ("fp8", {"method": "max", "projections": ("attn.qkv", "attn.out", "ffn.in")}),
     "fp8 max, per-channel weights": ("fp8", {"method": "max", "weights": "per-channel"}),
     "int8-mode1 max": ("int8", {"method": "max", "int8_mode": 1}),
@@ -64,7 +65,8 @@ def quant_build(checkpoint, out, precision, options, *, data, device, calib_num=
         return build(checkpoint, out, precision=precision, device=device)
     mode = options.get("int8_mode")
     recipe = QuantRecipe.default(precision, mode)
-    recipe = dataclasses.replace(recipe, **{k: options[k] for k in ("method", "weights", "projections") if k in options})
+    recipe = dataclasses.replace(recipe, **{k: options[k] for k in ("method", "weights", "projections", "epilogue_rounding")
+                                            if k in options})
     method = options.get("method", "max")
     cache = Path(cache_dir) / f"calib-{method.replace(':', '_')}.json" if cache_dir else None
     settings = CalibrationSettings(data=data, articles=slice(0, 32), num=calib_num, method=method, cache=cache,
@@ -120,12 +122,14 @@ def section_speed(report, args, device, tmp):
     checkpoint = dataclasses.replace(random_checkpoint(STANDARD_CONFIGS["large"]), vocab_file=load_checkpoint(None).vocab_file)
     speed = report.setdefault("speed", {"model": "BERT-Large, random weights", "iterations": args.iterations,
                                         "warmup": 20, "runs": {}})["runs"]
+    variants = {"fp8-pass": ("fp8", {"method": "mse", "epilogue_rounding": False})}
     for precision in args.speed_precisions.split(","):
         t0 = time.perf_counter()
         try:
             cache_dir = tmp / "large"
             cache_dir.mkdir(exist_ok=True)
-            path = quant_build(checkpoint, tmp / f"large-{precision}", precision, {"method": "mse"}, data=args.data,
+            kind, options = variants.get(precision, (precision, {"method": "mse"}))
+            path = quant_build(checkpoint, tmp / f"large-{precision}", kind, options, data=args.data,
                                device=device, calib_num=128, cache_dir=cache_dir)
             build_s = time.perf_counter() - t0
             engine = Engine.load(path, device=device)

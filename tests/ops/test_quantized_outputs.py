@@ -129,3 +129,13 @@ def test_linear_fp8_on_gpu_matches_its_ref(gpu, tokens, gelu, out):
     else:
         torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=1e-2)
     assert format_of(torch.float8_e4m3fn) == "fp8"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(1, 7), (97, 300), (3, 2049)])
+def test_quantize_pass_matches_its_ref(where, fmt, shape):
+    from bertrt.ops.quantize import quantize
+
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 3).to(where)
+    inv = _inv(4.0, fmt, where)
+    _same(quantize(x, inv, fmt).cpu(), quantize_ref(x.cpu(), inv.cpu(), fmt))

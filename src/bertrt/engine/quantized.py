@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.quant.calibration import Calibration
-from bertrt.quant.numerics import DTYPES, fake_quantize, quantize_ref, quantize_weight, scale_for
+from bertrt.quant.numerics import DTYPES, fake_quantize, quantize_weight, scale_for
 from bertrt.quant.recipe import PROJECTIONS, RESIDUALS, QuantError, QuantRecipe, input_name, output_name, residual_name
 
 SCALE_SUFFIXES = ("weight_scale", "input_scale", "output_scale", "residual_scale")
@@ -170,6 +170,7 @@ class QuantizedForward:
         from bertrt.engine.sublayers import attention_for
         from bertrt.ops.embed_layernorm import embed_layernorm
         from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
+        from bertrt.ops.quantize import quantize
         from bertrt.ops.residual_layernorm import bias_residual_layernorm
 
         e, c, t, fmt = self.engine, self.engine.config, self.engine._tensors, self.fmt
@@ -212,12 +213,14 @@ class QuantizedForward:
             # --- feed-forward sub-layer
             residual = self._residual(x, i, "ffn")
             out_inv = self._input_inv(i, "ffn.out")
-            if "ffn.in" in q:
+            if "ffn.in" in q and (out_inv is None or self.recipe.epilogue_rounding):
                 up = project(q["ffn.in"], xq, fmt, gelu=True, out_dtype=dtype, out_inv_scale=out_inv)
+            elif "ffn.in" in q:
+                up = quantize(project(q["ffn.in"], xq, fmt, gelu=True, out_dtype=dtype), out_inv, fmt)
             else:
                 up = linear_bias_gelu_tanh(x, t[p + "ffn.in.weight"], t[p + "ffn.in.bias"])
                 if out_inv is not None:
-                    up = quantize_ref(up, out_inv, fmt)  # a pass of its own: only when ffn.in stays unquantised
+                    up = quantize(up, out_inv, fmt)  # a pass of its own: ffn.in stays unquantised
             if out_inv is not None:
                 out_proj = q["ffn.out"]
                 y = project(out_proj, up, fmt, bias=mode2, out_dtype=dtype)

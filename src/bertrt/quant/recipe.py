@@ -77,6 +77,9 @@ class QuantRecipe:
         weights: "per-tensor" or "per-channel" weight scales.
         projections: which projections run quantised (the others stay in the engine's fp16).
         calibration: where the input scales came from (data file, its sha256, articles, features).
+        epilogue_rounding: the FFN up-projection's output (the next GEMM's input) rounded in its
+            GEMM's epilogue (True), or written in the engine precision and rounded by a pass of
+            its own (False).
     """
 
     format: str
@@ -85,6 +88,7 @@ class QuantRecipe:
     weights: str = "per-tensor"
     projections: tuple[str, ...] = PROJECTIONS
     calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epilogue_rounding: bool = True
 
     def __post_init__(self) -> None:
         if self.format not in QUANT_FORMATS:
@@ -128,7 +132,8 @@ class QuantRecipe:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "int8_mode": self.int8_mode, "method": self.method,
-                "weights": self.weights, "projections": list(self.projections), "calibration": self.calibration}
+                "weights": self.weights, "projections": list(self.projections), "calibration": self.calibration,
+                "epilogue_rounding": self.epilogue_rounding}
 
     @classmethod
     def from_json(cls, raw: Any) -> "QuantRecipe":
@@ -138,7 +143,8 @@ class QuantRecipe:
             return cls(format=raw["format"], int8_mode=raw.get("int8_mode"), method=raw.get("method", ""),
                        weights=raw.get("weights", "per-tensor"),
                        projections=tuple(raw.get("projections", PROJECTIONS)),
-                       calibration=dict(raw.get("calibration") or {}))
+                       calibration=dict(raw.get("calibration") or {}),
+                       epilogue_rounding=bool(raw.get("epilogue_rounding", True)))
         except KeyError as exc:
             raise QuantError(f"quantization is missing {exc.args[0]!r}") from exc
         except TypeError as exc:

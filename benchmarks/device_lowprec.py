@@ -100,7 +100,7 @@ def section_accuracy(report, args, device, tmp):
     reference = ReferenceBert.from_checkpoint(checkpoint, device=device)
     results["fp32 reference"] = squad_f1(reference, examples, features, dataset)
     print("fp32 reference", results["fp32 reference"], flush=True)
-    chosen = args.recipes.split(",") if args.recipes else list(ACCURACY)
+    chosen = args.recipes.split(";") if args.recipes else list(ACCURACY)
     for name, (precision, options) in ((n, ACCURACY[n]) for n in chosen):
         try:
             path = quant_build(checkpoint, tmp / name.replace(" ", "_").replace(":", "_").replace(",", ""),
@@ -195,7 +195,7 @@ def main() -> int:
     parser.add_argument("--commit", required=True, help="the commit this runs at (the device's .git may be stale)")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder (default $OUT)")
     parser.add_argument("--sections", default="accuracy,speed,floors")
-    parser.add_argument("--recipes", help="comma-separated names of ACCURACY to run (default all)")
+    parser.add_argument("--recipes", help="names of ACCURACY to run, separated by semicolons (default all)")
     parser.add_argument("--speed-precisions", default="fp8,int8,fp16")
     parser.add_argument("--iterations", type=int, default=100)
     args = parser.parse_args()

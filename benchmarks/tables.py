@@ -68,7 +68,12 @@ FILES = {
     "train_recipes_and_mrpc.json": "recipe search on articles 0-23 / 24-31, and the MRPC classifier",
     "train_recipes_and_mrpc.log": "its training log",
     "squad_heldout.json": "the default model on held-out articles 32-47, fp32 reference on the CPU",
-    "fp8_accuracy.json": "what e4m3 GEMM operands would cost the default model, by fake quantization",
+    "lowprec_accuracy.json": "held-out SQuAD EM/F1 of fp8 and int8 engines per recipe, GPU and CPU simulation "
+                             "(`device_lowprec.py`)",
+    "lowprec_speed.json": "BERT-Large fp8, int8 and fp16 engines: latency table and SQuAD workload, HF peers in the "
+                          "same run (`device_lowprec.py`)",
+    "lowprec_floors.json": "BERT-Large's GEMMs alone, chained with each layer's own weights, fp8 and fp16 "
+                           "(`device_lowprec.py`)",
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",
 }
 
@@ -182,6 +187,52 @@ def loadgen_log_table(report: dict) -> list[str]:
     return lines
 
 
+def lowprec_sections(folder: Path) -> list[str]:
+    """Tables of the fp8/int8 results: accuracy per recipe, speed beside fp16, the GEMM floors."""
+    out: list[str] = []
+    if (folder / "lowprec_accuracy.json").exists():
+        report = read(folder / "lowprec_accuracy.json")
+        out += ["## Low precision: accuracy", "",
+                f"The embedded default model on SQuAD v1.1 dev {report.get('held_out')}, calibrated on "
+                f"{report.get('calibration')}; one table per run, with how the FFN up-projection's output was "
+                f"rounded (`lowprec_accuracy.json`, {conditions(report)}).", ""]
+        for run in report.get("runs", []):
+            out += [f"Source {run['commit'][:7]}: {run['ffn_up_projection']}.", "", "| engine | EM | F1 |",
+                    "| --- | --- | --- |"]
+            out += [f"| {name} | {r['exact_match']:.2f} | {r['f1']:.2f} |" if "f1" in r else f"| {name} | failed | |"
+                    for name, r in run["results"].items()]
+            out += [""]
+    if (folder / "lowprec_speed.json").exists():
+        report = read(folder / "lowprec_speed.json")
+        runs = report.get("runs", {})
+        names = list(runs)
+        cells = sorted({(r["seq"], r["batch"]) for run in runs.values() for r in run.get("rows", [])})
+        out += ["## Low precision: speed", "",
+                f"{report.get('model')}, avg ms per batch, {report.get('iterations')} iterations after "
+                f"{report.get('warmup')} warm-up, engines and HF peers in one process (`lowprec_speed.json`, "
+                f"{conditions(report)}).", "",
+                "| seq | batch | " + " | ".join(f"bertrt {n}" for n in names) + " | best HF |",
+                "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |"]
+        for seq, batch in cells:
+            def ms(run, system="bertrt"):
+                got = [r["avg_ms"] for r in run.get("rows", []) if (r["seq"], r["batch"], r["system"]) == (seq, batch, system)]
+                return got[0] if got else None
+            peers = [v for run in runs.values() for v in (ms(run, "hf"), ms(run, "hf-graph")) if v is not None]
+            out += [f"| {seq} | {batch} | " + " | ".join(_ms(ms(runs[n])) if ms(runs[n]) else "" for n in names)
+                    + f" | {_ms(min(peers)) if peers else ''} |"]
+        work = [(n, r["system"], r["features_per_s"]) for n, run in runs.items()
+                for r in (run.get("workload") or {}).get("rows", [])]
+        out += ["", "SQuAD v1.1 dev workload, features/s: " + ", ".join(
+            f"{'bertrt ' + n if system == 'bertrt' else system} {fps:,.0f}" for n, system, fps in work) + ".", ""]
+    if (folder / "lowprec_floors.json").exists():
+        report = read(folder / "lowprec_floors.json")
+        out += ["## Low precision: GEMM floors", "",
+                f"{report.get('model')}, one CUDA graph (`lowprec_floors.json`, {conditions(report)}).", "",
+                "| products | ms | TFLOP/s |", "| --- | --- | --- |"]
+        out += [f"| {k} | {v['ms']} | {v['tflops']} |" for k, v in report.get("ms", {}).items()] + [""]
+    return out
+
+
 def readme(folder: Path) -> str:
     name = folder.name
     files = sorted(p.name for p in folder.iterdir() if p.name != "README.md")
@@ -231,6 +282,7 @@ def readme(folder: Path) -> str:
         report = read(folder / "loadgen_server_3650.json")
         out += ["## LoadGen: `loadgen_server_3650.json`", "", f"{report['what']} ({conditions(report)}).", ""]
         out += loadgen_log_table(report) + [""]
+    out += lowprec_sections(folder)
     out += ["## Files", "", "| file | what |", "| --- | --- |"]
     out += [f"| `{f}` | {FILES.get(f, '')} |" for f in files]
     return "\n".join(out) + "\n"

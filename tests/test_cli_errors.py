@@ -100,7 +100,7 @@ def test_the_library_does_not_import_the_command_line():
      "bertrt squad: error: argument --batch-size: invalid int value: 'many' (see bertrt squad --help)"),
     (["qa", "--question", "Who?"], "bertrt qa: error: the following arguments are required: --context "
                                    "(see bertrt qa --help)"),
-    (["serve"], "bertrt: error: argument COMMAND: invalid choice: 'serve' (choose from "),
+    (["frobnicate"], "bertrt: error: argument COMMAND: invalid choice: 'frobnicate' (choose from "),
 ])
 def test_usage_errors_are_one_line(argv, line, capsys):
     with pytest.raises(SystemExit) as exit_info:

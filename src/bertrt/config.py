@@ -222,18 +222,7 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "BertConfig":
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: JSON nested too deeply") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_json_object(path), source=str(path))
 
     def to_hf_dict(self, architecture: str = "BertModel") -> dict[str, Any]:
         if self.model_type != "bert":
@@ -341,3 +330,20 @@ STANDARD_CONFIGS: dict[str, BertConfig] = {
     "large": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "minilm": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
 }
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in a config file; ConfigError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return raw
+

@@ -28,7 +28,7 @@ def load_model(model: str | Path | None = None, *, device: str | None = None, en
         from bertrt.engine import Engine
 
         runner = Engine.load(engine, device=dev)
-        _require(head, runner.heads, runner.vocab_file, str(engine))
+        _require(head, runner.heads, runner.vocab_file, str(engine), engine=True)
         return runner, _tokenizer(runner.vocab_file, runner.config, str(engine))
     checkpoint = load_checkpoint(model)
     _require(head, checkpoint.heads, checkpoint.vocab_file, checkpoint.source)
@@ -67,11 +67,14 @@ _FINE_TUNE = {"qa": "has no question-answering head (qa_outputs); fine-tune one 
               "classifier": "has no sequence-classification head; fine-tune one with `bertrt train-classifier`"}
 
 
-def _require(head: str | None, heads: tuple[str, ...], vocab_file, source: str) -> None:
+def _require(head: str | None, heads: tuple[str, ...], vocab_file, source: str, *, engine: bool = False) -> None:
     if head is not None and head not in _FINE_TUNE:
         raise ValueError(f"unknown head {head!r} (choose from {', '.join(_FINE_TUNE)} or None)")
     if head is not None and head not in heads:
-        raise CheckpointError(f"{source}: {_FINE_TUNE[head]}")
+        names = {"qa": "question-answering", "classifier": "sequence-classification"}
+        raise CheckpointError(f"{source}: the engine has no {names[head]} head; build it from a checkpoint that has "
+                              "one" if engine else f"{source}: {_FINE_TUNE[head]}")
     if vocab_file is None:
-        raise CheckpointError(f"{source}: no vocab.txt beside the weights (an engine of random weights is for "
-                              "speed runs only; build one from a real checkpoint to answer questions)")
+        raise CheckpointError(f"{source}: the engine has no vocab.txt (random weights, for speed runs only); build "
+                              "one from a real checkpoint to answer questions" if engine else
+                              f"{source}: no vocab.txt beside the weights")

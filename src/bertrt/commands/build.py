@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from bertrt.engine.format import read_spec
     from bertrt.weights import random_checkpoint
 
-    from bertrt.harness.loadgen.settings import parse_articles
     from bertrt.quant.data import CalibrationSettings
     from bertrt.quant.recipe import parse_method
+    from bertrt.tasks.squad import parse_articles
 
     for name in ("max_seq_length", "max_batch", "max_tokens", "calib_num"):
         value = getattr(args, name)
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--calib-cache {args.calib_cache}: no such file, and no --calib-data to make it from")
         if args.calib_cache is not None and Path(args.calib_cache).resolve() == Path(args.out).resolve():
             raise UserError("--calib-cache and --out name the same path")
-        calibration = CalibrationSettings(data=args.calib_data, articles=parse_articles(args.calib_articles),
+        calibration = CalibrationSettings(data=args.calib_data, articles=parse_articles(args.calib_articles, flag="--calib-articles"),
                                           num=args.calib_num, method=args.calib_method, cache=args.calib_cache)
     else:
         given = [f"--{n.replace('_', '-')}" for n in ("int8_mode", "calib_data", "calib_cache")

@@ -19,13 +19,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_articles(text: str | None) -> slice | None:
-    """``--articles`` as a slice (see ``bertrt.tasks.squad.parse_articles``)."""
-    from bertrt.tasks.squad import parse_articles as parse
-
-    return parse(text)
-
-
 def load_json(path: str, what: str):
     """The JSON in file ``path``; UserError naming ``what`` (the flag) and the file otherwise."""
     from bertrt.errors import UserError
@@ -47,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from bertrt.errors import UserError
     from bertrt.tasks.squad import read_squad
     from bertrt.tasks.squad_metric import evaluate
+
+    from bertrt.tasks.squad import parse_articles
 
     chosen = parse_articles(args.articles)
     data = load_json(args.data, "--data")

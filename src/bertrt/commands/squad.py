@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from bertrt.atomic import check_destination
     from bertrt.commands._common import fitted_window, require_positive
-    from bertrt.commands.evaluate import load_json, parse_articles
+    from bertrt.commands.evaluate import load_json
+    from bertrt.tasks.squad import parse_articles
     from bertrt.errors import UserError
     from bertrt.loading import load_qa
     from bertrt.tasks.squad import (FeatureConfig, make_features, nbest_path, postprocess, read_squad,

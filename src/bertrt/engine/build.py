@@ -109,11 +109,14 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         The engine folder: ``engine.json``, ``weights.safetensors`` and ``vocab.txt`` when the
         checkpoint has one.
 
+    An fp8 engine calibrated on SQuAD articles 0-31: ``build(model, "engines/fp8", precision="fp8",
+    calibration=CalibrationSettings(data="dev-v1.1.json", cache="calib.json"))``.
+
     Example:
-        >>> path = build("bert-large-squad/", "engines/large-fp16", precision="fp16")
-        >>> engine = Engine.load(path)
-        >>> build("bert-large-squad/", "engines/large-fp8", precision="fp8",
-        ...       calibration=CalibrationSettings(data="dev-v1.1.json", articles=slice(0, 32)))
+        >>> import tempfile
+        >>> path = build(None, tempfile.mkdtemp() + "/default-fp16", device="cpu")  # the embedded model
+        >>> sorted(p.name for p in path.iterdir())
+        ['engine.json', 'vocab.txt', 'weights.safetensors']
     """
     from safetensors.torch import save_file
 

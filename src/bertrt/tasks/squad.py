@@ -123,26 +123,6 @@ def _require(cond: bool, path, what: str) -> None:
         raise ValueError(f"{path}: not a SQuAD json file ({what})")
 
 
-def parse_articles(text: str | None) -> slice | None:
-    """Which articles of a SQuAD file to use, as the commands' ``--articles`` spells it.
-
-    ``"32:48"`` -> slice(32, 48) (either end may be left out: ``":32"``, ``"32:"``), ``"5"`` ->
-    slice(5, 6) (article 5 alone), None -> None (all of them).
-
-    Raises:
-        ValueError: anything else, saying what is expected.
-    """
-    if text is None:
-        return None
-    try:
-        if ":" in text:
-            start, stop = (int(x) if x.strip() else None for x in text.split(":"))
-            return slice(start, stop)
-        return slice(int(text), int(text) + 1)
-    except ValueError:
-        raise ValueError(f"--articles must look like START:END (e.g. 32:48) or one article index, got {text!r}") from None
-
-
 def read_squad_articles(path: str | Path, articles: slice | None = None) -> list[dict]:
     """The article dicts of a SQuAD json (its ``"data"``), optionally a slice of them in file order.
 

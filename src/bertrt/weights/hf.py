@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bertrt.atomic import write_folder_atomically
-from bertrt.config import BertConfig, ConfigError
+from bertrt.config import BertConfig, ConfigError, read_json_object
 from bertrt.weights.schema import Checkpoint, CheckpointError, from_hf_names, to_hf_names
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -55,12 +55,7 @@ def read_config(config_file: Path) -> tuple[BertConfig, tuple[str, ...]]:
     ``config.json`` rarely says whether the vocabulary is cased; the tokenizer's own config does
     (``do_lower_case``), and wins where both speak.
     """
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{config_file}: not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_file}: expected a JSON object")
+    raw = read_json_object(config_file)
     config = BertConfig.from_dict(raw, source=str(config_file))
     lower = tokenizer_lowercase(config_file.parent)
     if lower is not None:

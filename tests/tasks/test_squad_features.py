@@ -208,7 +208,8 @@ def test_parse_articles(text, expected):
 
 @pytest.mark.parametrize("text", ["a:b", "1:2:3", "", "five"])
 def test_parse_articles_says_what_it_expects(text):
+    from bertrt.errors import UserError
     from bertrt.tasks.squad import parse_articles
 
-    with pytest.raises(ValueError, match="START:END"):
+    with pytest.raises(UserError, match="expected A:B"):
         parse_articles(text)

@@ -106,14 +106,14 @@ def test_name_and_structure_agree(tmp_path, cls_name):
     import onnx
 
     from bertrt.config import BertConfig
-    from bertrt.weights import onnx_loader
+    from bertrt.weights import onnx_graph, onnx_loader
     from bertrt.weights.schema import from_hf_names
 
     model = tiny_hf(cls_name, **({"num_labels": 3} if "Classification" in cls_name else {}))
     path = export(model, tmp_path, dynamo=False)
     config = BertConfig.from_json(tmp_path / "config.json")
-    graph = onnx_loader._Graph(onnx.load(str(path)).graph)
-    by_name = from_hf_names(onnx_loader._named_state(graph), config, source="name")
+    graph = onnx_graph.Graph(onnx.load(str(path)).graph)
+    by_name = from_hf_names(onnx_graph.named_state(graph), config, source="name")
     by_structure = from_hf_names(onnx_loader._structural_state(graph, config), config, source="structure")
     assert by_name.keys() == by_structure.keys()
     assert all(torch.equal(by_name[k], by_structure[k]) for k in by_name)

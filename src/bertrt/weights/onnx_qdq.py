@@ -25,7 +25,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from bertrt.weights.onnx_loader import _attention_use, _encoder_linears, _Graph, _linears, _StructureError
+from bertrt.weights.onnx_graph import Graph, StructureError, attention_use, encoder_linears, linear_layers
 from bertrt.quant.recipe import QMAX
 from bertrt.weights.schema import CheckpointError, QuantScales
 
@@ -254,7 +254,7 @@ def strip(graph, *, source: str) -> Stripped | None:
     return Stripped(source, activations, weights)
 
 
-def _weight_source(g: _Graph, node) -> tuple[str, int]:
+def _weight_source(g: Graph, node) -> tuple[str, int]:
     """(name of the constant a Linear node multiplies by, axis of its output features in that constant)."""
     if node.op_type == "Gemm":
         return node.input[1], 0 if _attr(node, "transB", 0) else 1
@@ -279,7 +279,7 @@ def _reduce(values: dict[str, list[np.ndarray]], source: str) -> dict[str, torch
     return out
 
 
-def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
+def place(stripped: Stripped, g: Graph, layers: int) -> QuantScales:
     """Name every pair ``strip`` took out of the graph ``g`` (after stripping) by what it fed.
 
     Raises:
@@ -287,8 +287,8 @@ def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
     """
     source, unclaimed = stripped.source, dict(stripped.weights)
     try:
-        encoder = _encoder_linears(g, _linears(g), layers)
-    except _StructureError as exc:
+        encoder = encoder_linears(g, linear_layers(g), layers)
+    except StructureError as exc:
         raise CheckpointError(f"{source}: cannot place the quantization scales: {exc}") from exc
     by_out = {n.output[0]: n for n in g.nodes if n.output}
 
@@ -298,8 +298,8 @@ def place(stripped: Stripped, g: _Graph, layers: int) -> QuantScales:
     for i, modules in enumerate(encoder):
         for module, linear in modules.items():
             linear_of[linear[0].output[0]] = (i, _LINEAR_KINDS[module])
-        scores = _attention_use(g, modules["attention.self.query"][4])[0]
-        context = _attention_use(g, modules["attention.self.value"][4])[0]
+        scores = attention_use(g, modules["attention.self.query"][4])[0]
+        context = attention_use(g, modules["attention.self.value"][4])[0]
         attention_of[scores], attention_of[context] = (i, ("q", "k")), (i, ("probs", "v"))
         residual_of[modules["attention.output.dense"][4]] = f"layers.{i}.attn"
         residual_of[modules["output.dense"][4]] = f"layers.{i}.ffn"

@@ -155,7 +155,9 @@ def test_gpu_build_loads_on_cpu_but_not_on_another_gpu(tiny_engine_dir):
         with pytest.raises(EngineError, match="compute capability 1.0"):
             Engine.load(tiny_engine_dir, device="cuda")
     else:
-        with pytest.raises(EngineError, match="no CUDA GPU"):
+        from bertrt.errors import DeviceError
+
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
             Engine.load(tiny_engine_dir, device="cuda")
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from bertrt.config import Precision
+from bertrt.config import Precision, check_engine_support
+from bertrt.device import resolve_device
 from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, GemmChoices,
                                   file_sha256, now_iso, parse_gemm_choices, write_atomically)
 from bertrt.engine.quantized import quantize_tensors, require_fp8_device
@@ -27,16 +28,6 @@ from bertrt.weights.schema import Checkpoint
 
 DEFAULT_MAX_BATCH = 128
 DEFAULT_MAX_SEQ_LENGTH = 384
-
-
-def resolve_build_device(device: str | torch.device | None) -> torch.device:
-    """None -> the GPU when there is one, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EngineError(f"device {device}: no CUDA GPU is available here")
-    return device
 
 
 def device_capability(device: torch.device) -> tuple[tuple[int, int] | None, str | None]:
@@ -131,7 +122,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
             recipe = dataclasses.replace(recipe, method=calibration.method)
     elif int8_mode is not None and name != "int8":
         raise EngineError(f"int8_mode applies to precision int8, not {name}")
-    device = resolve_build_device(device)
+    device = resolve_device(device, flag="device")
     if recipe is not None and recipe.format == "fp8":
         require_fp8_device(device)
     if recipe is None and calibration is not None:
@@ -139,6 +130,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
     if isinstance(calibration, CalibrationSettings) and calibration.cache is None:
         check_data(calibration)  # before any model is loaded
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
+    check_engine_support(checkpoint.config)
     if recipe is not None:
         precision = Precision("fp16" if device.type == "cuda" else "fp32")
         calibration, recipe = resolve_calibration(checkpoint, recipe, calibration, max_seq_length=max_seq_length,

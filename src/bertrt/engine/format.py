@@ -21,6 +21,7 @@ from typing import Any
 
 from bertrt.atomic import write_folder_atomically
 from bertrt.config import BertConfig, ConfigError, Precision
+from bertrt.errors import BertrtError
 from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILING_CONFIGS
 from bertrt.quant.recipe import QuantRecipe
 
@@ -84,7 +85,7 @@ def parse_gemm_choices(raw: Any, *, source: str) -> GemmChoices:
     return parsed
 
 
-class EngineError(ValueError):
+class EngineError(BertrtError, ValueError):
     """An engine folder that cannot be loaded here; the message names the problem and the fix."""
 
 

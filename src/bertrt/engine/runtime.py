@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bertrt.config import Precision
+from bertrt.config import Precision, check_engine_support
+from bertrt.device import resolve_device
 from bertrt.engine.format import (EngineError, EngineSpec, check_compute_capability, gemm_choice, read_spec,
                                   verify_vocab, verify_weights)
 from bertrt.engine.sublayers import attention_for, end_sublayer
@@ -68,14 +69,11 @@ class _Layer:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    """None -> the GPU when there is one, else the CPU; "cuda" gets its index, so that device
-    comparisons with tensors' devices ("cuda:0") hold."""
-    device = torch.device("cuda" if device is None and torch.cuda.is_available() else device or "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError(f"device {device}: no CUDA GPU is available here")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+    """``bertrt.device.resolve_device``, with "cuda" given its index, so that comparisons with
+    tensors' devices ("cuda:0") hold."""
+    device = resolve_device(device, flag="device")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
@@ -168,6 +166,7 @@ class Engine:
         from bertrt.engine.build import make_spec, prepare_tensors
         from bertrt.engine.tuning import tune_gemm_choices
 
+        check_engine_support(checkpoint.config)
         device = _resolve_device(device)
         if str(precision) in ("fp8", "int8"):
             raise EngineError(f"{precision} engines need calibration: build one with bertrt.build(..., "

@@ -347,3 +347,23 @@ def test_bertrt_cpu_simulation_matches_onnxruntime(tmp_path, float_export, fmt):
     theirs, float_theirs = ort_qa(model), ort_qa(float_model)
     quant_effect = (theirs - float_theirs).abs().max().item()
     assert (ours - theirs).abs().max().item() <= 0.01 * quant_effect + 1e-5
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_engine_recipe_follows_the_graph(tmp_path, float_export, per_channel):
+    """The recipe records the graph's weight granularity; int8 mode 2, which needs scales such a graph
+    does not have (GEMM outputs, residuals), is refused by name."""
+    from bertrt import engine
+    from bertrt.quant.recipe import QuantError
+
+    folder, _ = float_export
+    model, _ = quantize_graph(onnx.load(str(folder / "model.onnx")), fmt="int8", per_channel=per_channel)
+    ckpt = load(model, tmp_path, folder)
+    path = engine.build(ckpt, tmp_path / "engine", precision="int8", device="cpu")
+    recipe = engine.Engine.load(path, device="cpu").spec.quantization
+    vectors = any(v.numel() > 1 for k, v in ckpt.quant.amax.items() if k.endswith(".weight"))
+    assert vectors == per_channel or not per_channel  # separate Q, K and V scales make qkv's a vector
+    assert (recipe.method, recipe.weights) == ("qat", "per-channel" if vectors else "per-tensor")
+    assert (recipe.weights == "per-channel") or not per_channel
+    with pytest.raises(QuantError, match="--int8-mode 1"):
+        engine.build(ckpt, tmp_path / "engine2", precision="int8", int8_mode=2, device="cpu")

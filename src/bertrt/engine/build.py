@@ -177,9 +177,15 @@ def resolve_calibration(checkpoint: Checkpoint, recipe: QuantRecipe,
         if qat.format != recipe.format:
             raise QuantError(f"{checkpoint.source} was quantised for {qat.format}; build it with --precision "
                              f"{qat.format}")
+        if recipe.mode2:
+            raise QuantError(f"{checkpoint.source}: a quantization-aware graph has no scales for GEMM outputs and "
+                             "residuals, which int8 mode 2 rounds; build it with --int8-mode 1")
         amax = {k: float(v.max()) for k, v in qat.amax.items() if not k.endswith(".weight")}
+        per_channel = any(v.numel() > 1 for k, v in qat.amax.items() if k.endswith(".weight"))
         found = Calibration(method="qat", amax=amax, model_sha256=sha, data={"file": checkpoint.source})
-        return found, dataclasses.replace(recipe, method="qat", calibration=found.data)
+        found.require(recipe.calibrated_names(checkpoint.config.num_hidden_layers), source=checkpoint.source)
+        return found, dataclasses.replace(recipe, method="qat", calibration=found.data,
+                                          weights="per-channel" if per_channel else "per-tensor")
     if calibration is None:
         raise QuantError(f"a {recipe.format} build needs calibration data (--calib-data FILE) or a --calib-cache")
     if isinstance(calibration, Calibration):

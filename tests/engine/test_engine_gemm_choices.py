@@ -91,17 +91,10 @@ def test_runtime_honours_a_recorded_triton_choice(interpret, count_fused, tiny_c
     assert (linear_gelu._linear_bias_gelu_kernel, True) in _triton._JITTED  # the interpreted kernel ran
 
 
-def test_a_named_tiling_reaches_the_kernel(interpret, count_fused, tiny_checkpoint, make_batch):
-    from bertrt.ops.linear_gelu import TILINGS
-
-    engine = Engine.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", max_batch=4, max_tokens=256,
-                                    max_seq_length=64, gemm_choices={"ffn_in_gelu": {256: "triton-overlapped"}})
-    reference = ReferenceBert.from_checkpoint(tiny_checkpoint)
-    batch = make_batch(120, [30, 20])
-    logits = engine.qa_logits(batch)
-    with torch.inference_mode():
-        assert (logits - reference.qa_logits(batch)).abs().max().item() <= 1e-4
-    assert count_fused == [(50, TILINGS["triton-overlapped"])] * tiny_checkpoint.config.num_hidden_layers
+def test_a_retired_up_projection_tiling_is_refused(tiny_engine_dir):
+    # "triton-overlapped" (two programs per SM) never won a timing; format 2 no longer knows it.
+    with pytest.raises(EngineError, match="gemm_choices"):
+        parse_gemm_choices({"ffn_in_gelu": {"256": "triton-overlapped"}}, source="engine.json")
 
 
 def test_runtime_runs_a_recorded_cublaslt_choice(monkeypatch, tiny_checkpoint, make_batch):

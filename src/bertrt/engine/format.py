@@ -36,8 +36,7 @@ VOCAB_FILE = "vocab.txt"
 # Ops that have a Triton alternative: op -> {token-count upper bound: backend}, timed at build time
 # on the GPU (see tuning.tune_gemm_choices). "ffn_in_gelu" is the FFN up-projection with its bias and
 # GELU: "cublas" = F.linear then the bias_gelu kernel, "triton" = linear_bias_gelu (fused epilogue)
-# with the tiling config_for picks, "triton-overlapped" = the same with linear_gelu.TILINGS' tiling,
-# "cublaslt-gelu" =
+# with the tiling config_for picks, "cublaslt-gelu" =
 # linear_gelu_tanh (one cuBLASLt call, bias and tanh-form GELU in its epilogue).
 # "attention": "triton" = bertrt.ops.attention_triton with attention_config_for's tiling, "triton-<M>x<N>"
 # = the same with that tiling (attention_triton.TILINGS), "torch" = PyTorch's fused varlen flash kernel.
@@ -48,7 +47,7 @@ VOCAB_FILE = "vocab.txt"
 # The first backend of each op is its default where nothing was recorded.
 SPLITK_BACKENDS = {"splitk2": 2, "splitk4": 4}
 ATTENTION_TILINGS = tuple(ATTENTION_TILING_CONFIGS)
-OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "triton-overlapped", "cublaslt-gelu"),
+OP_BACKENDS = {"ffn_in_gelu": ("cublas", "triton", "cublaslt-gelu"),
                "attention": ("triton", "torch", *ATTENTION_TILINGS),
                "attn_out": ("cublas", *SPLITK_BACKENDS, "cublas-accumulate"),
                "ffn_out": ("cublas", *SPLITK_BACKENDS, "cublas-accumulate")}

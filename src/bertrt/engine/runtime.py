@@ -37,7 +37,7 @@ from bertrt.engine.format import (EngineError, EngineSpec, check_compute_capabil
 from bertrt.engine.sublayers import attention_for, end_sublayer
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
-from bertrt.ops.linear_gelu import TILINGS, linear_bias_gelu
+from bertrt.ops.linear_gelu import linear_bias_gelu
 from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 from bertrt.ops.qa_head import qa_head
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
@@ -248,7 +248,6 @@ class Engine:
                             t["embeddings.ln.bias"], eps)
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
-        ffn_in_tiling = TILINGS.get(ffn_in)  # None: config_for's
         attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
         # How the two projections back to hidden width run (format.OP_BACKENDS).
         attn_out = gemm_choice(self.spec.gemm_choices, "attn_out", tokens)
@@ -263,7 +262,7 @@ class Engine:
             elif ffn_in == "cublaslt-gelu":
                 up = linear_bias_gelu_tanh(x, w.in_w, w.in_b)
             else:
-                up = linear_bias_gelu(x, w.in_w, w.in_b, config=ffn_in_tiling)
+                up = linear_bias_gelu(x, w.in_w, w.in_b)
             x = end_sublayer(up, w.ffn_out_w, w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps, ffn_out)
         return x
 

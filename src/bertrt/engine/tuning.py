@@ -25,7 +25,7 @@ TUNE_TOKENS = (128, 384, 1024, 1536, 3072, 12288, 49152)
 # (cuBLAS with beta = 1, "cublas-accumulate"), at every count: the LayerNorm after them then reads
 # one (T, H) tensor instead of two, which at 49k tokens is ~100 MB less traffic per sub-layer.
 # Split-K for the projections back to hidden width (N=1024 for BERT-Large) is offered up to this
-# many tokens only. On an H100 (benchmarks/results/splitk_h100.json) it won only where cuBLAS has
+# many tokens only. On an H100 (benchmarks/results/h100/splitk.json) it won only where cuBLAS has
 # very few tiles: the FFN down-projection at 128 tokens (8.7 us against 10.2, with the LayerNorm);
 # from 384 tokens on cuBLAS was 10% or more faster, so timing it there only lengthened builds.
 SPLITK_MAX_TOKENS = 384
@@ -142,7 +142,7 @@ def pinned_attention(choice: str, default) -> str:
     count the bound covers runs what was timed. Recorded as "triton", the tiling would follow
     attention_config_for at run time, which changes within a bound: at 16,384 tokens (BERT-Large
     b128 s128) it picks 128 x 64, which took 104.7 us on an H200 against 68.9 for the 64 x 64 that
-    the 49,152-token timing had run (benchmarks/results/session7/call3/floors.json)."""
+    the 49,152-token timing had run (benchmarks/results/h200/floors.json)."""
     from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
 
     if choice != "triton":
@@ -187,7 +187,7 @@ def ragged_lengths(count: int, max_seq_length: int) -> list[int]:
 
     Up to max_seq_length tokens the batch is one sequence: that is what such small batches mostly
     are (one request at a time), and a ragged spread there picked a tiling (64 x 64 at 384 tokens)
-    that made a single 384-token request 0.09 ms slower on an H100 (session 5).
+    that made a single 384-token request 0.09 ms slower on an H100.
     """
     if count <= max_seq_length:
         return [count]

@@ -39,9 +39,6 @@ class GemmConfig:
     # Persistent grid (one program per SM walking tiles) loading through Hopper's tensor-memory
     # accelerator (TMA descriptors); needs compute capability >= 9 and 16-byte aligned rows.
     tma: bool = False
-    # Persistent programs per SM (TMA only): with two, one program's epilogue (the erf GELU is
-    # costly next to a K=1024 main loop) can overlap the other's loads and MMAs.
-    programs_per_sm: int = 1
 
 
 _JITTED: dict[tuple[Callable, bool], Any] = {}

@@ -33,11 +33,6 @@ _add_bias_gelu = _grouped_tile = None  # jitted device functions, bound by jit()
 SMALL_M = GemmConfig(64, 64, 64, group_m=8, num_warps=4, num_stages=4)
 MEDIUM_M = GemmConfig(128, 128, 64, group_m=8, num_warps=8, num_stages=4, tma=True)
 LARGE_M = GemmConfig(128, 256, 64, group_m=8, num_warps=8, num_stages=3, tma=True)
-# Two programs per SM: timed by session-3 builds, it never won (explore_h100_s4.json: slowest at
-# every M); kept so that engines which recorded it still load.
-OVERLAPPED = GemmConfig(128, 128, 64, group_m=8, num_warps=4, num_stages=3, tma=True, programs_per_sm=2)
-# Named tilings an engine may record for the up-projection: "triton" follows config_for.
-TILINGS = {"triton-overlapped": OVERLAPPED}
 
 
 def config_for(m: int) -> GemmConfig:
@@ -177,7 +172,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, out: torc
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 4
-        programs = min(sms * cfg.programs_per_sm, cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
+        programs = min(sms, cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
         jit(_linear_bias_gelu_tma_kernel, helpers=_HELPERS, per_request=("M",))[(programs,)](
             TensorDescriptor.from_tensor(x, [cfg.block_m, cfg.block_k]),
             TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k]),

@@ -291,7 +291,7 @@ def linear_int8(x_q: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, 
     if cfg.tma and tma_usable(x_q, weight_q):
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        programs = min(_sm_count(x_q.device) * cfg.programs_per_sm, cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
+        programs = min(_sm_count(x_q.device), cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
         jit(_linear_int8_tma_kernel, helpers=_HELPERS, per_request=("M",))[(programs,)](
             TensorDescriptor.from_tensor(x_q, [cfg.block_m, cfg.block_k]),
             TensorDescriptor.from_tensor(weight_q, [cfg.block_n, cfg.block_k]), out, *pointers, m, n, k,

@@ -108,8 +108,8 @@ def linear_splitk(x: torch.Tensor, weight: torch.Tensor, splits: int, *, config:
         x: (M, K) fp32/fp16/bf16 activations.
         weight: (N, K) of ``x``'s dtype, laid out as ``F.linear`` keeps it.
         splits: number of K slices (>= 1).
-        config: a tiling to use instead of ``config_for(M)`` (benchmarks); ``tma`` and
-            ``programs_per_sm`` do not apply here.
+        config: a tiling to use instead of ``config_for(M)`` (benchmarks); ``tma`` does not
+            apply here.
         out: optional (splits, M, N) fp32 tensor to write into, rows contiguous.
 
     Returns:

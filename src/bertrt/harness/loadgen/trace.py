@@ -7,7 +7,7 @@ samples and tokens, and how many samples were still pending at its launch. So a 
 splits into waiting (issue to launch: the queue, and a worker waking up), service (the backend,
 of which "launch" is host work) and completion (handing the results to LoadGen). A stall (a kernel
 compiling inside the timed run, a queue that does not drain) shows as one slow batch followed
-by a run of full ones. Older traces (benchmarks/results/h100/loadgen_server_stall_*.json) lack
+by a run of full ones. Older traces (benchmarks/results/h100/loadgen_server_stall_fused.json) lack
 the issue, launch-return and completion columns; rows are read by column name.
 """
 

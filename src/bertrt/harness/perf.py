@@ -235,12 +235,10 @@ def engine_summary(engine) -> dict[str, Any]:
 
 
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write the report whole or not at all (a fresh temporary sibling, then a rename)."""
+    from bertrt.atomic import write_text_atomically
+
+    return write_text_atomically(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def plot(rows: Sequence[PerfRow], path: str | Path, *, title: str = "") -> Path:

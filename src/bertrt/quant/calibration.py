@@ -79,12 +79,9 @@ class Calibration:
 
     def save(self, path: str | Path) -> Path:
         """Write the cache atomically (a failed write leaves any old cache as it was)."""
-        from bertrt.atomic import write_file_atomically
+        from bertrt.atomic import write_text_atomically
 
-        path = Path(path)
-        text = json.dumps(self.to_json(), indent=1) + "\n"
-        write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        return path
+        return write_text_atomically(path, json.dumps(self.to_json(), indent=1, allow_nan=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":

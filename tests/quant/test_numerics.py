@@ -8,9 +8,9 @@ import torch
 from bertrt.quant.numerics import dequantize_ref, fake_quantize, quantize_ref, quantize_weight, scale_for
 
 
-def test_int8_rounds_half_away_from_zero_and_saturates():
+def test_int8_rounds_ties_to_even_and_saturates():
     x = torch.tensor([0.5, 1.5, -0.5, -2.5, 126.6, 300.0, -300.0])
-    assert quantize_ref(x, torch.tensor(1.0), "int8").tolist() == [1, 2, -1, -3, 127, 127, -127]
+    assert quantize_ref(x, torch.tensor(1.0), "int8").tolist() == [0, 2, 0, -2, 127, 127, -127]
 
 
 def test_fp8_saturates_instead_of_overflowing():

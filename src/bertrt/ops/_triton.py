@@ -186,9 +186,13 @@ def quantize_e4m3_impl(y, inv_scale):
 
 
 def quantize_int8_impl(y, inv_scale):
-    """fp32 ``y * inv_scale`` clamped to +-127 and rounded half away from zero to int8."""
+    """fp32 ``y * inv_scale`` clamped to +-127 and rounded to int8, ties to even.
+
+    12582912 = 1.5 * 2^23: fp32 numbers near it have no fraction bits, so adding it rounds the
+    clamped value to an integer (IEEE round-to-nearest-even) and subtracting it again is exact;
+    the interpreter has no libdevice ``rint``, and the compiled code keeps both operations."""
     y = tl.minimum(tl.maximum(y * inv_scale, -127.0), 127.0)
-    return tl.where(y >= 0, tl.floor(y + 0.5), tl.ceil(y - 0.5)).to(tl.int8)
+    return ((y + 12582912.0) - 12582912.0).to(tl.int8)
 
 
 QUANT_HELPERS = {"_quantize_e4m3": quantize_e4m3_impl, "_quantize_int8": quantize_int8_impl}

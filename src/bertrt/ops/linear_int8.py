@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from bertrt.ops._triton import (GemmConfig, cdiv, check_out, grouped_tile_impl, interpret_requested, jit,
-                                rows_contiguous, use_triton)
+                                quantize_int8_impl, rows_contiguous, use_triton)
 from bertrt.ops.linear_gelu import _add_bias_gelu_impl
+from bertrt.quant.numerics import quantize_ref
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
-_add_bias_gelu = _grouped_tile = _int8_epilogue = None  # jitted device functions, bound by jit() (_HELPERS)
+_add_bias_gelu = _grouped_tile = _int8_epilogue = _round_to_int8 = None  # jitted device functions, bound by jit() (_HELPERS)
 
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.int8)
 INT8_MAX = 127  # symmetric: -128 is never produced
@@ -69,8 +70,7 @@ def config_for(m: int, n: int, k: int) -> GemmConfig:
 
 def quantize_int8_ref(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Plain PyTorch; same arguments and result as ``quantize_int8``."""
-    inv = 1.0 / scale.to(torch.float32).reshape(())
-    return torch.round((x.to(torch.float32) * inv).clamp(-INT8_MAX, INT8_MAX)).to(torch.int8)
+    return quantize_ref(x, 1.0 / scale.to(torch.float32).reshape(()), "int8")
 
 
 def linear_int8_ref(x_q: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor,
@@ -97,16 +97,6 @@ def linear_int8_ref(x_q: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tens
 
 
 # --- Triton ---------------------------------------------------------------------------------------
-
-
-def _round_to_int8_impl(v, inv_scale):
-    """v * inv_scale rounded half to even, clamped to [-127, 127], as int8 (fp32 ``v``).
-
-    12582912 = 1.5 * 2^23: fp32 numbers near it have no fraction bits, so adding it to the clamped
-    value rounds that to an integer, half to even (IEEE round-to-nearest), and subtracting it again
-    is exact. The interpreter has no libdevice ``rint``; this runs the same in both modes."""
-    v = tl.minimum(tl.maximum(v * inv_scale, -127.0), 127.0)
-    return ((v + 12582912.0) - 12582912.0).to(tl.int8)
 
 
 def _int8_epilogue_impl(acc, m0, n0, M, N, scale_ptr, bias_ptr, residual_ptr, residual_stride, out_ptr,
@@ -194,16 +184,9 @@ def _linear_int8_tma_kernel(
                        QUANTIZE_OUT)
 
 
-def _quantize_int8_kernel(out_ptr, x_ptr, scale_ptr, numel, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, _round_to_int8(x, tl.math.div_rn(1.0, tl.load(scale_ptr))), mask=mask)
-
-
 # Device functions the kernels call, bound by jit() with them.
 _HELPERS = {"_add_bias_gelu": _add_bias_gelu_impl, "_grouped_tile": grouped_tile_impl,
-            "_round_to_int8": _round_to_int8_impl, "_int8_epilogue": _int8_epilogue_impl}
+            "_round_to_int8": quantize_int8_impl, "_int8_epilogue": _int8_epilogue_impl}
 
 
 # --- public ops -----------------------------------------------------------------------------------
@@ -224,15 +207,9 @@ def quantize_int8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """
     if scale.numel() != 1 or scale.dtype != torch.float32:
         raise ValueError(f"scale must be one fp32 value, got {tuple(scale.shape)} {scale.dtype}")
-    if not (x.is_floating_point() and use_triton(x, scale)):
-        return quantize_int8_ref(x, scale)
-    x = x.contiguous()
-    out = torch.empty(x.shape, dtype=torch.int8, device=x.device)
-    if x.numel():
-        block = 1024
-        jit(_quantize_int8_kernel, helpers=_HELPERS, per_request=("numel",))[(cdiv(x.numel(), block),)](
-            out, x, scale, x.numel(), BLOCK=block, num_warps=4)
-    return out
+    from bertrt.ops.quantize import quantize
+
+    return quantize(x, (1.0 / scale.reshape(())).contiguous(), "int8")
 
 
 def linear_int8(x_q: torch.Tensor, weight_q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None, *,

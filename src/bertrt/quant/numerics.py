@@ -3,8 +3,8 @@ CPU path of a quantised engine.
 
 A value is quantised by multiplying by the inverse scale (``inv_scale = 1 / scale``, one fp32
 tensor, so that kernels and this reference multiply by the same number), clamping to the format's
-range, and rounding: to nearest even for e4m3 (the hardware's conversion), half away from zero for
-int8. Dequantising multiplies by the scale.
+range, and rounding to nearest, ties to even (the hardware's conversion for e4m3, IEEE rounding for
+int8). Dequantising multiplies by the scale.
 """
 
 from __future__ import annotations
@@ -24,16 +24,12 @@ def format_of(dtype: torch.dtype) -> str:
     raise ValueError(f"{dtype} is not a quantised dtype ({', '.join(map(str, DTYPES.values()))})")
 
 
-def round_half_away(x: torch.Tensor) -> torch.Tensor:
-    return torch.sign(x) * torch.floor(x.abs() + 0.5)
-
-
 def quantize_ref(x: torch.Tensor, inv_scale: torch.Tensor, fmt: str) -> torch.Tensor:
     """``x * inv_scale`` clamped to +-QMAX and rounded, as ``fmt``'s dtype (``inv_scale``: fp32,
     a scalar or broadcastable along x's last dimension)."""
     y = (x.float() * inv_scale.float()).clamp(-QMAX[fmt], QMAX[fmt])
     if fmt == "int8":
-        return round_half_away(y).to(torch.int8)
+        return torch.round(y).to(torch.int8)
     return y.to(torch.float8_e4m3fn)
 
 

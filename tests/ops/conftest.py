@@ -41,3 +41,10 @@ def gpu(monkeypatch):
 def no_interpret(monkeypatch):
     """Plain CPU: the public ops must take their refs."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+@pytest.fixture(params=["interpret", "gpu"])
+def where(request):
+    """Each kernel test twice: under the interpreter and compiled on the GPU (where there is one)."""
+    request.getfixturevalue(request.param)
+    return "cuda" if request.param == "gpu" else "cpu"

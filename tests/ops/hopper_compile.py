@@ -29,13 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from bertrt.ops import (_triton, attention_triton, bias_gelu, embed_layernorm, linear_gelu,  # noqa: E402
-                        linear_int8, linear_splitk, qa_head, residual_layernorm)
+                        linear_int8, linear_splitk, qa_head, quantize, residual_layernorm)
 
 MODULES = (attention_triton, bias_gelu, embed_layernorm, linear_gelu, linear_int8, linear_splitk, qa_head,
-           residual_layernorm)
+           quantize, residual_layernorm)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
-          torch.int64: "i64", torch.int8: "i8"}
+          torch.int64: "i64", torch.int8: "i8", torch.float8_e4m3fn: "fp8e4nv"}
 
 
 class Recorder:
@@ -118,6 +118,7 @@ def _call_ops(f16: torch.dtype) -> None:
             linear_splitk.linear_splitk(torch.randn(tokens, 4 * h, dtype=f16), torch.randn(h, 4 * h, dtype=f16),
                                         splits)
     _call_linear_int8(f16)
+    _call_quantised_outputs(f16, x, bias, gamma, beta, ids, table)
     heads, head_dim = 2, 64
     for total, cu in ((384, [0, 384]), (3000, [0, 384, 1000, 3000])):
         q = torch.randn(total, heads, head_dim, dtype=f16)
@@ -143,6 +144,23 @@ def _call_linear_int8(f16: torch.dtype) -> None:
             linear_int8.linear_int8(x, w, per_channel, bias, gelu=True, residual=residual, out_dtype=f16, config=cfg)
             linear_int8.linear_int8(x, w, per_tensor, bias, out_dtype=torch.int8, out_scale=per_tensor, config=cfg)
     linear_int8.quantize_int8(residual, per_tensor)
+
+
+def _call_quantised_outputs(f16, x, bias, gamma, beta, ids, table) -> None:
+    """The LayerNorms, attention and the rounding pass writing an e4m3 or int8 copy, as quantised
+    engines run them."""
+    inv = torch.ones(())
+    q = torch.randn(384, 2, 64, dtype=f16)
+    cu = torch.tensor([0, 384], dtype=torch.int32)
+    for dtype in (torch.float8_e4m3fn, torch.int8):
+        copy = torch.empty(x.shape, dtype=dtype)
+        embed_layernorm.embed_layernorm(ids, ids, ids, table, table, table, gamma, beta, 1e-12, quant_out=copy,
+                                        quant_inv_scale=inv)
+        residual_layernorm.bias_residual_layernorm(x, bias, x, gamma, beta, 1e-12, quant_out=copy,
+                                                   quant_inv_scale=inv)
+        attention_triton.varlen_attention_triton(q, q, q, cu, 384, out=torch.empty(q.shape, dtype=dtype),
+                                                 out_inv_scale=inv)
+        quantize.quantize(x, inv, "fp8" if dtype == torch.float8_e4m3fn else "int8")
 
 
 def linear_splitk_splits() -> tuple[int, ...]:

@@ -46,3 +46,21 @@ def linear_inputs(m, n, k, *, dtype=torch.float32, device="cpu", seed=0) -> list
     return [randn(m, k, generator=g, dtype=dtype, device=device),
             randn(n, k, generator=g, dtype=dtype, device=device, scale=1.5 / k ** 0.5),
             randn(n, generator=g, dtype=dtype, device=device, scale=0.5)]
+
+
+# --- quantised outputs ---
+
+FORMATS = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
+
+
+def inv_scale(amax: float, fmt: str, device="cpu") -> torch.Tensor:
+    """The () fp32 inverse scale that clips at ``amax`` in ``fmt``."""
+    from bertrt.quant.numerics import scale_for
+
+    return (1.0 / scale_for(amax, fmt)).to(device)
+
+
+def assert_same_quantised(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype
+    mismatched = int((a.float() != b.float()).sum())
+    assert mismatched == 0, f"{mismatched} of {a.numel()} quantised values differ"

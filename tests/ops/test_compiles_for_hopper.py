@@ -37,6 +37,6 @@ def test_every_engine_kernel_compiles_for_sm90():
     kernels = {row["kernel"] for row in rows}
     assert kernels >= {"_embed_layernorm_kernel", "_bias_residual_layernorm_kernel", "_bias_gelu_kernel",
                        "_qa_head_kernel", "_linear_bias_gelu_kernel", "_linear_splitk_kernel",
-                       "_varlen_attention_kernel"}
+                       "_varlen_attention_kernel", "_quantize_kernel"}
     assert all(row["cubin_bytes"] > 0 for row in rows)
     assert {"*fp16", "*bf16"} <= {t for row in rows for t in row["pointers"]}  # both engine dtypes

@@ -53,3 +53,94 @@ def test_an_engine_folder_is_rebuilt_in_place(tmp_path, tiny_qa, capsys):
                             "--max-seq-length", "64", "--max-batch", "2"], capsys)
         assert code == 0, err
     assert (out / "engine.json").is_file()
+
+
+def _squad(tmp_path):
+    import json
+
+    from cli_helpers import SMALL_SQUAD
+
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps(SMALL_SQUAD))
+    return data
+
+
+def test_low_precision_needs_calibration_data_or_a_cache(tmp_path, tiny_qa, capsys):
+    assert "--precision fp8 needs --calib-data FILE" in fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "fp8", "--device", "cpu"], capsys,
+        untouched=tmp_path)
+
+
+def test_calibration_options_without_low_precision(tmp_path, tiny_qa, capsys):
+    data = _squad(tmp_path)
+    assert "--calib-data apply to --precision fp8 or int8, not fp16" in fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--calib-data", data, "--device", "cpu"], capsys,
+        untouched=tmp_path)
+
+
+@pytest.mark.parametrize("method", ["median", "percentile:100", "percentile:x"])
+def test_bad_calibration_method(tmp_path, tiny_qa, capsys, method):
+    data = _squad(tmp_path)
+    assert f"calibration method {method!r}" in fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "int8", "--calib-data", data,
+         "--calib-method", method, "--device", "cpu"], capsys, untouched=tmp_path)
+
+
+def test_calibration_cache_under_a_regular_file(tmp_path, tiny_qa, capsys):
+    data, blocker = _squad(tmp_path), tmp_path / "file"
+    blocker.write_text("x")
+    assert f"--calib-cache {blocker / 'c.json'}: {blocker} is a file, not a folder" == fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "fp8", "--calib-data", data,
+         "--calib-cache", blocker / "c.json", "--device", "cpu"], capsys, untouched=tmp_path)
+
+
+def test_calibration_cache_that_is_the_data(tmp_path, tiny_qa, capsys):
+    data = _squad(tmp_path)
+    assert "--calib-cache and --calib-data name the same file" in fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "fp8", "--calib-data", data,
+         "--calib-cache", data, "--device", "cpu"], capsys, untouched=tmp_path)
+
+
+def test_out_is_the_calibration_data(tmp_path, tiny_qa, capsys):
+    data = _squad(tmp_path)
+    assert "--calib-data" in fails(
+        ["build", "--model", tiny_qa, "--out", data, "--precision", "fp8", "--calib-data", data, "--device", "cpu"],
+        capsys, untouched=tmp_path)
+
+
+def test_a_calibration_cache_that_is_not_one(tmp_path, tiny_qa, capsys):
+    cache = tmp_path / "c.json"
+    cache.write_text('{"format": "tensorrt"}')
+    assert "not a bertrt calibration cache" in fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "fp8", "--calib-cache", cache,
+         "--device", "cpu"], capsys, untouched=tmp_path)
+
+
+def test_calibration_articles_that_select_nothing(tmp_path, tiny_qa, capsys):
+    data = _squad(tmp_path)
+    assert "selects none" in fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "int8", "--calib-data", data,
+         "--calib-articles", "5:9", "--device", "cpu"], capsys, untouched=tmp_path)
+
+
+def test_too_little_calibration_data(tmp_path, tiny_qa, capsys):
+    data = _squad(tmp_path)
+    assert "give 2 windows; calibration needs at least 8" in fails(
+        ["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "int8", "--calib-data", data,
+         "--device", "cpu"], capsys, untouched=tmp_path)
+
+
+def test_an_int8_engine_is_built_and_its_cache_written(tmp_path, tiny_qa, capsys):
+    import json
+
+    from cli_helpers import SMALL_SQUAD
+
+    articles = [{"title": f"{a['title']} {n}", "paragraphs": [
+        {"context": p["context"], "qas": [{**q, "id": f"{q['id']}-{n}"} for q in p["qas"]]} for p in a["paragraphs"]]}
+        for n in range(5) for a in SMALL_SQUAD["data"]]
+    data = tmp_path / "squad.json"  # ten articles: enough windows to calibrate on
+    data.write_text(json.dumps({"version": "1.1", "data": articles}))
+    code, _, err = run(["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "int8",
+                        "--calib-data", data, "--calib-cache", tmp_path / "c.json", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "c.json").is_file() and (tmp_path / "e" / "engine.json").is_file()

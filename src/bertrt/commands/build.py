@@ -87,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
         if args.calib_data is None and args.calib_cache is None:
             raise UserError(f"--precision {args.precision} needs --calib-data FILE (SQuAD json) or an existing "
                             "--calib-cache FILE")
+        if (args.calib_data is not None and args.calib_cache is not None
+                and Path(args.calib_data).resolve() == Path(args.calib_cache).resolve()):
+            raise UserError("--calib-cache and --calib-data name the same file: the cache is bertrt's own file")
         if args.calib_data is None and not Path(args.calib_cache).is_file():
             raise UserError(f"--calib-cache {args.calib_cache}: no such file, and no --calib-data to make it from")
-        if args.calib_cache is not None and Path(args.calib_cache).resolve() == Path(args.out).resolve():
-            raise UserError("--calib-cache and --out name the same path")
         calibration = CalibrationSettings(data=args.calib_data, articles=parse_articles(args.calib_articles, flag="--calib-articles"),
                                           num=args.calib_num, method=args.calib_method, cache=args.calib_cache)
     else:
@@ -101,8 +102,15 @@ def run(args: argparse.Namespace) -> int:
     if args.int8_mode is not None and args.precision != "int8":
         raise UserError(f"--int8-mode applies to --precision int8, not {args.precision}")
     from bertrt.atomic import check_destination
-    check_destination(args.out, folder=True, inputs=[("--model", args.model)], overwrite=None,
-                      replaceable=lambda existing: (existing / "engine.json").is_file())
+
+    reads = [("--model", args.model), ("--calib-data", args.calib_data)]
+    cache_exists = args.calib_cache is not None and Path(args.calib_cache).is_file()
+    check_destination(args.out, folder=True, inputs=reads + ([("--calib-cache", args.calib_cache)] if cache_exists
+                                                            else []),
+                      overwrite=None, replaceable=lambda existing: (existing / "engine.json").is_file())
+    if args.calib_cache is not None and not cache_exists:  # written after calibrating
+        check_destination(args.calib_cache, flag="--calib-cache", inputs=reads, siblings=[("--out", args.out)],
+                          overwrite=None)
     start = time.perf_counter()
     model = random_checkpoint(STANDARD_CONFIGS[args.random]) if args.random else args.model
     out = build(model, args.out, precision=args.precision, max_tokens=args.max_tokens,

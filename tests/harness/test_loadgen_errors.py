@@ -91,3 +91,14 @@ def test_unknown_scenario_is_rejected_by_argparse(tmp_path, capsys):
         cli.main(["loadgen", "--scenario", "Batch", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "invalid choice: 'Batch'" in capsys.readouterr().err
+
+
+def test_a_run_shows_how_many_samples_are_answered(capsys):
+    import time
+
+    from bertrt.harness.loadgen.runner import _interruptible
+
+    answered = iter(range(0, 1000, 100))
+    _interruptible(time.sleep, 0.5, answered=lambda: next(answered))
+    shown = capsys.readouterr().err
+    assert "loadgen" in shown and "sample" in shown

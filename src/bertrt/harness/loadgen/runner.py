@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ def frozen_heap():
         gc.unfreeze()
 
 
-def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 1) -> dict:
+def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 1, progress: bool = False) -> dict:
     """Run LoadGen once; write its logs, report.json (and accuracy.json) into ``options.out``.
 
     The run writes into a temporary sibling of ``options.out`` which replaces it only once the
@@ -176,6 +177,8 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
     ``options.out`` may be replaced when it is empty or a LoadGen output folder bertrt wrote
     (``options.overwrite``: any folder). LoadGen runs on a worker thread, so Ctrl-C reaches the
     calling thread at once (KeyboardInterrupt) instead of after LoadGen returns.
+
+    ``progress``: a bar on stderr counting the samples answered while LoadGen runs.
 
     Returns:
         The report dict (see ``report.build_report``), with "accuracy" in accuracy mode.
@@ -186,7 +189,8 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
     reports: list[dict] = []
 
     def fill(folder: Path) -> None:
-        reports.append(_run_into(lg, folder, out, settings, options, qsl, backend, workers=workers))
+        reports.append(_run_into(lg, folder, out, settings, options, qsl, backend, workers=workers,
+                                 progress=progress))
 
     def may_replace(existing: Path) -> bool:
         return options.overwrite or folder_kind(existing) == OUTPUT_KIND or not any(existing.iterdir())
@@ -203,7 +207,7 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
 
 
 def _run_into(lg, out: Path, final: Path, settings, options: HarnessOptions, qsl: SquadQSL, backend, *,
-              workers: int) -> dict:
+              workers: int, progress: bool = False) -> dict:
     """Run LoadGen with its logs in ``out``, a temporary folder that becomes ``final``."""
     latency_s = settings.server_target_latency_ns / 1e9
     sut = BatchingSUT(backend, qsl, scenario=options.scenario, max_batch_tokens=options.batch_tokens(),
@@ -213,7 +217,7 @@ def _run_into(lg, out: Path, final: Path, settings, options: HarnessOptions, qsl
         with frozen_heap():
             # A missing audit.config path keeps a stray ./audit.config from changing the run.
             _interruptible(lg.StartTestWithLogSettings, sut_handle, qsl_handle, settings, log_settings(out),
-                           str(out / "audit.config"))
+                           str(out / "audit.config"), answered=(lambda: sut.samples) if progress else None)
     except KeyboardInterrupt:
         # LoadGen goes on calling the SUT from its own threads until the process ends (which the
         # interrupt is about to do): the SUT stays up, since a stopped SUT would fail those calls.
@@ -241,10 +245,13 @@ def _run_into(lg, out: Path, final: Path, settings, options: HarnessOptions, qsl
     return report
 
 
-def _interruptible(function, *args) -> None:
+def _interruptible(function, *args, answered: Callable[[], int] | None = None) -> None:
     """Call ``function(*args)`` on a daemon thread and wait for it; Ctrl-C (KeyboardInterrupt) is
     taken by the calling thread within ``POLL_S`` and leaves the call to end with the process (the
-    KeyboardInterrupt carries ``process_must_end = True``)."""
+    KeyboardInterrupt carries ``process_must_end = True``). ``answered``: how many samples are
+    done so far, shown as a progress bar while waiting."""
+    from tqdm import tqdm
+
     failure: list[BaseException] = []
 
     def target() -> None:
@@ -255,14 +262,19 @@ def _interruptible(function, *args) -> None:
 
     worker = threading.Thread(target=target, name="loadgen", daemon=True)
     worker.start()
+    bar = tqdm(desc="loadgen", unit="sample", disable=answered is None, leave=False)
     try:
         while worker.is_alive():
             worker.join(POLL_S)
+            if answered is not None:
+                bar.update(answered() - bar.n)
     except KeyboardInterrupt as exc:
         # LoadGen cannot be stopped from outside and its threads go on: the process has to end
         # without the interpreter's normal shutdown (``bertrt.cli`` does so on this flag).
         exc.process_must_end = True
         raise
+    finally:
+        bar.close()
     if failure:
         raise failure[0]
 
@@ -270,4 +282,4 @@ def _interruptible(function, *args) -> None:
 def run(options: HarnessOptions, *, progress: bool = False) -> dict:
     """``prepare`` then ``run_test``."""
     qsl, backend = prepare(options, progress=progress)
-    return run_test(options, qsl, backend)
+    return run_test(options, qsl, backend, progress=progress)

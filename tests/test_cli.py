@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import SMALL_SQUAD
 
 from bertrt.cli import main
 from bertrt.tasks.squad_metric import evaluate
@@ -16,16 +17,6 @@ from bertrt.tasks.squad_metric import evaluate
 # The passage of the README's main command (`make demo`), read from the Makefile: one copy.
 DEMO_CONTEXT = re.search(r"^CONTEXT = (.+)$", (Path(__file__).parents[1] / "Makefile").read_text(), re.M).group(1)
 
-SMALL_SQUAD = {"version": "1.1", "data": [
-    {"title": "Cats", "paragraphs": [{"context": "The cat sat on the mat in the kitchen of the old house.",
-                                      "qas": [{"id": "q1", "question": "Where did the cat sit?",
-                                               "answers": [{"text": "on the mat", "answer_start": 8}]}]}]},
-    {"title": "Rivers", "paragraphs": [{"context": "The Nile is the longest river in Africa. It flows north "
-                                                   "into the Mediterranean Sea.",
-                                        "qas": [{"id": "q2", "question": "Where does the Nile flow into?",
-                                                 "answers": [{"text": "the Mediterranean Sea",
-                                                              "answer_start": 54}]}]}]},
-]}
 
 
 def run_cli(*args: str, capsys) -> tuple[int, str, str]:

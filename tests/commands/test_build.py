@@ -144,3 +144,9 @@ def test_an_int8_engine_is_built_and_its_cache_written(tmp_path, tiny_qa, capsys
                         "--calib-data", data, "--calib-cache", tmp_path / "c.json", "--device", "cpu"], capsys)
     assert code == 0, err
     assert (tmp_path / "c.json").is_file() and (tmp_path / "e" / "engine.json").is_file()
+    # ... and its CPU simulation answers SQuAD like any engine
+    code, out, err = run(["squad", "--engine", tmp_path / "e", "--device", "cpu", "--data", data,
+                          "--out", tmp_path / "predictions.json"], capsys)
+    assert code == 0, err
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    assert set(predictions) == {q["id"] for a in articles for p in a["paragraphs"] for q in p["qas"]}

@@ -300,6 +300,9 @@ def _modernbert_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
         pad_token_id=raw.get("pad_token_id", 50283))
 
 
+ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta")
+
+
 def check_engine_support(config: BertConfig) -> None:
     """Raise ConfigError unless the GPU engine can run ``config`` (post-LN BERT with exact GELU).
 
@@ -307,20 +310,23 @@ def check_engine_support(config: BertConfig) -> None:
     kernels assume BERT's layout, so a model is checked here where it enters the engine.
     """
     reasons = []
-    if config.model_type != "bert":
+    # RoBERTa and XLM-RoBERTa are BERT's layout with positions counted from padding_idx + 1.
+    if config.model_type not in ENGINE_FAMILIES:
         reasons.append(f"model_type {config.model_type!r}")
     if config.pre_layer_norm:
         reasons.append("pre-LayerNorm residuals")
     if config.hidden_act != "gelu":
         reasons.append(f"hidden_act {config.hidden_act!r}")
-    if config.embedding_size is not None or config.position_offset or not config.embedding_layer_norm:
+    if config.embedding_size is not None or not config.embedding_layer_norm:
         reasons.append("a non-BERT embedding layer")
     if config.rotary_base is not None or config.gated_ffn or not config.linear_bias:
         reasons.append("rotary positions, GeGLU or bias-free layers")
     if config.type_vocab_size == 0:
         reasons.append("no token-type embedding")
+    if config.pooler_act != "tanh":
+        reasons.append(f"a {config.pooler_act} sequence head")
     if reasons:
-        raise ConfigError("the GPU engine runs BERT models only (post-LN, exact GELU); this model has "
+        raise ConfigError("the GPU engine runs BERT, RoBERTa and XLM-RoBERTa models (post-LN, exact GELU); this model has "
                           + ", ".join(reasons) + ". Run it on the reference path with --device cpu")
 
 

@@ -55,7 +55,7 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
 
     config = checkpoint.config
     if max_seq_length is None:
-        max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, config.max_position_embeddings)
+        max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, config.max_sequence_length)
     if max_tokens is None:
         max_tokens = max_batch * max_seq_length
     capability, name = device_capability(device)
@@ -83,7 +83,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
             the encoder's projections quantised (``bertrt.quant``), the rest in fp16 on a GPU
             build and fp32 on a CPU build.
         max_tokens: most tokens per forward pass (default ``max_batch * max_seq_length``).
-        max_seq_length: longest accepted sequence (default min(384, max_position_embeddings)).
+        max_seq_length: longest accepted sequence (default min(384, the position table)).
         max_batch: most sequences per forward pass.
         device: the GPU to build for (its compute capability is recorded), or "cpu" for a portable
             build; default the current GPU when there is one.
@@ -206,7 +206,7 @@ def resolve_calibration(checkpoint: Checkpoint, recipe: QuantRecipe,
                 raise QuantError(f"{checkpoint.source}: no vocab.txt, so SQuAD calibration data cannot be tokenised "
                                  "for it")
             tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
-            seq = max_seq_length or min(DEFAULT_MAX_SEQ_LENGTH, checkpoint.config.max_position_embeddings)
+            seq = max_seq_length or min(DEFAULT_MAX_SEQ_LENGTH, checkpoint.config.max_sequence_length)
             batches, data = calibration_batches(calibration, tokenizer, max_seq_length=seq)
             found = calibrate(checkpoint, batches, method=calibration.method or recipe.method, fmt=recipe.format, data=data,
                               progress=calibration.progress, device=device)

@@ -139,9 +139,9 @@ class EngineSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise EngineError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_seq_length > self.config.max_position_embeddings:
-            raise EngineError(f"max_seq_length {self.max_seq_length} exceeds the model's "
-                              f"max_position_embeddings {self.config.max_position_embeddings}")
+        if self.max_seq_length > self.config.max_sequence_length:
+            raise EngineError(f"max_seq_length {self.max_seq_length} exceeds the {self.config.max_sequence_length} "
+                              "positions of the model's max_position_embeddings")
         if self.max_tokens < self.max_seq_length:
             raise EngineError(f"max_tokens {self.max_tokens} must be at least max_seq_length "
                               f"{self.max_seq_length}, so that any one sequence fits")

@@ -177,6 +177,8 @@ class QuantizedForward:
         eps, heads, head_dim, hidden = c.layer_norm_eps, c.num_attention_heads, c.head_dim, c.hidden_size
         tokens = input_ids.shape[0]
         dev, dtype = e.device, e.dtype
+        if c.position_offset:  # RoBERTa's positions start after padding_idx
+            position_ids = position_ids + c.position_offset
         attend = attention_for(gemm_choice(e.spec.gemm_choices, "attention", tokens))
         inv = self._input_inv(0, "attn.qkv")
         xq = self._quant_buffer(inv, (tokens, hidden), dev)

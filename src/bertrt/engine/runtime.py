@@ -243,6 +243,8 @@ class Engine:
             return self._quantized.hidden(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
         c, t = self.config, self._tensors
         eps, heads, head_dim = c.layer_norm_eps, c.num_attention_heads, c.head_dim
+        if c.position_offset:  # RoBERTa's positions start after padding_idx
+            position_ids = position_ids + c.position_offset
         x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"],
                             t["embeddings.position"], t["embeddings.token_type"], t["embeddings.ln.weight"],
                             t["embeddings.ln.bias"], eps)

@@ -300,7 +300,7 @@ def _modernbert_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
         pad_token_id=raw.get("pad_token_id", 50283))
 
 
-ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta")
+ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert")
 
 
 def check_engine_support(config: BertConfig) -> None:
@@ -310,7 +310,8 @@ def check_engine_support(config: BertConfig) -> None:
     kernels assume BERT's layout, so a model is checked here where it enters the engine.
     """
     reasons = []
-    # RoBERTa and XLM-RoBERTa are BERT's layout with positions counted from padding_idx + 1.
+    # RoBERTa and XLM-RoBERTa are BERT's layout with positions counted from padding_idx + 1;
+    # DistilBERT is BERT's layout without token types, its sequence head a ReLU.
     if config.model_type not in ENGINE_FAMILIES:
         reasons.append(f"model_type {config.model_type!r}")
     if config.pre_layer_norm:
@@ -321,12 +322,8 @@ def check_engine_support(config: BertConfig) -> None:
         reasons.append("a non-BERT embedding layer")
     if config.rotary_base is not None or config.gated_ffn or not config.linear_bias:
         reasons.append("rotary positions, GeGLU or bias-free layers")
-    if config.type_vocab_size == 0:
-        reasons.append("no token-type embedding")
-    if config.pooler_act != "tanh":
-        reasons.append(f"a {config.pooler_act} sequence head")
     if reasons:
-        raise ConfigError("the GPU engine runs BERT, RoBERTa and XLM-RoBERTa models (post-LN, exact GELU); this model has "
+        raise ConfigError("the GPU engine runs BERT, RoBERTa, XLM-RoBERTa and DistilBERT models (post-LN, exact GELU); this model has "
                           + ", ".join(reasons) + ". Run it on the reference path with --device cpu")
 
 

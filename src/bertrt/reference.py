@@ -19,7 +19,8 @@ from bertrt.packed import PackedBatch, mean_per_sequence
 from bertrt.weights.schema import Checkpoint
 
 
-_ACTIVATIONS = {
+# Activation name (config.hidden_act, config.pooler_act) -> function; the engine's sequence heads use it too.
+ACTIVATIONS = {
     "gelu": F.gelu,  # exact erf GELU, as BERT was trained
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
@@ -128,7 +129,7 @@ class _FeedForward(nn.Module):
         h, i = config.hidden_size, config.intermediate_size
         self.pre_ln = config.pre_layer_norm
         self.gated = config.gated_ffn
-        self.act = _ACTIVATIONS[config.hidden_act]
+        self.act = ACTIVATIONS[config.hidden_act]
         # canonical name "ffn.in"; `in` is a Python keyword. Gated (GeGLU): 2i outputs, value then gate.
         self.add_module("in", _linear(config, h, 2 * i if self.gated else i))
         self.out = _linear(config, i, h)
@@ -172,7 +173,7 @@ class ReferenceBert(nn.Module):
         self.final_ln = _norm(config, config.hidden_size) if config.pre_layer_norm else None
         self.pooler = _linear(config, config.hidden_size, config.hidden_size) if pooler else None
         self.pooler_ln = _norm(config, config.hidden_size) if pooler and config.head_norm else None
-        self.pooler_act = _ACTIVATIONS[config.pooler_act]
+        self.pooler_act = ACTIVATIONS[config.pooler_act]
         out = {"qa": 2, "classifier": config.num_labels, "token_classifier": config.num_labels}
         self.heads = nn.ModuleDict({h: nn.Linear(config.hidden_size, out[h]) for h in heads})
         # The fused attention kernel needs CUDA; the reference path is exact everywhere else.

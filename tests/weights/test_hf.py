@@ -157,23 +157,25 @@ def test_the_engine_refuses_other_families_by_name(tmp_path):
     relu_bert = load(random_hf("bert", "ForSequenceClassification"), tmp_path / "b").config
     with pytest.raises(ConfigError, match="hidden_act 'relu'"):
         check_engine_support(relu_bert)
-    for family in ("distilbert", "electra", "megatron-bert"):
+    for family in ("electra", "megatron-bert"):
         config = load(random_hf(family, "ForSequenceClassification"), tmp_path / family).config
         with pytest.raises(ConfigError, match=f"model_type '{family}'.*reference path"):
             check_engine_support(config)
 
 
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
 @pytest.mark.parametrize("head", ["ForQuestionAnswering", "ForSequenceClassification"])
-def test_the_engine_runs_roberta_as_hugging_face_does(head, tmp_path):
+def test_the_engine_runs_roberta_and_distilbert_as_hugging_face_does(family, head, tmp_path):
     from bertrt.engine import Engine, build
 
-    model = random_hf("roberta", head, seed=3, num_labels=2 if head == "ForQuestionAnswering" else 3)
+    model = random_hf(family, head, seed=3, num_labels=2 if head == "ForQuestionAnswering" else 3)
     ckpt = load(model, tmp_path)
     engine = Engine.load(build(ckpt, tmp_path / "engine", precision="fp32", device="cpu"), device="cpu")
-    assert engine.max_seq_length == ckpt.config.max_position_embeddings - 2  # RoBERTa's reserved positions
-    ids, types = sequences("roberta", seed=3)
+    reserved = ckpt.config.position_offset  # RoBERTa's positions before padding_idx + 1
+    assert engine.max_seq_length == min(384, ckpt.config.max_position_embeddings - reserved)
+    ids, types = sequences(family, seed=3)
     batch = pack_sequences(ids, types)
-    inputs, mask = hf_inputs("roberta", ids, types)
+    inputs, mask = hf_inputs(family, ids, types)
     with torch.no_grad():
         out = model(**inputs)
         if head == "ForQuestionAnswering":

@@ -183,7 +183,7 @@ class QuantizedForward:
         inv = self._input_inv(0, "attn.qkv")
         xq = self._quant_buffer(inv, (tokens, hidden), dev)
         x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"], t["embeddings.position"],
-                            t["embeddings.token_type"], t["embeddings.ln.weight"], t["embeddings.ln.bias"], eps,
+                            e.token_type_table, t["embeddings.ln.weight"], t["embeddings.ln.bias"], eps,
                             quant_out=xq, quant_inv_scale=inv)
         for i, q in enumerate(self.layers):
             p = f"layers.{i}."

@@ -41,6 +41,7 @@ from bertrt.ops.linear_gelu import linear_bias_gelu
 from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 from bertrt.ops.qa_head import qa_head
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
+from bertrt.reference import ACTIVATIONS
 from bertrt.weights.schema import Checkpoint, CheckpointError, validate
 
 
@@ -108,6 +109,11 @@ class Engine:
         self._device = _resolve_device(device)
         self._tensors = tensors
         self._layers = [_Layer.from_tensors(tensors, i) for i in range(self.config.num_hidden_layers)]
+        # A family without token types (DistilBERT) adds nothing for them: a zero table of two rows
+        # serves the embedding kernel whatever segment ids a batch carries.
+        self.token_type_table = tensors.get("embeddings.token_type")
+        if self.token_type_table is None:
+            self.token_type_table = torch.zeros(2, self.config.hidden_size, dtype=self.dtype, device=self._device)
         self.graphs = bool(graphs) and self._device.type == "cuda"
         # Batches above this many tokens run eagerly: for tens of thousands of tokens launch overhead
         # is negligible, and a graph per large bucket would cost memory and capture time.
@@ -246,7 +252,7 @@ class Engine:
         if c.position_offset:  # RoBERTa's positions start after padding_idx
             position_ids = position_ids + c.position_offset
         x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"],
-                            t["embeddings.position"], t["embeddings.token_type"], t["embeddings.ln.weight"],
+                            t["embeddings.position"], self.token_type_table, t["embeddings.ln.weight"],
                             t["embeddings.ln.bias"], eps)
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
@@ -344,14 +350,16 @@ class Engine:
         return self._run("qa", batch)
 
     def pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, hidden) fp32: tanh(W h_[CLS] + b), BERT's pooled output."""
+        """(B, hidden) fp32: act(W h_[CLS] + b), the pooled output (act: tanh for BERT, the
+        family's ``config.pooler_act`` otherwise)."""
         if not self.spec.has_pooler:
             raise ValueError("this engine has no pooler")
         hidden = self.encode(batch) if hidden is None else hidden
         first = batch.cu_seqlens[:-1].to(hidden.device, torch.long)
         with torch.inference_mode():
             t = self._tensors
-            return torch.tanh(F.linear(hidden[first].float(), t["pooler.weight"].float(), t["pooler.bias"].float()))
+            act = ACTIVATIONS[self.config.pooler_act]
+            return act(F.linear(hidden[first].float(), t["pooler.weight"].float(), t["pooler.bias"].float()))
 
     def classify(self, batch: PackedBatch) -> torch.Tensor:
         """(B, num_labels) fp32 logits of the sequence-classification head."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from bertrt.quant.calibration import Calibration
 from bertrt.quant.numerics import DTYPES, fake_quantize, quantize_weight, scale_for
-from bertrt.quant.recipe import PROJECTIONS, RESIDUALS, QuantError, QuantRecipe, input_name, output_name, residual_name
+from bertrt.quant.recipe import RESIDUALS, QuantError, QuantRecipe, input_name, output_name, residual_name
 
 SCALE_SUFFIXES = ("weight_scale", "input_scale", "output_scale", "residual_scale")
 
@@ -168,7 +168,6 @@ class QuantizedForward:
     def hidden(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
         from bertrt.engine.format import gemm_choice
         from bertrt.engine.sublayers import attention_for
-        from bertrt.ops.embed_layernorm import embed_layernorm
         from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
         from bertrt.ops.quantize import quantize
         from bertrt.ops.residual_layernorm import bias_residual_layernorm
@@ -177,14 +176,10 @@ class QuantizedForward:
         eps, heads, head_dim, hidden = c.layer_norm_eps, c.num_attention_heads, c.head_dim, c.hidden_size
         tokens = input_ids.shape[0]
         dev, dtype = e.device, e.dtype
-        if c.position_offset:  # RoBERTa's positions start after padding_idx
-            position_ids = position_ids + c.position_offset
         attend = attention_for(gemm_choice(e.spec.gemm_choices, "attention", tokens))
         inv = self._input_inv(0, "attn.qkv")
         xq = self._quant_buffer(inv, (tokens, hidden), dev)
-        x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"], t["embeddings.position"],
-                            e.token_type_table, t["embeddings.ln.weight"], t["embeddings.ln.bias"], eps,
-                            quant_out=xq, quant_inv_scale=inv)
+        x = e.embed(input_ids, token_type_ids, position_ids, quant_out=xq, quant_inv_scale=inv)
         for i, q in enumerate(self.layers):
             p = f"layers.{i}."
             mode2 = self.recipe.mode2

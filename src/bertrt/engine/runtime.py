@@ -113,7 +113,8 @@ class Engine:
         # serves the embedding kernel whatever segment ids a batch carries.
         self.token_type_table = tensors.get("embeddings.token_type")
         if self.token_type_table is None:
-            self.token_type_table = torch.zeros(2, self.config.hidden_size, dtype=self.dtype, device=self._device)
+            self.token_type_table = torch.zeros(2, self.config.embedding_width, dtype=self.dtype,
+                                                device=self._device)
         self.graphs = bool(graphs) and self._device.type == "cuda"
         # Batches above this many tokens run eagerly: for tens of thousands of tokens launch overhead
         # is negligible, and a graph per large bucket would cost memory and capture time.
@@ -247,13 +248,9 @@ class Engine:
         """(T, H) last hidden states; the whole body is capturable in a CUDA graph."""
         if self._quantized is not None:
             return self._quantized.hidden(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
-        c, t = self.config, self._tensors
+        c = self.config
         eps, heads, head_dim = c.layer_norm_eps, c.num_attention_heads, c.head_dim
-        if c.position_offset:  # RoBERTa's positions start after padding_idx
-            position_ids = position_ids + c.position_offset
-        x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"],
-                            t["embeddings.position"], self.token_type_table, t["embeddings.ln.weight"],
-                            t["embeddings.ln.bias"], eps)
+        x = self.embed(input_ids, token_type_ids, position_ids)
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
         attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
@@ -272,6 +269,28 @@ class Engine:
             else:
                 up = linear_bias_gelu(x, w.in_w, w.in_b)
             x = end_sublayer(up, w.ffn_out_w, w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps, ffn_out)
+        return x
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor, *,
+              quant_out: torch.Tensor | None = None, quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, H) the embedding layer's output: gathers + LayerNorm in one kernel, which also writes
+        the first GEMM's quantised copy into ``quant_out``; for ELECTRA, its projection to hidden
+        width after (and the copy rounded from that, in a pass of its own)."""
+        c, t = self.config, self._tensors
+        if c.position_offset:  # RoBERTa's positions start after padding_idx
+            position_ids = position_ids + c.position_offset
+        project = "embeddings.project.weight" in t
+        x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"], t["embeddings.position"],
+                            self.token_type_table, t["embeddings.ln.weight"], t["embeddings.ln.bias"],
+                            c.layer_norm_eps, quant_out=None if project else quant_out,
+                            quant_inv_scale=None if project else quant_inv_scale)
+        if project:
+            x = F.linear(x, t["embeddings.project.weight"], t["embeddings.project.bias"])
+            if quant_out is not None:
+                from bertrt.ops.quantize import quantize
+                from bertrt.quant.numerics import format_of
+
+                quant_out.copy_(quantize(x, quant_inv_scale, format_of(quant_out.dtype)))
         return x
 
     def _qa(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:

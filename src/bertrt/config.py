@@ -300,7 +300,7 @@ def _modernbert_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
         pad_token_id=raw.get("pad_token_id", 50283))
 
 
-ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra")
+ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert")
 
 
 def check_engine_support(config: BertConfig) -> None:
@@ -312,19 +312,18 @@ def check_engine_support(config: BertConfig) -> None:
     reasons = []
     # RoBERTa and XLM-RoBERTa are BERT's layout with positions counted from padding_idx + 1;
     # DistilBERT is BERT's layout without token types, its sequence head a ReLU; ELECTRA's
-    # embeddings may be narrower than the encoder, with a projection after their LayerNorm.
+    # embeddings may be narrower than the encoder, with a projection after their LayerNorm;
+    # Megatron-BERT normalises each sub-layer's input instead of its output (pre-LN).
     if config.model_type not in ENGINE_FAMILIES:
         reasons.append(f"model_type {config.model_type!r}")
-    if config.pre_layer_norm:
-        reasons.append("pre-LayerNorm residuals")
     if config.hidden_act != "gelu":
         reasons.append(f"hidden_act {config.hidden_act!r}")
-    if not config.embedding_layer_norm:
-        reasons.append("a non-BERT embedding layer")
+    if not config.embedding_layer_norm and not config.pre_layer_norm:
+        reasons.append("embeddings without a LayerNorm")
     if config.rotary_base is not None or config.gated_ffn or not config.linear_bias:
         reasons.append("rotary positions, GeGLU or bias-free layers")
     if reasons:
-        raise ConfigError("the GPU engine runs BERT, RoBERTa, XLM-RoBERTa, DistilBERT and ELECTRA models (post-LN, exact GELU); this model has "
+        raise ConfigError("the GPU engine runs BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA and Megatron-BERT models (exact GELU); this model has "
                           + ", ".join(reasons) + ". Run it on the reference path with --device cpu")
 
 

@@ -98,16 +98,13 @@ def test_cli_build_rejects_bad_input(tmp_path, capsys):
     assert not (tmp_path / "e").exists()
 
 
-def test_a_family_the_engine_does_not_run_is_refused_before_any_work(tiny_checkpoint, tmp_path):
+def test_a_model_the_engine_does_not_run_is_refused_before_any_work(tiny_checkpoint, tmp_path):
     import dataclasses
 
     from bertrt.errors import ConfigError
     from bertrt.weights.schema import Checkpoint
 
-    pre_ln = dataclasses.replace(tiny_checkpoint.config, pre_layer_norm=True, model_type="megatron-bert",
-                                 embedding_layer_norm=False)
-    tensors = {k: v for k, v in tiny_checkpoint.tensors.items() if not k.startswith("embeddings.ln.")}
-    tensors.update({"final_ln.weight": torch.ones(pre_ln.hidden_size), "final_ln.bias": torch.zeros(pre_ln.hidden_size)})
-    with pytest.raises(ConfigError, match="pre-LayerNorm"):
-        build(Checkpoint(pre_ln, tensors), tmp_path / "e", device="cpu")
+    relu = dataclasses.replace(tiny_checkpoint.config, hidden_act="relu")
+    with pytest.raises(ConfigError, match="hidden_act 'relu'.*reference path"):
+        build(Checkpoint(relu, dict(tiny_checkpoint.tensors)), tmp_path / "e", device="cpu")
     assert not (tmp_path / "e").exists()

@@ -157,15 +157,24 @@ def test_the_engine_refuses_other_families_by_name(tmp_path):
     relu_bert = load(random_hf("bert", "ForSequenceClassification"), tmp_path / "b").config
     with pytest.raises(ConfigError, match="hidden_act 'relu'"):
         check_engine_support(relu_bert)
-    for family in ("megatron-bert",):
-        config = load(random_hf(family, "ForSequenceClassification"), tmp_path / family).config
-        with pytest.raises(ConfigError, match=f"model_type '{family}'.*reference path"):
-            check_engine_support(config)
+    modernbert = load(random_modernbert("ForSequenceClassification"), tmp_path / "modernbert").config
+    with pytest.raises(ConfigError, match="model_type 'modernbert'.*rotary.*reference path"):
+        check_engine_support(modernbert)
 
 
-@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_fp8_and_int8_engines_refuse_pre_ln_families(tmp_path):
+    from bertrt.engine import build
+    from bertrt.quant.recipe import QuantError
+
+    ckpt = load(random_hf("megatron-bert", "ForQuestionAnswering", num_labels=2), tmp_path)
+    with pytest.raises(QuantError, match="post-LayerNorm families"):
+        build(ckpt, tmp_path / "e", precision="int8", device="cpu")
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra", "megatron-bert"])
 @pytest.mark.parametrize("head", ["ForQuestionAnswering", "ForSequenceClassification"])
-def test_the_engine_runs_other_post_ln_families_as_hugging_face_does(family, head, tmp_path):
+def test_the_engine_runs_the_other_families_as_hugging_face_does(family, head, tmp_path):
     from bertrt.engine import Engine, build
 
     model = random_hf(family, head, seed=3, num_labels=2 if head == "ForQuestionAnswering" else 3)

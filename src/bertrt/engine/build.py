@@ -131,6 +131,9 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         check_data(calibration)  # before any model is loaded
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
     check_engine_support(checkpoint.config)
+    if recipe is not None and checkpoint.config.pre_layer_norm:
+        raise QuantError(f"{checkpoint.source}: fp8 and int8 engines run post-LayerNorm families; build this "
+                         "pre-LN model in fp16 or bf16")
     if recipe is not None:
         precision = Precision("fp16" if device.type == "cuda" else "fp32")
         calibration, recipe = resolve_calibration(checkpoint, recipe, calibration, max_seq_length=max_seq_length,

@@ -40,6 +40,7 @@ from bertrt.ops.embed_layernorm import embed_layernorm
 from bertrt.ops.linear_gelu import linear_bias_gelu
 from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 from bertrt.ops.qa_head import qa_head
+from bertrt.ops.residual_layernorm import bias_residual_layernorm
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
 from bertrt.reference import ACTIVATIONS
 from bertrt.weights.schema import Checkpoint, CheckpointError, validate
@@ -111,6 +112,7 @@ class Engine:
         self._layers = [_Layer.from_tensors(tensors, i) for i in range(self.config.num_hidden_layers)]
         # A family without token types (DistilBERT) adds nothing for them: a zero table of two rows
         # serves the embedding kernel whatever segment ids a batch carries.
+        self._zero_bias = torch.zeros(self.config.hidden_size, dtype=self.dtype, device=self._device)
         self.token_type_table = tensors.get("embeddings.token_type")
         if self.token_type_table is None:
             self.token_type_table = torch.zeros(2, self.config.embedding_width, dtype=self.dtype,
@@ -251,6 +253,8 @@ class Engine:
         c = self.config
         eps, heads, head_dim = c.layer_norm_eps, c.num_attention_heads, c.head_dim
         x = self.embed(input_ids, token_type_ids, position_ids)
+        if c.pre_layer_norm:
+            return self._hidden_pre_ln(x, cu_seqlens, max_seqlen)
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
         attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
@@ -271,6 +275,23 @@ class Engine:
             x = end_sublayer(up, w.ffn_out_w, w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps, ffn_out)
         return x
 
+    def _hidden_pre_ln(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """The encoder of a pre-LayerNorm family (Megatron-BERT): each sub-layer normalises its input
+        and adds its output to the residual stream, which one LayerNorm ends. Each sum is its own pass
+        here (the fused bias + residual + LayerNorm kernel returns only the normalised values)."""
+        c, t = self.config, self._tensors
+        eps, heads, head_dim, tokens = c.layer_norm_eps, c.num_attention_heads, c.head_dim, x.shape[0]
+        zero = self._zero_bias
+        attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
+        for w in self._layers:
+            a = bias_residual_layernorm(x, zero, None, w.attn_ln_w, w.attn_ln_b, eps)
+            q, k, v = F.linear(a, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
+            x = x + F.linear(attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size), w.out_w, w.out_b)
+            f = bias_residual_layernorm(x, zero, None, w.ffn_ln_w, w.ffn_ln_b, eps)
+            up = F.linear(f, w.in_w)
+            x = x + F.linear(bias_gelu(up, w.in_b, out=up), w.ffn_out_w, w.ffn_out_b)
+        return bias_residual_layernorm(x, zero, None, t["final_ln.weight"], t["final_ln.bias"], eps)
+
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor, *,
               quant_out: torch.Tensor | None = None, quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
         """(T, H) the embedding layer's output: gathers + LayerNorm in one kernel, which also writes
@@ -279,6 +300,9 @@ class Engine:
         c, t = self.config, self._tensors
         if c.position_offset:  # RoBERTa's positions start after padding_idx
             position_ids = position_ids + c.position_offset
+        if not c.embedding_layer_norm:  # Megatron-BERT: the sum alone (its first layer normalises it)
+            return (t["embeddings.word"][input_ids] + t["embeddings.position"][position_ids]
+                    + self.token_type_table[token_type_ids])
         project = "embeddings.project.weight" in t
         x = embed_layernorm(input_ids, token_type_ids, position_ids, t["embeddings.word"], t["embeddings.position"],
                             self.token_type_table, t["embeddings.ln.weight"], t["embeddings.ln.bias"],

@@ -32,10 +32,18 @@ def cluster():
     from bertrt.serve import ServeSettings
     from bertrt.serve.deployment import build
 
-    port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # A port free when asked may be taken by one of Ray's own processes before its proxy binds it.
+        for attempt in range(3):
+            port = free_port()
+            try:
+                serve.start(http_options={"host": "127.0.0.1", "port": port})
+                break
+            except Exception:  # noqa: BLE001  (Ray wraps the bind failure in its own error types)
+                serve.shutdown()
+                if attempt == 2:
+                    raise
         app = build(device="cpu", settings=ServeSettings(timeout_s=20), replicas=2, num_cpus_per_replica=1)
         serve.run(app, name="bertrt", route_prefix="/")
         yield f"http://127.0.0.1:{port}"

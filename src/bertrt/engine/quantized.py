@@ -26,6 +26,13 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from bertrt.engine.format import EngineError, gemm_choice
+from bertrt.engine.sublayers import attention_for
+from bertrt.ops.linear_fp8 import linear_fp8
+from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
+from bertrt.ops.linear_int8 import linear_int8
+from bertrt.ops.quantize import quantize
+from bertrt.ops.residual_layernorm import bias_residual_layernorm
 from bertrt.quant.calibration import Calibration
 from bertrt.quant.numerics import DTYPES, fake_quantize, quantize_weight, scale_for
 from bertrt.quant.recipe import RESIDUALS, QuantError, QuantRecipe, input_name, output_name, residual_name
@@ -65,8 +72,6 @@ def quantize_tensors(tensors: dict[str, torch.Tensor], fp32: dict[str, torch.Ten
 def check_quantized_tensors(tensors: dict[str, torch.Tensor], num_layers: int, recipe: QuantRecipe | None,
                             precision_dtype: torch.dtype, *, source: str) -> None:
     """Every tensor has the dtype the recipe says and every scale is there, finite and positive."""
-    from bertrt.engine.format import EngineError
-
     quantized = {f"layers.{i}.{p}.weight" for i in range(num_layers) for p in (recipe.projections if recipe else ())}
     expected_scales = set()
     if recipe:
@@ -126,13 +131,9 @@ def project(proj: QuantProjection, x_q: torch.Tensor, fmt: str, *, bias: bool = 
     ``out_inv_scale`` is given, else in ``out_dtype``."""
     quantized_out = out_inv_scale is not None
     if fmt == "fp8":
-        from bertrt.ops.linear_fp8 import linear_fp8
-
         return linear_fp8(x_q, proj.weight, proj.input_scale, proj.weight_scale, proj.bias if bias else None,
                           gelu=gelu, out_dtype=torch.float8_e4m3fn if quantized_out else out_dtype,
                           out_inv_scale=out_inv_scale)
-    from bertrt.ops.linear_int8 import linear_int8
-
     return linear_int8(x_q, proj.weight, proj.scale, proj.bias if bias else None, gelu=gelu,
                        out_dtype=torch.int8 if quantized_out else out_dtype,
                        out_scale=(1.0 / out_inv_scale) if quantized_out else None)
@@ -150,7 +151,6 @@ class QuantizedForward:
         t = engine._tensors
         self.residual_scales = [{s: t.get(f"layers.{i}.{s}.residual_scale") for s in RESIDUALS}
                                 for i in range(c.num_hidden_layers)]
-        self.zero_bias = torch.zeros(c.hidden_size, dtype=engine.dtype, device=engine.device)
 
     def _input_inv(self, layer: int, projection: str) -> torch.Tensor | None:
         if layer >= len(self.layers):
@@ -166,11 +166,6 @@ class QuantizedForward:
         return x if scale is None else fake_quantize(x, scale, self.fmt)
 
     def hidden(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
-        from bertrt.engine.format import gemm_choice
-        from bertrt.engine.sublayers import attention_for
-        from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
-        from bertrt.ops.quantize import quantize
-        from bertrt.ops.residual_layernorm import bias_residual_layernorm
 
         e, c, t, fmt = self.engine, self.engine.config, self.engine._tensors, self.fmt
         eps, heads, head_dim, hidden = c.layer_norm_eps, c.num_attention_heads, c.head_dim, c.hidden_size
@@ -204,7 +199,7 @@ class QuantizedForward:
                 y = F.linear(attend(qh, kh, vh, cu_seqlens, max_seqlen).reshape(tokens, hidden), t[p + "attn.out.weight"])
             inv = self._input_inv(i, "ffn.in")
             xq = self._quant_buffer(inv, (tokens, hidden), dev)
-            bias = self.zero_bias if (mode2 and "attn.out" in q) else t[p + "attn.out.bias"]
+            bias = e.zero_bias if (mode2 and "attn.out" in q) else t[p + "attn.out.bias"]
             x = bias_residual_layernorm(y, bias, residual, t[p + "attn.ln.weight"], t[p + "attn.ln.bias"], eps,
                                         quant_out=xq, quant_inv_scale=inv)
             # --- feed-forward sub-layer
@@ -227,7 +222,7 @@ class QuantizedForward:
                 y = F.linear(up, t[p + "ffn.out.weight"])
             inv = self._input_inv(i + 1, "attn.qkv")
             xq = self._quant_buffer(inv, (tokens, hidden), dev)
-            bias = self.zero_bias if (mode2 and "ffn.out" in q) else t[p + "ffn.out.bias"]
+            bias = e.zero_bias if (mode2 and "ffn.out" in q) else t[p + "ffn.out.bias"]
             x = bias_residual_layernorm(y, bias, residual, t[p + "ffn.ln.weight"], t[p + "ffn.ln.bias"], eps,
                                         quant_out=xq, quant_inv_scale=inv)
         return x

@@ -40,8 +40,10 @@ from bertrt.ops.embed_layernorm import embed_layernorm
 from bertrt.ops.linear_gelu import linear_bias_gelu
 from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 from bertrt.ops.qa_head import qa_head
+from bertrt.ops.quantize import quantize
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
 from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
+from bertrt.quant.numerics import format_of
 from bertrt.reference import ACTIVATIONS
 from bertrt.weights.schema import Checkpoint, CheckpointError, validate
 
@@ -112,7 +114,7 @@ class Engine:
         self._layers = [_Layer.from_tensors(tensors, i) for i in range(self.config.num_hidden_layers)]
         # A family without token types (DistilBERT) adds nothing for them: a zero table of two rows
         # serves the embedding kernel whatever segment ids a batch carries.
-        self._zero_bias = torch.zeros(self.config.hidden_size, dtype=self.dtype, device=self._device)
+        self.zero_bias = torch.zeros(self.config.hidden_size, dtype=self.dtype, device=self._device)
         self.token_type_table = tensors.get("embeddings.token_type")
         if self.token_type_table is None:
             self.token_type_table = torch.zeros(2, self.config.embedding_width, dtype=self.dtype,
@@ -281,7 +283,7 @@ class Engine:
         here (the fused bias + residual + LayerNorm kernel returns only the normalised values)."""
         c, t = self.config, self._tensors
         eps, heads, head_dim, tokens = c.layer_norm_eps, c.num_attention_heads, c.head_dim, x.shape[0]
-        zero = self._zero_bias
+        zero = self.zero_bias
         attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
         for w in self._layers:
             a = bias_residual_layernorm(x, zero, None, w.attn_ln_w, w.attn_ln_b, eps)
@@ -311,9 +313,6 @@ class Engine:
         if project:
             x = F.linear(x, t["embeddings.project.weight"], t["embeddings.project.bias"])
             if quant_out is not None:
-                from bertrt.ops.quantize import quantize
-                from bertrt.quant.numerics import format_of
-
                 quant_out.copy_(quantize(x, quant_inv_scale, format_of(quant_out.dtype)))
         return x
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from bertrt.quant.calibration import MIN_FEATURES
 from bertrt.quant.recipe import QuantError
 
 DEFAULT_FEATURES = 512
@@ -89,8 +90,6 @@ def calibration_batches(settings: CalibrationSettings, tokenizer, *, max_seq_len
                       "figures are scored on those", UserWarning, stacklevel=2)
     examples = read_squad(path, settings.articles)
     features = make_features(examples, tokenizer, FeatureConfig(max_seq_length=max_seq_length))
-    from bertrt.quant.calibration import MIN_FEATURES
-
     if len(features) < MIN_FEATURES:
         raise QuantError(f"--calib-data {path}: articles {settings.describe()} give {len(features)} windows; "
                          f"calibration needs at least {MIN_FEATURES}")

@@ -10,6 +10,8 @@ peers, and the fp8 GEMM floor. One run writes ``$OUT/lowprec.json`` (rewritten a
 - speed: random-weight BERT-Large, fp16 and fp8 engines (fp8 calibrated on 128 windows of articles
   0-31; speed does not depend on values), the latency table and the SQuAD dev workload, with the HF
   peers in the same process.
+- profile: random-weight BERT-Large per precision of ``--speed-precisions``, at b1 s384 and b128
+  s384: graph latency and a kernel-by-kernel breakdown of one eager pass (``device_profile``).
 - floors: each layer's four projections with its own weights, chained in one CUDA graph, in fp8
   (cuBLASLt, fp16 out) and fp16 (cuBLAS), at 384 and 49,152 tokens: what no engine on these GEMMs
   can beat.
@@ -47,6 +49,7 @@ ACCURACY = {
     "fp8 percentile:99.9": ("fp8", {"method": "percentile:99.9"}),
     "fp8 mse": ("fp8", {"method": "mse"}),
     "fp8 mse, rounding pass": ("fp8", {"method": "mse", "epilogue_rounding": False}),
+    "fp8 max, rounding pass": ("fp8", {"method": "max", "epilogue_rounding": False}),
     "fp8 max, ffn.out in fp16": ("fp8", {"method": "max", "projections": ("attn.qkv", "attn.out", "ffn.in")}),
     "fp8 max, per-channel weights": ("fp8", {"method": "max", "weights": "per-channel"}),
     "int8-mode1 max": ("int8", {"method": "max", "int8_mode": 1}),
@@ -148,6 +151,31 @@ def section_speed(report, args, device, tmp):
         write(report, args.out)
 
 
+def section_profile(report, args, device, tmp):
+    from device_profile import profile_shape
+
+    checkpoint = dataclasses.replace(random_checkpoint(STANDARD_CONFIGS["large"], heads=("qa",)),
+                                     vocab_file=load_checkpoint(None).vocab_file)
+    profiles = report.setdefault("profile", {"model": "BERT-Large, random weights", "runs": {}})["runs"]
+    variants = {"fp8-pass": ("fp8", {"method": "mse", "epilogue_rounding": False})}
+    for precision in args.speed_precisions.split(","):
+        try:
+            cache_dir = tmp / "large"
+            cache_dir.mkdir(exist_ok=True)
+            kind, options = variants.get(precision, (precision, {"method": "mse"}))
+            path = quant_build(checkpoint, tmp / f"profile-{precision}", kind, options, data=args.data,
+                               device=device, calib_num=128, cache_dir=cache_dir)
+            engine = Engine.load(path, device=device)
+            profiles[precision] = [profile_shape(engine, batch, seq) for batch, seq in ((1, 384), (128, 384))]
+            print(precision, json.dumps(profiles[precision], indent=1, default=str), flush=True)
+            del engine
+            torch.cuda.empty_cache()
+        except Exception as exc:  # noqa: BLE001
+            profiles[precision] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+            print(profiles[precision]["traceback"], flush=True)
+        write(report, args.out)
+
+
 def section_floors(report, args, device, tmp):
     from bertrt.engine.tuning import graph_time_ms
     from bertrt.ops.linear_fp8 import linear_fp8
@@ -207,7 +235,8 @@ def main() -> int:
         for name in args.sections.split(","):
             t0 = time.perf_counter()
             try:
-                {"accuracy": section_accuracy, "speed": section_speed, "floors": section_floors}[name](
+                {"accuracy": section_accuracy, "speed": section_speed, "profile": section_profile,
+                 "floors": section_floors}[name](
                     report, args, device, Path(tmp))
                 report["sections"][name] = {"seconds": round(time.perf_counter() - t0, 1)}
             except Exception as exc:  # noqa: BLE001

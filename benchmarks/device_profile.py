@@ -36,7 +36,9 @@ CATEGORIES = [
     ("gemm_gelu", ("linear_bias_gelu",)),  # the fused up-projection: a GEMM, before bias_gelu matches it
     ("bias_gelu", ("bias_gelu",)),
     ("qa_head", ("qa_head",)),
-    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas", "ampere_", "s16816", "_mm_", "linear_splitk")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas", "ampere_", "s16816", "_mm_", "linear_splitk",
+              "linear_int8")),
+    ("quantize", ("quantize",)),
     ("copy", ("memcpy", "memset", "copy", "fill", "index", "gather", "scatter", "cat")),
 ]
 

@@ -50,6 +50,9 @@ ACCURACY = {
     "fp8 mse": ("fp8", {"method": "mse"}),
     "fp8 mse, rounding pass": ("fp8", {"method": "mse", "epilogue_rounding": False}),
     "fp8 max, rounding pass": ("fp8", {"method": "max", "epilogue_rounding": False}),
+    "fp8 max, fp8 attention": ("fp8", {"method": "max", "attention": "fp8"}),
+    "fp8 max, rounding pass, fp8 attention": ("fp8", {"method": "max", "epilogue_rounding": False,
+                                                      "attention": "fp8"}),
     "fp8 max, ffn.out in fp16": ("fp8", {"method": "max", "projections": ("attn.qkv", "attn.out", "ffn.in")}),
     "fp8 max, per-channel weights": ("fp8", {"method": "max", "weights": "per-channel"}),
     "int8-mode1 max": ("int8", {"method": "max", "int8_mode": 1}),
@@ -61,6 +64,13 @@ ACCURACY = {
     "int8-mode2 max": ("int8", {"method": "max", "int8_mode": 2}),
 }
 SIMULATED = ("fp8 mse", "int8-mode1 percentile:99.99")
+# Speed and profile variants beside the plain precisions (which build each format's default recipe).
+VARIANTS = {
+    "fp8-epilogue": ("fp8", {"method": "max", "epilogue_rounding": True}),
+    "fp8-pass": ("fp8", {"method": "max", "epilogue_rounding": False}),
+    "fp8-attn": ("fp8", {"method": "max", "epilogue_rounding": False, "attention": "fp8"}),
+    "fp8-epilogue-attn": ("fp8", {"method": "max", "epilogue_rounding": True, "attention": "fp8"}),
+}
 
 
 def quant_build(checkpoint, out, precision, options, *, data, device, calib_num=512, cache_dir=None):
@@ -68,9 +78,9 @@ def quant_build(checkpoint, out, precision, options, *, data, device, calib_num=
         return build(checkpoint, out, precision=precision, device=device)
     mode = options.get("int8_mode")
     recipe = QuantRecipe.default(precision, mode)
-    recipe = dataclasses.replace(recipe, **{k: options[k] for k in ("method", "weights", "projections", "epilogue_rounding")
-                                            if k in options})
-    method = options.get("method", "max")
+    recipe = dataclasses.replace(recipe, **{k: options[k] for k in ("method", "weights", "projections",
+                                                                    "epilogue_rounding", "attention") if k in options})
+    method = recipe.method
     cache = Path(cache_dir) / f"calib-{method.replace(':', '_')}.json" if cache_dir else None
     settings = CalibrationSettings(data=data, articles=slice(0, 32), num=calib_num, method=method, cache=cache,
                                    progress=False)
@@ -125,13 +135,12 @@ def section_speed(report, args, device, tmp):
     checkpoint = dataclasses.replace(random_checkpoint(STANDARD_CONFIGS["large"]), vocab_file=load_checkpoint(None).vocab_file)
     speed = report.setdefault("speed", {"model": "BERT-Large, random weights", "iterations": args.iterations,
                                         "warmup": 20, "runs": {}})["runs"]
-    variants = {"fp8-pass": ("fp8", {"method": "mse", "epilogue_rounding": False})}
     for precision in args.speed_precisions.split(","):
         t0 = time.perf_counter()
         try:
             cache_dir = tmp / "large"
             cache_dir.mkdir(exist_ok=True)
-            kind, options = variants.get(precision, (precision, {"method": "mse"}))
+            kind, options = VARIANTS.get(precision, (precision, {}))
             path = quant_build(checkpoint, tmp / f"large-{precision}", kind, options, data=args.data,
                                device=device, calib_num=128, cache_dir=cache_dir)
             build_s = time.perf_counter() - t0
@@ -157,12 +166,11 @@ def section_profile(report, args, device, tmp):
     checkpoint = dataclasses.replace(random_checkpoint(STANDARD_CONFIGS["large"], heads=("qa",)),
                                      vocab_file=load_checkpoint(None).vocab_file)
     profiles = report.setdefault("profile", {"model": "BERT-Large, random weights", "runs": {}})["runs"]
-    variants = {"fp8-pass": ("fp8", {"method": "mse", "epilogue_rounding": False})}
     for precision in args.speed_precisions.split(","):
         try:
             cache_dir = tmp / "large"
             cache_dir.mkdir(exist_ok=True)
-            kind, options = variants.get(precision, (precision, {"method": "mse"}))
+            kind, options = VARIANTS.get(precision, (precision, {}))
             path = quant_build(checkpoint, tmp / f"profile-{precision}", kind, options, data=args.data,
                                device=device, calib_num=128, cache_dir=cache_dir)
             engine = Engine.load(path, device=device)

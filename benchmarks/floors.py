@@ -96,7 +96,7 @@ def fastest_attention(tokens: int, batch: int, seq: int, heads: int) -> dict:
     """One layer's attention over ``batch`` sequences of ``seq`` tokens by every backend that runs here."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from bertrt.engine.build import graph_time_ms
+    from bertrt.engine.tuning import graph_time_ms
     from bertrt.ops.attention import varlen_attention
     from bertrt.ops.attention_triton import TILINGS, varlen_attention_triton
     from bertrt.packed import cu_seqlens_from_lengths

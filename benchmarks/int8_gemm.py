@@ -15,7 +15,7 @@ at M = 49,152 tokens (128 sequences of 384) and 384. Rows:
 
 Each candidate is checked against ``linear_int8_ref`` before it is timed (fp16: one ulp, int8: one
 unit on at most 0.1% of the elements; ``int_mm`` exactly), then timed by
-``bertrt.engine.build.graph_time_ms``, the engine build's timer (CUDA-graph replays, CUDA events,
+``bertrt.engine.tuning.graph_time_ms``, the engine build's timer (CUDA-graph replays, CUDA events,
 median of rounds). TOP/s = 2 M N K / time. A candidate that fails records its error and the rest
 run on; the JSON is rewritten after each shape.
 
@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
         if not torch.cuda.is_available():
             print("needs a CUDA GPU (or --dry-run)", file=sys.stderr)
             return 2
-        from bertrt.engine.build import graph_time_ms
+        from bertrt.engine.tuning import graph_time_ms
 
         device, timer, tokens, shapes = "cuda", graph_time_ms, TOKENS, SHAPES
     from bertrt.harness.perf import environment

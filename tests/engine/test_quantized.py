@@ -85,6 +85,28 @@ def test_cpu_engine_computes_the_fake_quantised_model(name, tiny_checkpoint, cal
     assert float(error.mean()) < 0.1 * float(quantisation.mean())
 
 
+def test_fp8_attention_is_data_in_the_recipe(tiny_checkpoint, calibration_batches, make_batch, tmp_path):
+    calibration = _calibration(tiny_checkpoint, calibration_batches)
+    engines = {}
+    for attention in ("fp16", "fp8"):
+        recipe = QuantRecipe(format="fp8", method="max", attention=attention)
+        out = build(tiny_checkpoint, tmp_path / attention, precision="fp8", device="cpu", calibration=calibration,
+                    recipe=recipe)
+        assert json.loads((out / "engine.json").read_text())["quantization"]["attention"] == attention
+        engines[attention] = Engine.load(out, device="cpu")
+    assert engines["fp8"].spec.quantization.attention == "fp8"
+    batch = make_batch(tiny_checkpoint.config.vocab_size, [3, 50, 21], seed=7)
+    fp16_attention, fp8_attention = (engines[a].qa_logits(batch) for a in ("fp16", "fp8"))
+    exact = ReferenceBert.from_checkpoint(tiny_checkpoint).qa_logits(batch)
+    # fp8 products move the logits, by less than the projections' own quantisation does.
+    moved = float((fp8_attention - fp16_attention).abs().mean())
+    assert 0 < moved < float((fp16_attention - exact).abs().mean())
+    with pytest.raises(QuantError, match="fp8 attention needs an fp8 recipe"):
+        QuantRecipe(format="int8", int8_mode=1, attention="fp8")
+    with pytest.raises(QuantError, match="attention precision"):
+        QuantRecipe(format="fp8", attention="int4")
+
+
 def test_engine_files_record_the_recipe_and_hold_the_scales(tiny_checkpoint, calibration_batches, tmp_path):
     from safetensors.torch import load_file
 

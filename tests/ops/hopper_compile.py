@@ -126,6 +126,11 @@ def _call_ops(f16: torch.dtype) -> None:
         configs = [None, *attention_triton.TILINGS.values()]
         for config in configs:
             attention_triton.varlen_attention_triton(q, q, q, cu, 384, config=config)
+            if f16 == torch.float16:  # both products on e4m3 operands, with an e4m3 output too
+                attention_triton.varlen_attention_triton(q, q, q, cu, 384, config=config, fp8=True)
+                attention_triton.varlen_attention_triton(q, q, q, cu, 384, config=config, fp8=True,
+                                                         out=torch.empty(q.shape, dtype=torch.float8_e4m3fn),
+                                                         out_inv_scale=torch.ones(()))
     q48 = torch.randn(300, heads, 48, dtype=f16)
     attention_triton.varlen_attention_triton(q48, q48, q48, torch.tensor([0, 300], dtype=torch.int32), 300)
 

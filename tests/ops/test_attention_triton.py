@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bertrt.ops.attention import varlen_attention_ref
+from bertrt.ops.attention import varlen_attention_fp8_ref, varlen_attention_ref
 from bertrt.ops.attention_triton import TILINGS, AttentionConfig, attention_config_for, varlen_attention_triton
 from bertrt.packed import cu_seqlens_from_lengths
 from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
@@ -106,3 +106,48 @@ def test_bert_large_on_gpu(gpu, dtype):
 
 def test_odd_head_dim_on_gpu(gpu):
     check(make_inputs([1, 97, 300], 3, 48, dtype=torch.bfloat16, device="cuda"), torch.bfloat16)
+
+
+# --- fp8 products -----------------------------------------------------------------------------------
+
+
+def fp8_inputs(lengths, heads, head_dim, *, device="cpu", seed=3):
+    # BERT-like magnitudes: scores of a few units, so the softmax is neither flat nor one-hot.
+    q, k, v, cu, max_len = make_inputs(lengths, heads, head_dim, dtype=torch.float16, device=device, seed=seed)
+    return (q * 1.5).half(), (k * 1.5).half(), v, cu, max_len
+
+
+def check_fp8(inputs, config=None):
+    q = inputs[0]
+    got = varlen_attention_triton(*inputs, out=poisoned(q.shape, torch.float16, q.device), config=config, fp8=True)
+    want = varlen_attention_fp8_ref(*inputs)
+    q, k, v, cu, max_len = inputs
+    exact = varlen_attention_ref(q.double(), k.double(), v.double(), cu, max_len)
+    # The kernel rounds each block's probabilities against the running maximum, the ref against
+    # the row's: the same values rounded on slightly different grids, so the two differ far less
+    # than either differs from exact attention.
+    fp8_error = (want.double() - exact).abs()
+    assert 0 < fp8_error.mean() < 0.05
+    diff = (got.double() - want.double()).abs()
+    assert diff.max() <= 0.25 * fp8_error.max() and diff.mean() <= 0.1 * fp8_error.mean()
+    assert (got.double() - exact).abs().max() <= 1.1 * fp8_error.max()
+
+
+@pytest.mark.parametrize("head_dim", [64, 48])
+def test_fp8_kernel_matches_its_ref(interpret, head_dim):
+    check_fp8(fp8_inputs([7, 1, 97, 130], 2, head_dim))
+
+
+@pytest.mark.parametrize("name", sorted(TILINGS))
+def test_fp8_every_named_tiling(interpret, name):
+    check_fp8(fp8_inputs([1, 130, 65, 33], 2, 64), config=TILINGS[name])
+
+
+def test_fp8_refuses_fp32(interpret):
+    with pytest.raises(ValueError, match="fp16 or bf16"):
+        varlen_attention_triton(*make_inputs([4], 1, 32), fp8=True)
+
+
+def test_fp8_bert_large_on_gpu(gpu):
+    lengths = [384, 200, 333, 97, 384, 512, 150]
+    check_fp8(fp8_inputs(lengths + [3072 - sum(lengths)], 16, 64, device="cuda"))

@@ -9,7 +9,7 @@ Per layer, on (T, H) packed tokens, with every projection quantised::
 
     x, xq = LayerNorm(...)                      the LayerNorm also writes its e4m3/int8 copy (xq)
     qkv   = Q(xq) @ Q(W_qkv).T + b              fp16 out (cuBLASLt fp8, or the int8 GEMM)
-    ctxq  = attention(q, k, v)                  fp16 math, the output written in e4m3/int8
+    ctxq  = attention(q, k, v)                  fp16 math (or fp8 products), the output written in e4m3/int8
     x, xq = LayerNorm(ctxq @ W_out.T + b + x)   the projection's fp16 out, bias + residual + LN + quantise
     upq   = GELU(xq @ W_in.T + b)               rounded to e4m3/int8 in the GEMM's epilogue
     x, xq = LayerNorm(upq @ W_ffn_out.T + b + x)
@@ -22,6 +22,7 @@ plain-PyTorch reference, which rounds exactly as the kernels do: the CPU simulat
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -172,6 +173,9 @@ class QuantizedForward:
         tokens = input_ids.shape[0]
         dev, dtype = e.device, e.dtype
         attend = attention_for(gemm_choice(e.spec.gemm_choices, "attention", tokens))
+        if self.recipe.attention == "fp8":
+            attend = functools.partial(attention_for(gemm_choice(e.spec.gemm_choices, "attention", tokens),
+                                                     triton_only=True), fp8=True)
         inv = self._input_inv(0, "attn.qkv")
         xq = self._quant_buffer(inv, (tokens, hidden), dev)
         x = e.embed(input_ids, token_type_ids, position_ids, quant_out=xq, quant_inv_scale=inv)

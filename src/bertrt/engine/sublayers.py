@@ -17,10 +17,12 @@ from bertrt.ops.linear_splitk import linear_splitk
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
 
 
-def attention_for(choice: str):
-    """The attention function a recorded choice names (format.OP_BACKENDS["attention"])."""
+def attention_for(choice: str, *, triton_only: bool = False):
+    """The attention function a recorded choice names (format.OP_BACKENDS["attention"]);
+    ``triton_only``: the Triton kernel even where PyTorch's was recorded (its options, such as
+    fp8 products, are the Triton kernel's), with attention_config_for's tiling then."""
     if choice == "torch":
-        return varlen_attention
+        return varlen_attention_triton if triton_only else varlen_attention
     tiling = ATTENTION_TILINGS.get(choice)  # None: attention_config_for's
     return varlen_attention_triton if tiling is None else functools.partial(varlen_attention_triton, config=tiling)
 

@@ -80,7 +80,8 @@ def jit(fn: Callable, helpers: dict[str, Callable] | None = None, *, per_request
     """``triton.jit(fn)`` for the current mode (compiled or interpreted), built once per mode.
 
     ``helpers``: name -> plain function for the device functions fn calls; each is jitted for the
-    same mode and bound under that name in fn's module, where Triton looks it up when compiling fn.
+    same mode and bound under that name in fn's module (and in each helper's, so that helpers may
+    call one another), where Triton looks it up when compiling fn.
     ``per_request``: arguments that change with every batch: token and sequence counts, and
     pointers into staging buffers whose 16-byte alignment depends on the batch (cu_seqlens after a
     batch's ids). Triton would otherwise compile a kernel again when such a value is 1 or a
@@ -90,8 +91,11 @@ def jit(fn: Callable, helpers: dict[str, Callable] | None = None, *, per_request
     use these values only in masks, loop bounds and scalar loads."""
     interpret = interpret_requested()
     key = (fn, interpret)
-    for name, helper in (helpers or {}).items():
-        fn.__globals__[name] = jit(helper)
+    helpers = helpers or {}
+    for name, helper in helpers.items():
+        jitted = jit(helper)
+        for user in (fn, *helpers.values()):  # helpers may call one another
+            user.__globals__[name] = jitted
     if key not in _JITTED:
         import triton
         import triton.language as tl
@@ -174,15 +178,21 @@ def quant_code(t: torch.Tensor | None) -> int:
     return QUANT_CODES[format_of(t.dtype)]
 
 
-def quantize_e4m3_impl(y, inv_scale):
-    """fp32 ``y * inv_scale`` clamped to +-448 and rounded to e4m3 (nearest even)."""
-    y = tl.minimum(tl.maximum(y * inv_scale, -448.0), 448.0)
-    # Round to e4m3's 3 mantissa bits on the fp32 bits, so that the conversion below is exact
-    # whatever its rounding; below e4m3's smallest normal (2^-6) its step is 2^-9.
+def round_e4m3_impl(y):
+    """fp32 ``y`` clamped to +-448 and rounded to the nearest e4m3 value (ties to even), in fp32.
+
+    Rounds on the fp32 bits, so that a conversion to float8e4nv afterwards is exact whatever its
+    own rounding (Triton's interpreter neither rounds to nearest nor saturates); below e4m3's
+    smallest normal (2^-6) its step is 2^-9."""
+    y = tl.minimum(tl.maximum(y, -448.0), 448.0)
     bits = y.to(tl.int32, bitcast=True)
     bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576
-    rounded = tl.where(tl.abs(y) < 0.015625, tl.floor(y * 512.0 + 0.5) / 512.0, bits.to(tl.float32, bitcast=True))
-    return rounded.to(tl.float8e4nv)
+    return tl.where(tl.abs(y) < 0.015625, tl.floor(y * 512.0 + 0.5) / 512.0, bits.to(tl.float32, bitcast=True))
+
+
+def quantize_e4m3_impl(y, inv_scale):
+    """fp32 ``y * inv_scale`` clamped to +-448 and rounded to e4m3 (nearest even)."""
+    return _round_e4m3(y * inv_scale).to(tl.float8e4nv)
 
 
 def quantize_int8_impl(y, inv_scale):
@@ -195,4 +205,4 @@ def quantize_int8_impl(y, inv_scale):
     return ((y + 12582912.0) - 12582912.0).to(tl.int8)
 
 
-QUANT_HELPERS = {"_quantize_e4m3": quantize_e4m3_impl, "_quantize_int8": quantize_int8_impl}
+QUANT_HELPERS = {"_quantize_e4m3": quantize_e4m3_impl, "_round_e4m3": round_e4m3_impl, "_quantize_int8": quantize_int8_impl}

@@ -28,6 +28,30 @@ def varlen_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_s
     return out.transpose(1, 2)[keep]
 
 
+def varlen_attention_fp8_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                             max_seqlen: int, scale: float | None = None) -> torch.Tensor:
+    """``varlen_attention_ref`` with both products on e4m3 operands, as the fp8 Triton kernel runs
+    them: Q, K and V rounded to e4m3, the probabilities (relative to each row's maximum) times 256
+    rounded to e4m3 for the product with V, normalised by the unrounded row sum; fp32 math."""
+    from bertrt.quant.numerics import quantize_ref
+
+    total, heads, dim = q.shape
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    one = torch.ones((), device=q.device)
+
+    def e4m3(t: torch.Tensor, inv: torch.Tensor = one) -> torch.Tensor:
+        return quantize_ref(t.float(), inv, "fp8").float()
+
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    keep = torch.arange(max_seqlen, device=q.device)[None, :] < lengths[:, None]  # (B, S)
+    qp, kp, vp = (e4m3(pad_packed(t, cu_seqlens, max_seqlen)).transpose(1, 2) for t in (q, k, v))
+    scores = (qp @ kp.transpose(-1, -2)) * scale  # (B, h, S, S)
+    scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    p = torch.exp(scores - scores.amax(-1, keepdim=True))
+    out = (e4m3(p * 256.0) @ vp) / (256.0 * p.sum(-1, keepdim=True))
+    return out.transpose(1, 2)[keep].to(q.dtype)
+
+
 def _fused_varlen():
     try:
         from torch.nn.attention.varlen import varlen_attn

@@ -5,6 +5,12 @@ A program computes BLOCK_M queries of one head of one sequence at a time, stream
 sequence's keys and values in BLOCK_N blocks with the online softmax, so the (S, S) scores never
 reach memory and no padding is ever read. The grid is sized by the tokens, not by batch x longest
 sequence: programs walk a numbering of all query blocks. ``varlen_attention_ref`` in ``bertrt.ops.attention`` is the oracle.
+
+``fp8=True`` runs both products on e4m3 operands (Hopper's fp8 tensor-core rate is twice fp16's):
+Q, K and V are rounded to e4m3 as they are loaded (unscaled: their magnitudes in BERT sit far inside
+e4m3's +-448) and the probabilities are scaled by 256 before rounding (exp2(s - max + 8), so that
+e4m3's normal range covers down to 2^-14 of the row's largest) and the row sums carry the same
+factor, which cancels. ``varlen_attention_fp8_ref`` is its oracle.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ import math
 
 import torch
 
-from bertrt.ops._triton import QUANT_HELPERS, cdiv, check_out, jit, next_pow2, quant_code, use_triton
-from bertrt.ops.attention import varlen_attention_ref
+from bertrt.ops._triton import (QUANT_HELPERS, cdiv, check_out, interpret_requested, jit, next_pow2, quant_code,
+                                use_triton)
+from bertrt.ops.attention import varlen_attention_fp8_ref, varlen_attention_ref
 from bertrt.quant.numerics import format_of, quantize_ref
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
@@ -79,7 +86,7 @@ TILINGS = {
 def _attend_block_impl(q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
                        k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
                        BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, MASK_D: tl.constexpr,
-                       DOT_PRECISION: tl.constexpr):
+                       DOT_PRECISION: tl.constexpr, FP8: tl.constexpr, EMULATE_FP8: tl.constexpr):
     """One BLOCK_N block of keys and values into the online softmax of a block of queries.
 
     Masks cost instructions in every iteration, so a whole block of keys (``MASK_N`` False) and a
@@ -98,27 +105,45 @@ def _attend_block_impl(q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_le
     else:
         kt = tl.load(kt_ptrs)
         v = tl.load(v_ptrs)
+    if FP8:
+        kt, v = _fp8_operand(kt, EMULATE_FP8), _fp8_operand(v, EMULATE_FP8)
     scores = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
     if MASK_N:
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
     new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
     alpha = tl.exp2(row_max - new_max)
-    p = tl.exp2(scores - new_max[:, None])
+    # fp8: probabilities times 256 (see the module docstring); row_sum carries the same factor.
+    if FP8:
+        p = tl.exp2(scores - (new_max[:, None] - 8.0))
+        p_dot = _fp8_operand(p, EMULATE_FP8)
+    else:
+        p = tl.exp2(scores - new_max[:, None])
+        p_dot = p.to(v.dtype)
     row_sum = row_sum * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    acc = acc * alpha[:, None] + tl.dot(p_dot, v, input_precision=DOT_PRECISION)
     return acc, new_max, row_sum
 
 
-_attend_block = None  # the jitted device function, bound by jit() with the kernel (_HELPERS)
-_quantize = None  # _triton.QUANT_HELPERS, likewise
-_HELPERS = {"_attend_block": _attend_block_impl, **QUANT_HELPERS}
+def _fp8_operand_impl(x, EMULATE: tl.constexpr):
+    """``x`` rounded to e4m3 as a tl.dot operand. Triton's interpreter neither rounds nor
+    multiplies fp8 correctly, so there (``EMULATE``) the rounding is done on the fp32 bits and the
+    product runs in fp16 on the rounded values, which hold them exactly: the same products,
+    accumulated in fp32."""
+    if EMULATE:
+        return _round_e4m3(x.to(tl.float32)).to(tl.float16)
+    return x.to(tl.float8e4nv)
+
+
+_attend_block = _fp8_operand = _round_e4m3 = None  # jitted device functions, bound by jit() with the kernel
+_HELPERS = {"_attend_block": _attend_block_impl, "_fp8_operand": _fp8_operand_impl, **QUANT_HELPERS}
 
 
 def _varlen_attention_kernel(
     out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, out_inv_scale_ptr, num_seqs, qk_scale, head_dim,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
-    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, QUANT: tl.constexpr,
+    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, QUANT: tl.constexpr, FP8: tl.constexpr,
+    EMULATE_FP8: tl.constexpr,
 ):
     # The query blocks of all sequences are numbered in order (sequence i owns counts[i] of them)
     # and programs take every num_programs-th: the grid follows the tokens, not batch x longest
@@ -142,6 +167,8 @@ def _varlen_attention_kernel(
 
         q_ptrs = q_ptr + (start + m_offs)[:, None] * q_stride_t + head * q_stride_h + d_offs[None, :]
         q = tl.load(q_ptrs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+        if FP8:
+            q = _fp8_operand(q, EMULATE_FP8)
 
         # Running max (log2 domain), running sum and unnormalised output of the online softmax.
         row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
@@ -152,12 +179,12 @@ def _varlen_attention_kernel(
             acc, row_max, row_sum = _attend_block(
                 q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
                 k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
-                BLOCK_N, False, MASK_D, DOT_PRECISION)
+                BLOCK_N, False, MASK_D, DOT_PRECISION, FP8, EMULATE_FP8)
         if whole < seq_len:
             acc, row_max, row_sum = _attend_block(
                 q, acc, row_max, row_sum, k_ptr, v_ptr, start, whole, seq_len, head, qk_scale,
                 k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
-                BLOCK_N, True, MASK_D, DOT_PRECISION)
+                BLOCK_N, True, MASK_D, DOT_PRECISION, FP8, EMULATE_FP8)
 
         out = acc / row_sum[:, None]
         out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
@@ -172,7 +199,7 @@ def _varlen_attention_kernel(
 def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                             max_seqlen: int, scale: float | None = None, *,
                             out: torch.Tensor | None = None, config: AttentionConfig | None = None,
-                            out_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
+                            out_inv_scale: torch.Tensor | None = None, fp8: bool = False) -> torch.Tensor:
     """softmax(q k^T * scale) v within each sequence of a packed batch (no mask across sequences).
 
     Args:
@@ -184,6 +211,8 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         out: optional (T, heads, head_dim) tensor of q's dtype to write into, or, with
             ``out_inv_scale`` (() fp32), a float8_e4m3fn or int8 one: the result quantised from fp32.
         config: a tiling to use instead of ``attention_config_for``'s (benchmarks).
+        fp8: both products on e4m3 operands (the kernel takes fp16/bf16; the ref any float; see
+            the module docstring).
 
     Returns:
         (T, heads, head_dim) in q's dtype; softmax and accumulation in fp32 (fp32 inputs use
@@ -193,16 +222,19 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     quant = quant_code(out) if out_inv_scale is not None else 0
     if not use_triton(q, k, v) or head_dim > 256:
-        result = varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, scale)
+        ref = varlen_attention_fp8_ref if fp8 else varlen_attention_ref
+        result = ref(q, k, v, cu_seqlens, max_seqlen, scale)
         if quant:
             return out.copy_(quantize_ref(result, out_inv_scale, format_of(out.dtype)))
         return result if out is None else out.copy_(result)
+    if fp8 and q.dtype == torch.float32:
+        raise ValueError("the fp8 attention kernel takes fp16 or bf16 q, k and v")
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = check_out(out, (total, heads, head_dim), out.dtype if quant else q.dtype, q.device)
     batch = cu_seqlens.numel() - 1
     if total == 0 or batch == 0:
         return out
-    block_d = max(next_pow2(head_dim), 16)  # tl.dot needs dimensions of at least 16
+    block_d = max(next_pow2(head_dim), 32 if fp8 else 16)  # tl.dot's least K: 32 bytes
     cfg = config or default_config(total, heads, head_dim)
     # Enough programs for every query block: full blocks of the tokens, plus at most one partial
     # block per sequence (programs past the last block exit at once; short sequences may loop).
@@ -216,6 +248,7 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         # At least SEQUENCE_SLOTS sequence slots: a width per batch size would compile again for
         # each power of two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in).
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), SEQUENCE_SLOTS),
-        MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", QUANT=quant,
+        MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", QUANT=quant, FP8=fp8,
+        EMULATE_FP8=fp8 and interpret_requested(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

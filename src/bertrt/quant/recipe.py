@@ -29,6 +29,7 @@ GRANULARITIES = ("per-tensor", "per-channel")
 # default model on an H200 (benchmarks/results/h200/lowprec_accuracy.json): fp8 mse F1 67.13 (max 67.03,
 # percentile:99.99 66.18); int8 mode 1 percentile:99.999 66.74 (99.99: 66.40, mse 66.11, max 65.81).
 DEFAULT_METHOD = {"fp8": "mse", "int8": "percentile:99.999"}
+ATTENTION_PRECISIONS = ("fp16", "fp8")
 # Sub-layers whose input (the residual) mode 2 rounds to int8.
 RESIDUALS = ("attn", "ffn")
 
@@ -80,6 +81,8 @@ class QuantRecipe:
         epilogue_rounding: the FFN up-projection's output (the next GEMM's input) rounded in its
             GEMM's epilogue (True), or written in the engine precision and rounded by a pass of
             its own (False).
+        attention: "fp16" (attention's products in the engine precision) or "fp8" (both on e4m3
+            operands; fp8 recipes only): see ``bertrt.ops.attention_triton``.
     """
 
     format: str
@@ -89,6 +92,7 @@ class QuantRecipe:
     projections: tuple[str, ...] = PROJECTIONS
     calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
     epilogue_rounding: bool = True
+    attention: str = "fp16"
 
     def __post_init__(self) -> None:
         if self.format not in QUANT_FORMATS:
@@ -105,6 +109,10 @@ class QuantRecipe:
             raise QuantError(f"weight scales {self.weights!r}: use per-tensor or per-channel")
         if self.mode2 and self.weights != "per-tensor":
             raise QuantError("int8 mode 2 uses per-tensor weight scales")
+        if self.attention not in ATTENTION_PRECISIONS:
+            raise QuantError(f"attention precision {self.attention!r}: use one of {', '.join(ATTENTION_PRECISIONS)}")
+        if self.attention == "fp8" and self.format != "fp8":
+            raise QuantError("fp8 attention needs an fp8 recipe (int8 engines also run where fp8 does not)")
         unknown = [p for p in self.projections if p not in PROJECTIONS]
         if unknown or not self.projections:
             raise QuantError(f"quantised projections {list(self.projections)}: choose from {', '.join(PROJECTIONS)}")
@@ -133,7 +141,7 @@ class QuantRecipe:
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "int8_mode": self.int8_mode, "method": self.method,
                 "weights": self.weights, "projections": list(self.projections), "calibration": self.calibration,
-                "epilogue_rounding": self.epilogue_rounding}
+                "epilogue_rounding": self.epilogue_rounding, "attention": self.attention}
 
     @classmethod
     def from_json(cls, raw: Any) -> "QuantRecipe":
@@ -144,7 +152,8 @@ class QuantRecipe:
                        weights=raw.get("weights", "per-tensor"),
                        projections=tuple(raw.get("projections", PROJECTIONS)),
                        calibration=dict(raw.get("calibration") or {}),
-                       epilogue_rounding=bool(raw.get("epilogue_rounding", True)))
+                       epilogue_rounding=bool(raw.get("epilogue_rounding", True)),
+                       attention=raw.get("attention", "fp16"))
         except KeyError as exc:
             raise QuantError(f"quantization is missing {exc.args[0]!r}") from exc
         except TypeError as exc:

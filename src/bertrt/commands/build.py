@@ -113,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
                           overwrite=None)
     start = time.perf_counter()
     model = random_checkpoint(STANDARD_CONFIGS[args.random]) if args.random else args.model
+    if args.random and low and args.calib_data is not None:
+        # Random weights have no vocabulary of their own; the calibration windows are tokenised
+        # with the embedded default model's (BERT uncased, the standard configs' 30,522 words).
+        import dataclasses
+
+        from bertrt.weights import load_checkpoint
+
+        model = dataclasses.replace(model, vocab_file=load_checkpoint(None).vocab_file)
     out = build(model, args.out, precision=args.precision, max_tokens=args.max_tokens,
                 max_seq_length=args.max_seq_length, max_batch=args.max_batch,
                 device=None if args.device == "auto" else args.device, int8_mode=args.int8_mode,

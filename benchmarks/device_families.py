@@ -147,8 +147,9 @@ def engine_limits(family: Family, settings: Settings) -> dict:
     """``build`` arguments: the defaults (384 tokens a sequence), or room for the long shapes."""
     if not family.long:
         return {}
-    return {"max_seq_length": max(max(s for _, s in settings.long_shapes), max(settings.long_lengths)),
-            "max_tokens": max(max(b * s for b, s in settings.long_shapes + settings.shapes), sum(settings.long_lengths))}
+    shapes = settings.long_shapes + settings.shapes
+    return {"max_seq_length": max(max(s for _, s in shapes), max(settings.long_lengths)),
+            "max_tokens": max(max(b * s for b, s in shapes), sum(settings.long_lengths))}
 
 
 def build_engine(model: torch.nn.Module, folder: Path, *, limits: dict, device: torch.device):

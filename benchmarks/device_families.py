@@ -1,11 +1,11 @@
 """Every BERT family on the engine: numerics against Hugging Face fp32 and speed against the HF peers.
 
-    PYTHONPATH=src python benchmarks/device_families.py --out $OUT --commit $(git rev-parse HEAD)
+    PYTHONPATH=src python benchmarks/device_families.py --out $OUT --commit SHA   # SHA: the source's commit
     PYTHONPATH=src python benchmarks/device_families.py --out /tmp/families --dry-run   # no GPU: the script's logic
 
-One run of about two minutes on an H200 (``--budget-s``, default 240, skips what would not fit and
-says so). For each family of ``FAMILIES`` (BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA,
-Megatron-BERT, ModernBERT):
+One run, expected to take two to three minutes on an H200; ``--budget-s`` (default 240) skips the
+families that would end past it and says so. For each family of ``FAMILIES`` (BERT, RoBERTa,
+XLM-RoBERTa, DistilBERT, ELECTRA, Megatron-BERT, ModernBERT):
 
 1. model: a random transformers ``<Family>ForQuestionAnswering`` of BERT-Base's shape (hidden 768, 12
    layers, 12 heads, FFN 3072, the family's own vocabulary size; ELECTRA's embeddings 128 wide and

@@ -75,6 +75,8 @@ FILES = {
     "lowprec_floors.json": "BERT-Large's GEMMs alone, chained with each layer's own weights, fp8 and fp16 "
                            "(`device_lowprec.py`)",
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",
+    "families.json": "every BERT family on the engine: numerics against HF fp32 and speed against the HF peers "
+                     "(`device_families.py`)",
 }
 
 
@@ -233,6 +235,62 @@ def lowprec_sections(folder: Path) -> list[str]:
     return out
 
 
+def _value(v) -> str:
+    return f"{v:.2g}" if isinstance(v, float) else str(v)  # "nan" / "inf" come spelled out
+
+
+def _not_measured(entry: dict) -> str | None:
+    """Why a family of ``families.json`` has no figures (skipped, refused by the engine, failed), or None."""
+    if entry.get("skipped"):
+        return entry["skipped"].split(":")[0]  # "not supported by the engine", "out of time at ..."
+    if "error" in entry:
+        return f"failed ({entry['error'].split(':')[0]})"
+    failed = [k for k in ("build", "numerics", "speed", "speed_long") if "error" in (entry.get(k) or {})]
+    return f"failed in {', '.join(failed)}" if failed and "build" in failed else None
+
+
+def families_section(report: dict) -> list[str]:
+    """The BERT families on the engine (``device_families.py``): numerics per family, speed per cell."""
+    s = report.get("settings", {})
+    ratio, target = s.get("error_ratio", 2), s.get("speedup_target", 1.3)
+    families = report.get("families", {})
+    long = any((e.get("speed_long") or {}).get("cells") for e in families.values())
+    out = ["## BERT families", "",
+           "BERT-Base-sized random models of each family with their QA heads, saved as Hugging Face folders and built "
+           f"into fp16 engines. Max |error| on a ragged batch against HF fp32 on the same GPU, the engine's beside HF "
+           f"fp16's (a family passes at <= {ratio:g}x on both outputs); speed at full batches, {s.get('iterations')} "
+           f"iterations after {s.get('warmup')} warm-up"
+           + (f" ({s.get('long_iterations')} after {s.get('long_warmup')} at the long shapes)" if long else "")
+           + f", peers in the same process ({conditions(report)}; `families.json`).", "",
+           "| family | QA logits: bertrt / HF fp16 | last hidden states: bertrt / HF fp16 | passes |",
+           "| --- | --- | --- | --- |"]
+    speed = ["| family | seq | batch | bertrt avg / p50 ms | HF eager ms | HF + CUDA graph ms | best HF / bertrt |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, entry in families.items():
+        why = _not_measured(entry)
+        if why:
+            out.append(f"| {name} | {why} | | |")
+            continue
+        outputs = (entry.get("numerics") or {}).get("outputs")
+        if outputs:
+            errs = [f"{_value(o['engine_max_abs_err'])} / {_value(o['hf_fp16_max_abs_err'])} "
+                    + (f"({o['ratio']:.2f}x)" if isinstance(o["ratio"], float) else f"({o['ratio']})")
+                    for o in (outputs["qa_logits"], outputs["hidden"])]
+            out.append(f"| {name} | {errs[0]} | {errs[1]} | {'yes' if entry['numerics']['pass'] else 'no'} |")
+        else:
+            out.append(f"| {name} | failed | | |")
+        for key in ("speed", "speed_long"):
+            for c in (entry.get(key) or {}).get("cells", []):
+                peers = {k: v["avg_ms"] for k, v in c["peers"].items()}
+                ours = f"{c['bertrt_avg_ms']:.2f} / {c['bertrt_p50_ms']:.2f}" if c["bertrt_avg_ms"] else "failed"
+                gain = (f"{c['speedup']:.2f}x" + ("" if c["meets_target"] else f" (< {target:g}x)")
+                        if "speedup" in c else "-")
+                cell = lambda system: f"{peers[system]:.2f}" if system in peers else "-"  # noqa: E731
+                speed.append(f"| {name} | {c['seq']} | {c['batch']} | {ours} | {cell('hf')} | {cell('hf-graph')} | "
+                             f"{gain} |")
+    return out + [""] + speed + [""]
+
+
 def readme(folder: Path) -> str:
     name = folder.name
     files = sorted(p.name for p in folder.iterdir() if p.name != "README.md")
@@ -283,6 +341,8 @@ def readme(folder: Path) -> str:
         out += ["## LoadGen: `loadgen_server_3650.json`", "", f"{report['what']} ({conditions(report)}).", ""]
         out += loadgen_log_table(report) + [""]
     out += lowprec_sections(folder)
+    if (folder / "families.json").exists():
+        out += families_section(read(folder / "families.json"))
     out += ["## Files", "", "| file | what |", "| --- | --- |"]
     out += [f"| `{f}` | {FILES.get(f, '')} |" for f in files]
     return "\n".join(out) + "\n"

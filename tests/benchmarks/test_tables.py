@@ -31,3 +31,31 @@ def test_a_folder_gets_its_tables_and_a_line_per_file(tmp_path):
     assert module["main"](["--results", str(tmp_path), "--check"]) == 1
     assert module["main"](["--results", str(tmp_path)]) == 0
     assert module["main"](["--results", str(tmp_path), "--check"]) == 0
+
+
+def test_the_families_tables(tmp_path):
+    module = runpy.run_path(str(SCRIPT))
+    folder = tmp_path / "h200"
+    folder.mkdir()
+    env = {"device_name": "NVIDIA H200", "date": "2026-12-01T10:00:00+00:00", "git_sha": "a" * 40}
+    outputs = {"qa_logits": {"engine_max_abs_err": 0.0021, "hf_fp16_max_abs_err": 0.0034, "ratio": 0.62},
+               "hidden": {"engine_max_abs_err": "nan", "hf_fp16_max_abs_err": 0.0051, "ratio": "nan"}}
+    cells = [{"batch": 32, "seq": 128, "bertrt_avg_ms": 1.7, "bertrt_p50_ms": 1.69, "best_peer": "hf-graph",
+              "peers": {"hf": {"avg_ms": 2.9}, "hf-graph": {"avg_ms": 2.4}}, "speedup": 2.4 / 1.7,
+              "meets_target": True},
+             {"batch": 1, "seq": 128, "bertrt_avg_ms": 0.5, "bertrt_p50_ms": 0.5, "best_peer": "hf",
+              "peers": {"hf": {"avg_ms": 0.6}}, "speedup": 1.2, "meets_target": False}]
+    report = {"environment": env, "settings": {"iterations": 200, "warmup": 20, "error_ratio": 2.0},
+              "families": {"electra": {"ok": False, "numerics": {"outputs": outputs, "pass": False},
+                                       "speed": {"cells": cells}},
+                           "megatron-bert": {"ok": False, "build": {"error": "OutOfMemoryError: CUDA"}},
+                           "modernbert": {"ok": None, "skipped": "not supported by the engine: the GPU engine runs"}}}
+    (folder / "families.json").write_text(json.dumps(report))
+    text = module["readme"](folder)
+    assert "| electra | 0.0021 / 0.0034 (0.62x) | nan / 0.0051 (nan) | no |" in text
+    assert "| electra | 128 | 32 | 1.70 / 1.69 | 2.90 | 2.40 | 1.41x |" in text
+    assert "| electra | 128 | 1 | 0.50 / 0.50 | 0.60 | - | 1.20x (< 1.3x) |" in text
+    assert "| megatron-bert | failed in build | | |" in text
+    assert "| modernbert | not supported by the engine | | |" in text
+    assert "200 iterations after 20 warm-up, peers" in text and "source aaaaaaa" in text
+    assert "| `families.json` | every BERT family" in text

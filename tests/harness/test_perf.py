@@ -159,3 +159,26 @@ def test_reports_record_the_commit_they_are_given(monkeypatch):
     assert (env["git_sha"], env["git_sha_from"], env["git_dirty"]) == ("f" * 40, perf.COMMIT_VARIABLE, None)
     monkeypatch.delenv(perf.COMMIT_VARIABLE)
     assert perf.source_commit()[1] == "git"
+
+
+def test_inputs_and_peer_calls_follow_the_family_token_types():
+    # RoBERTa has one token type (type 1 would read past its table), DistilBERT and ModernBERT none.
+    _, types = perf.synthetic_inputs(2, 8, 100, device=torch.device("cpu"))
+    assert types.max() == 1
+    _, types = perf.synthetic_inputs(2, 8, 100, device=torch.device("cpu"), type_vocab_size=1)
+    assert types.max() == 0
+    seen = {}
+
+    class Model:
+        def __init__(self, config):
+            self.config = config
+
+        def __call__(self, **kwargs):
+            seen.clear()
+            seen.update(kwargs)
+
+    ids = torch.ones(1, 3, dtype=torch.long)
+    peers.hf_call(Model(type("DistilBertConfig", (), {})()), ids, ids, ids)
+    assert sorted(seen) == ["attention_mask", "input_ids"]
+    peers.hf_call(Model(type("RobertaConfig", (), {"type_vocab_size": 1})()), ids, ids, ids)
+    assert sorted(seen) == ["attention_mask", "input_ids", "token_type_ids"]

@@ -63,6 +63,11 @@ def hf_model(engine) -> torch.nn.Module:
 
 
 def hf_call(model, ids, types, mask=None):
+    """``model`` on padded (B, S) ids, token types and attention mask; a family whose config has no
+    token types (DistilBERT, ModernBERT) is not given any."""
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "type_vocab_size", None) is None:
+        return model(input_ids=ids, attention_mask=mask)
     return model(input_ids=ids, token_type_ids=types, attention_mask=mask)
 
 

@@ -71,15 +71,18 @@ def latency_row(system: str, batch: int, seq: int, times_ms: Sequence[float]) ->
 # Inputs and peers
 
 
-def synthetic_inputs(batch: int, seq: int, vocab_size: int, *, device: torch.device,
-                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, seq) int64 ids and token types (first quarter 0 = question, rest 1 = passage)."""
+def synthetic_inputs(batch: int, seq: int, vocab_size: int, *, device: torch.device, seed: int = 0,
+                     type_vocab_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, seq) int64 ids and token types (first quarter 0 = question, rest 1 = passage; all 0
+    for a model with fewer than two token types, RoBERTa's one or DistilBERT's none)."""
     gen = torch.Generator().manual_seed(seed)
     low = 1000 if vocab_size > 2000 else 1  # ordinary WordPieces of a BERT vocab, past the specials
     ids = torch.randint(low, vocab_size, (batch, seq), generator=gen)
     ids[:, 0] = 101 if vocab_size > 2000 else 0  # [CLS]
     types = torch.ones(batch, seq, dtype=torch.long)
     types[:, : max(1, seq // 4)] = 0
+    if type_vocab_size < 2:
+        types.zero_()
     return ids.to(device), types.to(device)
 
 
@@ -88,17 +91,20 @@ def synthetic_inputs(batch: int, seq: int, vocab_size: int, *, device: torch.dev
 
 
 def run_table(engine, *, batches: Sequence[int], seqs: Sequence[int], iterations: int, warmup: int,
-              peers: Sequence[str] = ("hf",), progress: bool = True,
-              errors: list[dict] | None = None) -> list[PerfRow]:
-    """Latency rows of bertrt and each peer for every (seq, batch); failures go to ``errors``."""
+              peers: Sequence[str] = ("hf",), progress: bool = True, errors: list[dict] | None = None,
+              model: torch.nn.Module | None = None) -> list[PerfRow]:
+    """Latency rows of bertrt and each peer for every (seq, batch); failures go to ``errors``.
+
+    ``model`` is the peers' Hugging Face model (default ``hf_model(engine)``, BERT's own class on the
+    engine's weights); another family's peer is its own transformers model, on the same weights.
+    """
     from tqdm import tqdm
 
     errors = [] if errors is None else errors
     device = engine.device
     rows: list[PerfRow] = []
-    model = None
     compiled: dict = {}
-    if peers:
+    if peers and model is None:
         try:
             model = hf_model(engine)
         except Exception as exc:  # a missing transformers must not lose the bertrt rows
@@ -107,7 +113,8 @@ def run_table(engine, *, batches: Sequence[int], seqs: Sequence[int], iterations
     shapes = [(s, b) for s in seqs for b in batches]
     bar = tqdm(total=len(shapes) * (1 + len(peers)), desc="perf", unit="row", disable=not progress)
     for seq, batch in shapes:
-        ids, types = synthetic_inputs(batch, seq, engine.config.vocab_size, device=device)
+        ids, types = synthetic_inputs(batch, seq, engine.config.vocab_size, device=device,
+                                      type_vocab_size=engine.config.type_vocab_size)
         for system in (BERTRT, *peers):
             bar.set_postfix_str(f"{system} b{batch} s{seq}")
             keep = None

@@ -111,6 +111,20 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return 0, ""
 
 
+def _raise_open_files_limit() -> None:
+    """Open files up to the hard limit, for this process and the servers and clients it starts:
+    an overloaded server holds a connection per waiting request."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = max(soft, 65536) if hard == resource.RLIM_INFINITY else hard
+        if wanted > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def _env() -> dict[str, str]:
     """This process's environment with the checkout's src/ first on the path (kept: the rest of it,
     where wheels installed with --target live)."""
@@ -222,6 +236,7 @@ class Server:
     def __init__(self, command: list[str], port: int, log: Path, what: str, *, workers: int = 1,
                  ready_timeout_s: float = 600):
         self.url, self.log_path, self.started = f"http://127.0.0.1:{port}", log, time.monotonic()
+        self.workers = workers
         self.log = open(log, "a")
         self.log.write(f"\n===== {what}: {' '.join(command)}\n")
         self.log.flush()
@@ -343,10 +358,12 @@ def offer_rate(server: Server, rate: float, per_request: int, args, questions_fi
            "client_send_lag_p99_ms": max(r["send_lag_ms"]["p99"] for r in results)}
     if cpu_before is not None and cpu_after is not None:
         row["server_cpu_cores"] = (cpu_after - cpu_before) / span  # CPU-seconds per second, all workers
-    after = _metric_sums(server.url)  # with several workers: the one worker that answers the scrape
+    # Batch sizes from /metrics: one process's counts, so only for a server of one worker.
+    after = _metric_sums(server.url) if server.workers == 1 else {}
     batches = after.get("bertrt_batch_sequences_count", 0) - before.get("bertrt_batch_sequences_count", 0)
     if batches > 0:
-        for key, name in (("mean_batch_windows", "bertrt_batch_sequences_sum"), ("mean_batch_tokens", "bertrt_batch_tokens_sum")):
+        for key, name in (("mean_batch_windows", "bertrt_batch_sequences_sum"),
+                          ("mean_batch_tokens", "bertrt_batch_tokens_sum")):
             row[key] = (after[name] - before.get(name, 0)) / batches
     _print_row(row)
     return row
@@ -522,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     clock = Clock(args.budget_s)
+    _raise_open_files_limit()
     args.data = args.data.resolve()  # the builds run from the checkout's root
     sys.path.insert(0, str(REPO / "src"))
     import torch
@@ -599,7 +617,9 @@ def main(argv: list[str] | None = None) -> int:
         if running.get("key") != key:
             if running:
                 stop_running()
-            if not clock.fits(60 + args.duration_s + args.grace_s):
+            # A server's start takes up to a minute; a build and the engine-alone run first, another.
+            start_s = 60 + (60 if args.gpu and sweep.precision not in engines else 0)
+            if not clock.fits(start_s + args.duration_s + args.grace_s):
                 entry["skipped"] = "past --budget-s"
                 entry["rows"] = [{"offered_qps": r, "skipped": "past --budget-s"} for r in sweep.rates]
                 print(f"{sweep.name}: skipped (budget)", flush=True)

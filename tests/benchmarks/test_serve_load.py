@@ -36,20 +36,23 @@ def _run(args: list[str], out: Path) -> dict:
 def test_load_report_for_bertrt_and_the_baseline(tmp_path, tiny_qa, squad_dev):
     out = tmp_path / "load"
     report = _run(["--model", str(tiny_qa), "--device", "cpu", "--data", str(squad_dev), "--count", "40",
-                   "--sweep", "fp16/w1/k1=4,8", "--sweep", "fp16/w1/k2=8", "--baseline-rates", "4",
+                   "--sweep", "fp16/w1/k1=4,8", "--sweep", "fp16/w1/k2=8", "--sweep", "fp16/w2/k1=4",
+                   "--baseline-rates", "4",
                    "--duration-s", "3", "--grace-s", "5", "--processes", "2", "--commit", "abc123"], out)
     # The CPU serves the fp32 reference: the sweeps say so; one server serves both (same workers).
-    assert [s["name"] for s in report["sweeps"]] == ["fp32/w1/k1", "fp32/w1/k2"]
+    assert [s["name"] for s in report["sweeps"]] == ["fp32/w1/k1", "fp32/w1/k2", "fp32/w2/k1"]
     assert [r["offered_qps"] for r in report["sweeps"][0]["rows"]] == [4, 8]
     assert report["sweeps"][1]["rows"][0]["offered_rps"] == 4  # 8 questions/s, 2 per request
     assert [r["offered_qps"] for r in report["baseline"]] == [4]
-    for row in report["sweeps"][0]["rows"] + report["sweeps"][1]["rows"] + report["baseline"]:
+    for row in [r for sweep in report["sweeps"] for r in sweep["rows"]] + report["baseline"]:
         assert row["requests"] > 0 and row["failures"] == 0 and row["statuses"] == {"200": row["requests"]}, row
         assert 0 < row["p50_ms"] <= row["p99_ms"] and row["achieved_qps"] > 0
         # Open loop: what was answered is what was offered, within the schedule's rounding.
         assert abs(row["achieved_qps"] - row["offered_qps"]) <= 0.25 * row["offered_qps"], row
     assert report["sweeps"][0]["rows"][0]["mean_batch_windows"] >= 1
-    assert report["sweeps"][1]["exit_code"] == 0 and report["summary"]["sweeps"]["fp32/w1/k1"]["server_5xx"] == 0
+    assert "mean_batch_windows" not in report["sweeps"][2]["rows"][0]  # /metrics is per worker
+    assert report["sweeps"][1]["exit_code"] == 0 and report["sweeps"][2]["exit_code"] == 0
+    assert all(s["server_5xx"] == 0 for s in report["summary"]["sweeps"].values())
     assert report["engine_alone"]["fp32"]["questions"] == 40 and report["engine_alone"]["fp32"]["questions_per_s"] > 0
     assert report["environment"]["git_sha"] == "abc123"
     assert sorted(p.name for p in out.iterdir()) == ["serve_load.json", "serve_load_p99.png", "servers.log"]

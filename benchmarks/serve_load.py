@@ -427,8 +427,9 @@ def best_within_target(rows: list[dict]) -> float:
     return max((r["achieved_qps"] for r in rows if within_target(r)), default=0.0)
 
 
-def run_sweep(server: Server, sweep: Sweep, args, clock: Clock, questions_file: Path, work: Path) -> list[dict]:
-    rows = []
+def run_sweep(server: Server, sweep: Sweep, args, clock: Clock, questions_file: Path, work: Path, rows: list[dict],
+              save=lambda: None) -> list[dict]:
+    """Each of ``sweep``'s rates in turn, appended to ``rows`` (``save()`` after each)."""
     for rate in sweep.rates:
         if not clock.fits(args.duration_s + args.grace_s + 5):
             rows.append({"offered_qps": rate, "skipped": "past --budget-s"})
@@ -439,6 +440,7 @@ def run_sweep(server: Server, sweep: Sweep, args, clock: Clock, questions_file: 
         else:
             row = offer_rate(server, rate, sweep.per_request, args, questions_file, work)
         rows.append(row)
+        save()
         if row["p99_ms"] is None or row["p99_ms"] > args.stop_p99_ms or row["failures"] > 0.01 * row["requests"]:
             for later in sweep.rates[sweep.rates.index(rate) + 1:]:
                 rows.append({"offered_qps": later, "skipped": f"the rate before passed p99 {args.stop_p99_ms:g} ms "
@@ -597,6 +599,14 @@ def main(argv: list[str] | None = None) -> int:
         report["engine_alone"]["fp32"] = alone
         print(f"  {alone['questions_per_s']:.1f} questions/s", flush=True)
 
+    def save(*, with_plot: bool = False) -> None:
+        """The report as it stands (a run stopped from outside still leaves its finished rates)."""
+        report["summary"] = summarise(report)
+        report["elapsed_s"] = round(clock.elapsed(), 1)
+        (args.out / "serve_load.json").write_text(json.dumps(report, indent=2) + "\n")
+        if with_plot:
+            plot(report, args.out / "serve_load_p99.png")
+
     baseline_done: list = []
     running: dict = {}  # the server of the last sweep, kept for the next one with the same engine and workers
 
@@ -638,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
             warm(server.url, questions)
         running["entry"] = entry  # the last sweep on a server records its exit code
         print(f"{sweep.name}:", flush=True)
-        entry["rows"] = run_sweep(running["server"], sweep, args, clock, questions_file, work)
+        run_sweep(running["server"], sweep, args, clock, questions_file, work, entry["rows"], save)
+        save(with_plot=True)
 
     def baseline() -> None:
         if not baseline_rates:
@@ -658,8 +669,9 @@ def main(argv: list[str] | None = None) -> int:
             return
         try:
             warm(base.url, questions)
-            report["baseline"] = run_sweep(base, Sweep("hf", 1, 1, tuple(baseline_rates)), args, clock,
-                                           questions_file, work)
+            run_sweep(base, Sweep("hf", 1, 1, tuple(baseline_rates)), args, clock, questions_file, work,
+                      report["baseline"], save)
+            save(with_plot=True)
         except Exception as exc:  # noqa: BLE001 - recorded; bertrt's sweeps still run
             print(f"baseline failed: {exc!r}", flush=True)
             report["baseline_error"] = repr(exc)[:2000]
@@ -678,10 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_running()
     finally:
         stop_running(then_baseline=False)
-        report["summary"] = summarise(report)
-        report["elapsed_s"] = round(clock.elapsed(), 1)
-        (args.out / "serve_load.json").write_text(json.dumps(report, indent=2) + "\n")
-        plot(report, args.out / "serve_load_p99.png")
+        save(with_plot=True)
     print(json.dumps(report["summary"], indent=2))
     print(f"done in {report['elapsed_s']} s", flush=True)
     return 0

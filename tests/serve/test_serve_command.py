@@ -1,10 +1,24 @@
-"""`bertrt serve` as a command: its help, and settings refused with one line before anything loads."""
+"""`bertrt serve` as a command: its help, settings refused with one line before anything loads, and
+several worker processes behind one port."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
 import pytest
 
 from bertrt.cli import main
+
+from serve_testing import free_port
+
+CONTEXT = "The cat sat on the mat in the kitchen of the old house."
+QUESTION = "Where did the cat sit?"
 
 
 def test_help_names_the_routes_and_options(capsys):
@@ -13,12 +27,47 @@ def test_help_names_the_routes_and_options(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     for text in ("/v1/qa", "--max-batch-tokens", "--max-delay-ms", "--max-queue-tokens", "--timeout-s", "--ray",
-                 "--replicas", "--num-gpus-per-replica", "SIGTERM"):
+                 "--replicas", "--num-gpus-per-replica", "--workers", "SIGTERM"):
         assert text in out
 
 
-@pytest.mark.parametrize("flag", ["--max-batch-tokens", "--max-queue-tokens", "--timeout-s"])
+@pytest.mark.parametrize("flag", ["--max-batch-tokens", "--max-queue-tokens", "--timeout-s", "--workers"])
 def test_non_positive_limits_are_refused(flag, capsys):
     assert main(["serve", flag, "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bertrt serve: error:") and "must be positive" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_answer_alike_and_stop_on_sigterm(tmp_path):
+    port, log = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bertrt.cli", "serve", "--device", "cpu", "--port", str(port),
+                                 "--workers", "2", "--log-level", "info"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count("Application startup complete") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        workers = set(re.findall(r"Started server process \[(\d+)\]", log.read_text()))
+        assert len(workers) == 2 and str(proc.pid) not in workers
+        answers = set()
+        for _ in range(8):  # a new connection each time, accepted by whichever worker takes it
+            reply = httpx.post(f"{base}/v1/qa", json={"question": QUESTION, "context": CONTEXT}, timeout=30)
+            assert reply.status_code == 200, reply.text
+            answers.add(reply.json()["answer"])
+        assert len(answers) == 1 and answers.pop() in CONTEXT
+        assert httpx.get(f"{base}/ready", timeout=5).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        for pid in workers:  # the workers drained and exited with the supervisor
+            assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{base}/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 
 from bertrt.commands._common import add_model_args
@@ -36,6 +37,10 @@ def register(subparsers) -> None:
                    help="longer contexts or texts get 413 (default 50000)")
     p.add_argument("--max-connections", type=int, default=4096, metavar="N",
                    help="open connections at most; past it uvicorn answers 503 (default 4096)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the port, each with its own copy of the model and its own "
+                        "batcher (on one GPU they take turns on it); more than one when the host's Python work "
+                        "per request, not the model, bounds the throughput; /metrics is per process (default 1)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     ray = p.add_argument_group("Ray Serve")
     ray.add_argument("--ray", action="store_true",
@@ -61,21 +66,34 @@ def _settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from bertrt.cli import UserError
+
     settings = _settings(args)
+    if args.workers < 1:
+        raise UserError(f"--workers must be positive, got {args.workers}")
     if args.ray:
         return _run_ray(args, settings)
     import uvicorn
 
-    from bertrt.serve.app import create_app
+    from bertrt.serve.app import ENVIRONMENT_KEY, create_app, environment_options
     from bertrt.serve.model import ServedModel
 
+    options = dict(log_level=args.log_level, timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+                   access_log=False, limit_concurrency=args.max_connections)
+    if args.workers > 1:
+        # uvicorn's supervisor binds the port and starts the workers; each builds its app from the
+        # environment (model, engine, device, settings) and drains on the SIGTERM passed on to it.
+        os.environ[ENVIRONMENT_KEY] = environment_options(args.model, args.engine, args.device, settings)
+        # A worker answers the supervisor's health pings from a thread of its own, also while it loads
+        # and warms the model, which can take minutes on a GPU.
+        uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
+                    port=args.port, timeout_worker_healthcheck=120, **options)
+        return 0
     model = ServedModel.load(args.model, engine=args.engine, device=args.device)
     app = create_app(model, settings)
     # On SIGTERM uvicorn closes the listening socket, waits for the accepted requests (each ends
     # by its own timeout at the latest), then runs the app's shutdown, which drains the batcher.
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                            timeout_graceful_shutdown=int(settings.timeout_s) + 5, access_log=False,
-                            limit_concurrency=args.max_connections)
+    config = uvicorn.Config(app, host=args.host, port=args.port, **options)
     # uvicorn raises the signal that stopped it again once it has drained; the work is done by then,
     # so a drained SIGTERM exits 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)

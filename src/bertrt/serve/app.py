@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -396,6 +398,25 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
     routes = frozenset(r.path for r in app.routes)
     app.add_middleware(_Edge, metrics=metrics, max_body_bytes=settings.max_body_bytes, routes=routes)
     return app
+
+
+ENVIRONMENT_KEY = "BERTRT_SERVE_OPTIONS"
+
+
+def environment_options(model: str | None, engine: str | None, device: str, settings: ServeSettings) -> str:
+    """What ``app_from_environment`` reads from ``ENVIRONMENT_KEY``: the model to load and the settings."""
+    return json.dumps({"model": model, "engine": engine, "device": device, "settings": dataclasses.asdict(settings)})
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one of ``bertrt serve --workers N``'s processes: it loads the model and settings
+    that ``environment_options`` wrote into ``ENVIRONMENT_KEY``."""
+    try:
+        options = json.loads(os.environ[ENVIRONMENT_KEY])
+    except KeyError:
+        raise RuntimeError(f"{ENVIRONMENT_KEY} is not set: start the workers with `bertrt serve --workers N`") from None
+    model = ServedModel.load(options["model"], engine=options["engine"], device=options["device"])
+    return create_app(model, ServeSettings(**options["settings"]))
 
 
 def _fit_pair(first: list[int], second: list[int] | None, room: int, truncate: bool, too_large):

@@ -33,7 +33,7 @@ class Recorder(TokenBatcher):
     def _group(self, item):
         return item.group
 
-    def _launch(self, batch, waiting=0):
+    def _launch(self, batch, waiting=0, worker=0):
         self.launched.append(time.perf_counter())
         return batch, Ready(None)
 

@@ -156,7 +156,8 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(log, "w")
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-                                     env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                         [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])})
         deadline = time.monotonic() + ready_timeout_s
         while _get(self.url + "/ready", 2)[0] != 200:
             if self.proc.poll() is not None or time.monotonic() > deadline:

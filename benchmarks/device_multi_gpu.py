@@ -18,19 +18,25 @@ The device has none of LoadGen, Ray Serve or Locust: they travel as wheels for t
 (README of the device tool: ``pip download --no-deps --only-binary=:all: --python-version 3.12
 ... -d .whl``): mlcommons-loadgen, ray with the serve extra's requirements (fastapi, uvicorn,
 starlette, aiohttp and its parts, grpcio, msgpack, protobuf, ...), locust and its own (gevent,
-greenlet, flask, ...). Ray's wheel alone is ~79 MB, over the 64 MiB one call carries, so it goes
-in parts over two calls of one warm machine (a call follows the last within its warm time):
+greenlet, flask, ...). One call carries 64 MiB with the working tree, which is ~50 MB with the
+embedded default model and ~6 MB without: for these calls move ``src/bertrt/models/default`` out
+of the tree (this script reads only its vocab.txt, which ``scripts/prepare_device_carry.sh`` puts
+in ``.carry/``). Ray's wheel alone is ~79 MB, so it goes in two parts over two calls of one warm
+machine (the second call follows the first within its warm time), the other wheels beside them:
 
-    split -b 48M .whl/ray-*.whl .whl-ray/ray.whl.part-      # here; .whl-ray/ in .git/info/exclude
-    # call 1, carry .whl-ray/ray.whl.part-aa:
-    mkdir -p /tmp/wheels && cp .whl-ray/* /tmp/wheels/
-    # call 2, carry .whl-ray/ray.whl.part-ab, .whl (the other wheels) and .carry:
-    cp .whl-ray/* /tmp/wheels/ && cat /tmp/wheels/ray.whl.part-* > .whl/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl \\
-      && python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \\
+    split -b 40M .whl/ray-*.whl .whl-ray/ray.whl.part-   # here; .whl-ray/ in .git/info/exclude, the
+                                                         # ray wheel itself moved out of .whl/
+    # call 1, carry .whl-ray/ray.whl.part-aa (and some of the other wheels, as .whl-a):
+    mkdir -p /tmp/wheels && cp .whl-ray/* .whl-a/* /tmp/wheels/
+    # call 2, carry .whl-ray/ray.whl.part-ab, .whl (the rest) and .carry:
+    cp .whl-ray/* .whl/* /tmp/wheels/ \\
+      && cat /tmp/wheels/ray.whl.part-* > /tmp/wheels/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl \\
+      && rm /tmp/wheels/ray.whl.part-* \\
+      && python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/wheels/*.whl \\
       && PYTHONPATH=/tmp/site:src python3 benchmarks/device_multi_gpu.py --data .carry/dev-v1.1.json \\
-           --out $OUT --commit $(cat .carry/sha)
+           --vocab .carry/vocab.txt --out $OUT --commit $(cat .carry/sha)
 
-(the part names come from ``split``; the joined wheel keeps the file name pip downloaded).
+(the part names come from ``split``; the joined wheel takes the file name pip downloaded).
 
 On a CPU, ``--dry-run`` runs every step at toy size: a tiny random BERT instead of BERT-Large,
 ``cpu`` and ``cpu,cpu`` for one and two GPUs, CPU replicas (``--num-gpus-per-replica 0``), short
@@ -76,15 +82,26 @@ def gpus() -> list[dict]:
             for i in range(torch.cuda.device_count())]
 
 
-def tiny_model(folder: Path) -> Path:
-    """A 2-layer random BERT (hidden 64) with a QA head and the default model's vocabulary."""
-    from bertrt.config import BertConfig
-    from bertrt.weights import load_checkpoint, random_checkpoint, save_hf_folder
+def random_model(folder: Path, vocab: Path, *, dry_run: bool) -> Path:
+    """A random BERT with a QA head and ``vocab``, as a Hugging Face folder: BERT-Large, or for a
+    dry run 2 layers of hidden 64."""
+    from bertrt.config import STANDARD_CONFIGS, BertConfig
+    from bertrt.weights import random_checkpoint, save_hf_folder
 
-    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
-    checkpoint = dataclasses.replace(random_checkpoint(config, heads=("qa",), std=0.2),
-                                     vocab_file=load_checkpoint(None).vocab_file)
+    config = (BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+              if dry_run else STANDARD_CONFIGS["large"])
+    checkpoint = dataclasses.replace(random_checkpoint(config, heads=("qa",), std=0.2 if dry_run else 0.02),
+                                     vocab_file=vocab)
     return save_hf_folder(checkpoint, folder)
+
+
+def build_engine(model: Path, out: Path) -> Path:
+    """``bertrt build`` of ``model`` at fp16 on the current GPU (kernels timed as any build does)."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-m", "bertrt.cli", "build", "--model", str(model), "--out", str(out),
+                    "--precision", "fp16", "--overwrite"], check=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/bertrt-multi-gpu"),
                    help="engine, model, LoadGen logs, server logs (only multi_gpu.json comes back)")
     p.add_argument("--engine", type=Path, help="an engine built earlier (default: build random BERT-Large fp16)")
+    p.add_argument("--vocab", type=Path, help="vocab.txt of the random model (default: the embedded model's)")
     p.add_argument("--commit", help="the source's commit (default BERTRT_COMMIT, else git)")
     p.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU: checks the plumbing only")
     p.add_argument("--duration", type=float, default=30.0, help="min duration of each LoadGen run (s)")
@@ -170,13 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     # 1. The model: an HF folder (the CPU reference, and what the GPU engine is built from) and the engine.
-    engine = args.engine
-    model = tiny_model(args.work / "tiny") if args.dry_run else None
-    if engine is None and not args.dry_run:
+    engine, model = args.engine, None
+    if args.dry_run or engine is None:
+        vocab = args.vocab or REPO / "src" / "bertrt" / "models" / "default" / "vocab.txt"
         t0 = time.monotonic()
-        model, engine = serve_load.prepare_model(
-            argparse.Namespace(random="large", model=None, device="cuda", precision="fp16"), args.work)
-        results.append({"step": "build", "engine": str(engine), "wall_s": round(time.monotonic() - t0, 1)})
+        model = random_model(args.work / ("tiny" if args.dry_run else "large"), vocab, dry_run=args.dry_run)
+        if not args.dry_run:
+            engine = build_engine(model, args.work / "large-fp16")
+        results.append({"step": "build", "model": str(model), "engine": str(engine) if engine else None,
+                        "wall_s": round(time.monotonic() - t0, 1)})
         save()
 
     # 2. LoadGen on one device, then on two (the engine's own vocab.txt tokenises the data).

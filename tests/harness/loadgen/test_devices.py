@@ -228,3 +228,38 @@ def test_two_cpu_devices_single_stream(tmp_path, prepared, completions):
     assert report["samples_completed"] == report["batches"] >= 16
     assert sorted(completions.values()) == [1] * len(completions)
     assert sum(d["samples"] for d in report["devices"]) == report["samples_completed"]
+
+
+def test_each_worker_makes_its_gpu_current_on_its_own_thread(tmp_path, completions, monkeypatch):
+    """What a CUDA device's worker does first, seen through a recorded ``torch.cuda.set_device``
+    (no GPU needed): its own index, on its own thread; a device without an index is left alone."""
+    import torch
+
+    made_current: list[tuple[str, int]] = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: made_current.append(
+        (threading.current_thread().name, index)))
+    qsl = FakeQSL(100)
+    backends = [DeviceFake("fake:0"), DeviceFake("fake:1"), DeviceFake("fake:2")]
+    for backend, device in zip(backends, (torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cuda"))):
+        backend.device = device
+    options = HarnessOptions(scenario=Scenario.OFFLINE, mode=Mode.ACCURACY, max_batch_tokens=400)
+    sut = within_timeout(_drive, tmp_path, options, qsl, DeviceBackends(backends))
+    assert sut.error is None and sorted(completions.values()) == [1] * len(qsl)
+    assert sorted(made_current) == [("sut-worker-0", 1), ("sut-worker-1", 0)]
+    assert [d["device"] for d in sut.device_counters()] == ["cuda:1", "cuda:0", "cuda"]
+
+
+def test_a_worker_that_cannot_take_its_gpu_fails_the_run_instead_of_hanging(tmp_path, completions, monkeypatch):
+    import torch
+
+    def refuse(index):
+        raise RuntimeError(f"CUDA error: invalid device ordinal {index}")
+
+    monkeypatch.setattr(torch.cuda, "set_device", refuse)
+    qsl = FakeQSL(50)
+    backend = DeviceFake("fake:0")
+    backend.device = torch.device("cuda", 3)
+    options = HarnessOptions(scenario=Scenario.OFFLINE, mode=Mode.ACCURACY)
+    sut = within_timeout(_drive, tmp_path, options, qsl, backend)
+    assert "invalid device ordinal 3" in str(sut.error) and sut.error_device == "cuda:3"
+    assert sorted(completions.values()) == [1] * len(qsl) and not backend.batches

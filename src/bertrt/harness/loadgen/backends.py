@@ -307,10 +307,14 @@ def make_backend(name: str, *, checkpoint=None, engine: Path | None = None, devi
 def make_backends(name: str, *, checkpoint=None, engine: Path | None = None, devices: list[torch.device],
                   workdir: Path | None = None):
     """``make_backend`` on each of ``devices``, each loaded with its device current: the plain
-    backend for one device, a ``DeviceBackends`` for several (bertrt and pytorch only)."""
+    backend for one device, a ``DeviceBackends`` for several (bertrt and pytorch only). A GPU given
+    without its index ('cuda') is given the current one's, so that the SUT's worker threads, whose
+    current device starts at 0, know which to make current."""
     if len(devices) > 1 and name == "onnxruntime":
         raise UserError("the onnxruntime backend runs on one device; use --device, or the bertrt or pytorch "
                         "backend with --devices")
+    devices = [torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
+               for d in map(torch.device, devices)]
     backends = []
     for device in devices:
         with on_device(device):

@@ -146,12 +146,18 @@ class BatchingSUT(TokenBatcher):
 
     def _enter_worker(self, worker: int) -> None:
         # A thread's current CUDA device is what Triton launches on and what streams and events
-        # default to: each worker makes its own device current, once.
+        # default to: each worker makes its own device current, once. (A device without an index
+        # is left as it is: ``make_backends`` gives every GPU its index.)
         device = getattr(self._backends[worker], "device", None)
-        if getattr(device, "type", None) == "cuda":
+        if getattr(device, "type", None) != "cuda" or getattr(device, "index", None) is None:
+            return
+        try:
             import torch
 
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device.index)
+        except BaseException as exc:  # noqa: BLE001 - a worker that died here would leave LoadGen waiting
+            if self.error is None:
+                self.error, self.error_device = exc, self.device_names[self._device_index[worker]]
 
     def _launch(self, batch: list[tuple[int, int, float]], waiting: int = 0, worker: int = 0):
         ids = [self.qsl.input_ids[index] for _, index, _ in batch]

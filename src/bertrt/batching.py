@@ -244,6 +244,8 @@ class TokenBatcher:
                 self._wait_for_work(in_flight)
                 batch = self._take_batch() if self._pending else None
                 waiting = len(self._pending)
+                if waiting and len(self._threads) > 1:
+                    self._cond.notify()  # one put of many items woke one worker: pass the rest on
             if batch is None and in_flight is None:
                 return  # stopping, and nothing left
             launched = self._launch(batch, waiting, worker) if batch is not None else None

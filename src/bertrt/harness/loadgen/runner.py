@@ -60,7 +60,8 @@ def _vocab_file(options: HarnessOptions, checkpoint, backend=None) -> Path | Non
     if checkpoint is not None and checkpoint.vocab_file is not None:
         candidates.append(Path(checkpoint.vocab_file))
     if backend is not None:
-        loaded = getattr(getattr(backend, "model", None), "vocab_file", None)  # DeviceBackends: the first
+        # (a DeviceBackends gives its first backend's model)
+        loaded = getattr(getattr(backend, "model", None), "vocab_file", None)
         candidates += [Path(loaded)] if loaded is not None else []
         candidates.append(DEFAULT_MODEL_DIR / "vocab.txt")
     for path in candidates:

@@ -1,8 +1,8 @@
-"""LoadGen and Ray Serve on one GPU and on two, in one run on a 2-GPU H200 host.
+"""LoadGen and Ray Serve on one GPU and on two of a 2-GPU H200 host, each pair in the same run.
 
 Steps, in priority order (a step that would overrun ``--budget`` is skipped and says so):
-1. A random-weight BERT-Large fp16 engine (``bertrt build``, on cuda:0) with the default model's
-   vocabulary, unless ``--engine`` names one built earlier.
+1. A random-weight BERT-Large fp16 engine (``bertrt build``, on cuda:0) with ``--vocab`` (default
+   the embedded model's vocabulary), unless ``--engine`` names one built earlier.
 2. LoadGen, bertrt backend on that engine: Offline and Server (p99 <= ``--server-latency-ms``,
    130 by default, at ``--server-qps-per-gpu`` x GPUs) on cuda:0 alone, then on cuda:0,cuda:1
    (``--devices``: one engine per GPU loaded from the same folder, fed from one SUT queue), each
@@ -11,8 +11,8 @@ Steps, in priority order (a step that would overrun ``--budget`` is skipped and 
    under Locust at ``--serve-rates`` (``serve_load.run_rate``: SQuAD dev questions, achieved
    requests/s and p50/p99 per rate).
 
-Writes ``multi_gpu.json`` (environment with every GPU, ``--commit``, each step's report or why it
-was skipped) into ``--out`` after every step, and prints a table.
+Writes ``--json`` (``multi_gpu.json``: environment with every GPU, ``--commit``, each step's report
+or why it was skipped) into ``--out`` after every step, and prints a table.
 
 The device has none of LoadGen, Ray Serve or Locust: they travel as wheels for the device's Python
 (README of the device tool: ``pip download --no-deps --only-binary=:all: --python-version 3.12
@@ -22,19 +22,25 @@ greenlet, flask, ...). One call carries 64 MiB with the working tree, which is ~
 embedded default model and ~6 MB without: for these calls move ``src/bertrt/models/default`` out
 of the tree (this script reads only its vocab.txt, which ``scripts/prepare_device_carry.sh`` puts
 in ``.carry/``). Ray's wheel alone is ~79 MB, so it goes in two parts over two calls of one warm
-machine (the second call follows the first within its warm time), the other wheels beside them:
+machine (the second call follows the first within its warm time, and /tmp stays between them);
+LoadGen runs in the first call, which needs no Ray, and serving in the second, on the engine the
+first built (each call stays within its 10 minutes):
 
-    split -b 40M .whl/ray-*.whl .whl-ray/ray.whl.part-   # here; .whl-ray/ in .git/info/exclude, the
-                                                         # ray wheel itself moved out of .whl/
-    # call 1, carry .whl-ray/ray.whl.part-aa (and some of the other wheels, as .whl-a):
-    mkdir -p /tmp/wheels && cp .whl-ray/* .whl-a/* /tmp/wheels/
-    # call 2, carry .whl-ray/ray.whl.part-ab, .whl (the rest) and .carry:
-    cp .whl-ray/* .whl/* /tmp/wheels/ \\
+    split -b 40M ray-*.whl .whl-ray/ray.whl.part-   # here, the ray wheel kept out of .whl/;
+                                                     # .whl-ray/ and .whl-lg/ in .git/info/exclude
+    # call 1, carry .whl-ray/ray.whl.part-aa, .whl-lg (mlcommons-loadgen) and .carry:
+    mkdir -p /tmp/wheels && cp .whl-ray/* /tmp/wheels/ \\
+      && python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl-lg/*.whl \\
+      && PYTHONPATH=/tmp/site:src python3 benchmarks/device_multi_gpu.py --skip serve \\
+           --data .carry/dev-v1.1.json --vocab .carry/vocab.txt --out $OUT --commit $(cat .carry/sha)
+    # call 2, carry .whl-ray/ray.whl.part-ab, .whl (ray's and locust's requirements) and .carry:
+    cp .whl-ray/* /tmp/wheels/ \\
       && cat /tmp/wheels/ray.whl.part-* > /tmp/wheels/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl \\
       && rm /tmp/wheels/ray.whl.part-* \\
-      && python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/wheels/*.whl \\
-      && PYTHONPATH=/tmp/site:src python3 benchmarks/device_multi_gpu.py --data .carry/dev-v1.1.json \\
-           --vocab .carry/vocab.txt --out $OUT --commit $(cat .carry/sha)
+      && python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/wheels/*.whl .whl/*.whl \\
+      && PYTHONPATH=/tmp/site:src python3 benchmarks/device_multi_gpu.py --skip loadgen \\
+           --engine /tmp/bertrt-multi-gpu/large-fp16 --data .carry/dev-v1.1.json --json multi_gpu_serve.json \\
+           --out $OUT --commit $(cat .carry/sha)
 
 (the part names come from ``split``; the joined wheel takes the file name pip downloaded).
 
@@ -107,7 +113,8 @@ def build_engine(model: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=REPO / ".carry" / "dev-v1.1.json", help="SQuAD v1.1 dev json")
-    p.add_argument("--out", type=Path, required=True, help="where multi_gpu.json goes ($OUT)")
+    p.add_argument("--out", type=Path, required=True, help="where the results file goes ($OUT)")
+    p.add_argument("--json", default="multi_gpu.json", help="the results file's name (default multi_gpu.json)")
     p.add_argument("--work", type=Path, default=Path("/tmp/bertrt-multi-gpu"),
                    help="engine, model, LoadGen logs, server logs (only multi_gpu.json comes back)")
     p.add_argument("--engine", type=Path, help="an engine built earlier (default: build random BERT-Large fp16)")
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
               "results": results}
 
     def save() -> None:
-        (args.out / "multi_gpu.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.out / args.json).write_text(json.dumps(report, indent=1) + "\n")
 
     def wanted(name: str, estimate_s: float) -> bool:
         left = args.budget - (time.monotonic() - start)

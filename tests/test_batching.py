@@ -33,7 +33,7 @@ class Recorder(TokenBatcher):
     def _group(self, item):
         return item.group
 
-    def _launch(self, batch, waiting=0):
+    def _launch(self, batch, waiting=0, worker=0):
         self.launched.append(time.perf_counter())
         return batch, Ready(None)
 
@@ -109,3 +109,23 @@ def test_latency_target_caps_the_budget_at_the_measured_rate():
     b.put([Item(40) for _ in range(5)])
     with b._cond:
         assert len(b._take_batch()) == 2
+
+
+def test_one_put_of_many_items_reaches_every_idle_worker():
+    """Workers asleep on an empty queue all get work from a single ``put`` (no flush, no later put)."""
+    class Slow(Recorder):
+        def _launch(self, batch, waiting=0, worker=0):
+            self.workers.add(worker)
+            time.sleep(0.05)
+            return super()._launch(batch, waiting, worker)
+
+    b = Slow(max_batch_tokens=10, workers=3)
+    b.workers = set()
+    b.start()
+    time.sleep(0.1)  # every worker asleep on the empty queue
+    b.put([Item(10) for _ in range(6)])
+    deadline = time.monotonic() + 5
+    while len(b.batches) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    b.stop()
+    assert len(b.batches) == 6 and b.workers == {0, 1, 2}

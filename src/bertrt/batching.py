@@ -19,7 +19,9 @@ A worker may launch a batch before finishing the one ahead of it (always with
 ``always_pipeline``, otherwise only while a full batch is already waiting), so with an
 asynchronous backend packing, copying and completing one batch overlap the device's work on the
 next. Subclasses say what an item is (``_length``, ``_arrival``, ``_group``) and how a batch is
-run (``_launch``, ``_complete``).
+run (``_launch``, ``_complete``). Workers are numbered: each ``_launch`` is told which worker calls
+it, so a subclass may give each worker its own device (one queue feeding several GPUs, each
+worker taking the next batch when its device is free, so a faster device takes more).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class TokenBatcher:
         max_delay_s: how long the oldest pending item may wait for a fuller batch.
         latency_target_s: caps the budget at ``LATENCY_SHARE`` of it, at the measured tokens/s.
         max_queue_tokens: bound on the pending tokens (``put`` raises ``QueueFull`` past it).
-        workers: threads that run batches (1 is right for one GPU; more overlap host work on CPU).
+        workers: threads that run batches, numbered 0 to ``workers - 1`` (one per device; on the CPU
+            more than one overlaps host work).
         name: prefix of the worker threads' names.
     """
 
@@ -78,8 +81,11 @@ class TokenBatcher:
         self._stopping = False
         self.queued_tokens = 0
         self._tokens_per_s: float | None = None
-        self._last_done = 0.0  # perf_counter() when the last batch's result came back
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+        # Per worker: perf_counter() when its last batch's result came back, and the seconds its
+        # batches took (each from its launch, or from the worker's previous result when pipelined).
+        self._last_done = [0.0] * workers
+        self.busy_s = [0.0] * workers
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}", daemon=True)
                          for i in range(workers)]
 
     # --- what an item is (subclasses) ---------------------------------------------------------
@@ -97,8 +103,12 @@ class TokenBatcher:
 
     # --- how a batch runs (subclasses) --------------------------------------------------------
 
-    def _launch(self, batch: list, waiting: int = 0) -> tuple:
-        """Start running ``batch`` (``waiting`` items were left pending); the tuple goes to ``_complete``."""
+    def _enter_worker(self, worker: int) -> None:
+        """Called once on each worker's own thread before its first batch (say, to pick its device)."""
+
+    def _launch(self, batch: list, waiting: int = 0, worker: int = 0) -> tuple:
+        """Start running ``batch`` on ``worker`` (``waiting`` items were left pending); the tuple goes
+        to ``_complete``, on the same worker's thread."""
         raise NotImplementedError
 
     def _complete(self, *launched: Any) -> None:
@@ -216,7 +226,7 @@ class TokenBatcher:
                 return
             self._cond.wait(remaining)
 
-    def _work(self) -> None:
+    def _work(self, worker: int = 0) -> None:
         """Take a batch, launch it, then finish the batch launched before it. Without
         ``always_pipeline`` this overlap happens only while a full batch is already waiting (a
         backlog): otherwise a batch taken while another runs would close early and small, so the
@@ -224,6 +234,7 @@ class TokenBatcher:
         items as have arrived. (Without the backlog rule an H100 LoadGen Server run lost ~10% of
         Offline's throughput to host work between batches and fell behind at 3,200-3,500
         samples/s.) With nothing pending a batch is finished at once."""
+        self._enter_worker(worker)
         in_flight = None
         while True:
             if in_flight is not None and not self.always_pipeline and not self._backlogged():
@@ -233,22 +244,27 @@ class TokenBatcher:
                 self._wait_for_work(in_flight)
                 batch = self._take_batch() if self._pending else None
                 waiting = len(self._pending)
+                if waiting and len(self._threads) > 1:
+                    self._cond.notify()  # one put of many items woke one worker: pass the rest on
             if batch is None and in_flight is None:
                 return  # stopping, and nothing left
-            launched = self._launch(batch, waiting) if batch is not None else None
+            launched = self._launch(batch, waiting, worker) if batch is not None else None
             if in_flight is not None:
                 self._complete(*in_flight)
             in_flight = launched
 
-    def _observe(self, cost: int, start: float) -> float:
-        """Note a finished batch of ``cost`` tokens launched at ``start``; returns perf_counter() now.
+    def _observe(self, cost: int, start: float, worker: int = 0) -> float:
+        """Note a finished batch of ``cost`` tokens launched at ``start`` by ``worker``; returns
+        perf_counter() now.
 
-        The batch's own service time runs from its launch, or from the previous batch's result
-        when it was launched behind that one (pipelined), to its result.
+        The batch's own service time runs from its launch, or from the worker's previous batch's
+        result when it was launched behind that one (pipelined), to its result. The tokens/s
+        estimate is of one worker (one device), which is what bounds one batch's latency.
         """
         done = time.perf_counter()
-        elapsed = done - max(start, self._last_done)
-        self._last_done = done
+        elapsed = done - max(start, self._last_done[worker])
+        self._last_done[worker] = done
+        self.busy_s[worker] += elapsed
         rate = cost / max(elapsed, 1e-6)
         self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
         return done

@@ -1,4 +1,5 @@
-"""One device resolver: 'auto'/None, 'cpu', 'cuda' or 'cuda:N' -> a ``torch.device`` that exists here.
+"""One device resolver: 'auto'/None, 'cpu', 'cuda' or 'cuda:N' -> a ``torch.device`` that exists here;
+and one for lists of devices (``--devices cuda:0,cuda:1``, ``all``) that run one engine each.
 
 Example:
     >>> resolve_device("cpu")
@@ -7,6 +8,10 @@ Example:
     Traceback (most recent call last):
     ...
     bertrt.errors.DeviceError: --device 'gpu': expected auto, cpu, cuda or cuda:N
+    >>> check_devices("cuda:0, cuda:1")
+    ('cuda:0', 'cuda:1')
+    >>> resolve_devices("cpu,cpu")
+    [device(type='cpu'), device(type='cpu')]
 """
 
 from __future__ import annotations
@@ -57,4 +62,66 @@ def resolve_device(device: object = None, *, flag: str = "--device"):
         count = torch.cuda.device_count()
         if resolved.index is not None and resolved.index >= count:
             raise DeviceError(f"{flag} {text}: this machine has {count} GPU(s), numbered 0 to {count - 1}")
+    return resolved
+
+
+def check_devices(devices: object, *, flag: str = "--devices") -> tuple[str, ...]:
+    """A comma-separated list of devices (or a sequence), normalised; ``("all",)`` for 'all'. No torch import.
+
+    Entries are 'cpu', 'cuda' or 'cuda:N'. CPU entries may repeat (two CPU "devices" share the host's
+    cores: a testing aid for the multi-device paths, not a way to run faster); a list is all CPU or
+    all CUDA.
+
+    Raises:
+        DeviceError: an empty or malformed entry, 'auto' or 'all' inside a list, CPU mixed with
+            CUDA, or a CUDA device named twice ('cuda' is 'cuda:0' here only once resolved).
+    """
+    entries = [e.strip().lower() for e in devices.split(",")] if isinstance(devices, str) else (
+        [check_device(e, flag=flag) for e in devices] if isinstance(devices, (list, tuple)) else None)
+    if not entries or entries == [""]:
+        raise DeviceError(f"{flag} {devices!r}: expected all, or a comma-separated list of cpu, cuda or cuda:N")
+    if entries == ["all"]:
+        return ("all",)
+    for entry in entries:
+        match = _DEVICE.match(entry)
+        if entry == "all" or match is None or match.group(1) == "auto" or (
+                match.group(2) is not None and match.group(1) != "cuda"):
+            raise DeviceError(f"{flag} {devices!r}: expected all alone, or a comma-separated list of cpu, cuda or "
+                              f"cuda:N (got {entry!r} in the list)")
+    kinds = {entry.split(":")[0] for entry in entries}
+    if len(kinds) > 1:
+        raise DeviceError(f"{flag} {devices!r}: mixes CPU and CUDA devices; list only GPUs, or only cpu to test")
+    cuda = [e for e in entries if e.startswith("cuda")]
+    for entry in cuda:
+        if cuda.count(entry) > 1:
+            raise DeviceError(f"{flag} {devices!r}: {entry} is listed twice; each GPU runs one engine")
+    return tuple(entries)
+
+
+def resolve_devices(devices: object, *, flag: str = "--devices") -> list:
+    """``torch.device`` s for ``check_devices(devices)``: 'all' -> every visible CUDA device.
+
+    Raises:
+        DeviceError: as ``check_devices``; CUDA asked for without a GPU (or 'all' without one);
+            an index beyond the GPUs present; one GPU named twice ('cuda' and 'cuda:0').
+    """
+    import torch
+
+    entries = check_devices(devices, flag=flag)
+    if entries == ("all",):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{flag} all: no CUDA GPU is visible here (to test on a CPU, list CPU devices: "
+                              f"{flag} cpu,cpu)")
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    if entries[0] != "cpu" and not torch.cuda.is_available():
+        raise DeviceError(f"{flag} {','.join(entries)}: no CUDA GPU is available here (to test on a CPU, list CPU "
+                          f"devices: {flag} cpu,cpu)")
+    resolved = [resolve_device(entry, flag=flag) for entry in entries]
+    if resolved[0].type == "cuda":
+        indexed = [torch.device("cuda", torch.cuda.current_device() if d.index is None else d.index) for d in resolved]
+        for entry, device in zip(entries, indexed):
+            if indexed.count(device) > 1:
+                raise DeviceError(f"{flag} {','.join(entries)}: {entry} is {device}, listed twice; "
+                                  "each GPU runs one engine")
+        resolved = indexed
     return resolved

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("mlperf_loadgen")
 
@@ -113,3 +114,42 @@ def test_position_table_shorter_than_the_mlperf_window(tmp_path, squad_file, cap
     assert fails(_loadgen(squad_file, model, tmp_path / "out", "--count", "2"), capsys, untouched=tmp_path) == (
         "the model's position table has 128 rows; MLPerf BERT reads SQuAD through 384-token windows (use "
         "`bertrt squad` for shorter ones)")
+
+
+def _loadgen_on(data, model, out, devices, *extra):
+    return ["loadgen", "--data", data, "--model", model, "--out", out, "--devices", devices, *extra]
+
+
+@pytest.mark.parametrize("devices, extra, message", [
+    ("gpu,cpu", [], "--devices 'gpu,cpu': expected all alone, or a comma-separated list of cpu, cuda or cuda:N "
+                    "(got 'gpu' in the list)"),
+    ("cpu:1", [], "--devices 'cpu:1': expected all alone, or a comma-separated list of cpu, cuda or cuda:N"),
+    ("cpu,,cpu", [], "(got '' in the list)"),
+    ("all,cuda:0", [], "(got 'all' in the list)"),
+    ("cuda:1,cuda:1", [], "--devices 'cuda:1,cuda:1': cuda:1 is listed twice; each GPU runs one engine"),
+    ("cpu,cuda", [], "--devices 'cpu,cuda': mixes CPU and CUDA devices; list only GPUs, or only cpu to test"),
+    ("cpu,cpu", ["--device", "cpu"], "--device cpu and --devices cpu,cpu: give one of them"),
+    ("cpu,cpu", ["--backend", "onnxruntime"], "--devices: the onnxruntime backend runs on one device"),
+])
+def test_bad_devices(tmp_path, squad_file, tiny_qa, capsys, devices, extra, message):
+    assert message in fails(_loadgen_on(squad_file, tiny_qa, tmp_path / "out", devices, *extra), capsys,
+                            untouched=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("devices, message", [
+    ("cuda:0,cuda:1", "--devices cuda:0,cuda:1: no CUDA GPU is available here (to test on a CPU, list CPU "
+                      "devices: --devices cpu,cpu)"),
+    ("all", "--devices all: no CUDA GPU is visible here (to test on a CPU, list CPU devices: --devices cpu,cpu)"),
+])
+def test_cuda_devices_without_a_gpu(tmp_path, squad_file, tiny_qa, capsys, devices, message):
+    assert fails(_loadgen_on(squad_file, tiny_qa, tmp_path / "out", devices), capsys, untouched=tmp_path) == message
+
+
+def test_two_cpu_devices_report_each_device(tmp_path, squad_file, tiny_qa, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(_loadgen_on(squad_file, tiny_qa, out, "cpu,cpu", "--mode", "accuracy"), capsys)
+    assert code == 0, err
+    devices = json.loads((out / "report.json").read_text())["devices"]
+    assert [d["device"] for d in devices] == ["cpu", "cpu"] and sum(d["samples"] for d in devices) == 2
+    assert "per device: cpu " in stdout

@@ -92,3 +92,14 @@ def test_a_replica_killed_under_load_fails_no_request_silently_and_comes_back(cl
         assert time.monotonic() < deadline, "the killed replica did not come back"
         time.sleep(0.5)
     assert httpx.post(f"{cluster}/v1/qa", json=ASK, timeout=30).status_code == 200
+
+
+def test_the_live_cluster_is_read_for_the_up_front_check(cluster):
+    from bertrt.errors import UserError
+    from bertrt.serve.deployment import check_resources, cluster_nodes
+
+    nodes = cluster_nodes()
+    assert sum(n.get("CPU", 0) for n in nodes) == 4 and not any(n.get("GPU") for n in nodes)
+    check_resources(nodes, replicas=2, num_gpus_per_replica=0, num_cpus_per_replica=1)
+    with pytest.raises(UserError, match=r"needs 2 GPU\(s\) and 2 CPU\(s\); the Ray cluster has 0 GPU\(s\) and 4 CPU"):
+        check_resources(nodes, replicas=2, num_gpus_per_replica=1, num_cpus_per_replica=1)

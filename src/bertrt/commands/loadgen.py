@@ -23,6 +23,7 @@ def register(subparsers) -> None:
                "--min-duration 60\n"
                "  bertrt loadgen --scenario Server --engine eng/ --target-qps 4500 --target-latency-ms 130 "
                "--plot server.png\n"
+               "  bertrt loadgen --scenario Offline --engine eng/ --devices all --target-qps 10000\n"
                "  bertrt loadgen --mode accuracy --backend pytorch --data dev-v1.1.json --count 200",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenario", choices=SCENARIOS, default="Offline", help="LoadGen scenario (default Offline)")
@@ -56,6 +57,12 @@ def register(subparsers) -> None:
                    help="token budget per batch (padded tokens for padded backends; default 65536 "
                         "Offline, 32768 Server, 8192 otherwise)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--devices", metavar="LIST",
+                   help="several devices fed from one queue, one engine each (loaded from the same --engine): "
+                        "cuda:0,cuda:1 or all (every visible GPU); a worker per device takes the next batch "
+                        "when its device is free, and report.json counts each device's samples, batches and "
+                        "busy time. cpu,cpu runs one CPU reference model per entry: a testing aid, not faster. "
+                        "bertrt and pytorch backends; instead of --device")
     p.add_argument("--out", default="loadgen-out", metavar="DIR", help="output folder (default ./loadgen-out)")
     p.add_argument("--plot", metavar="FILE",
                    help="also plot each batch's service time over the run (from --out's batches.json) "
@@ -78,7 +85,7 @@ def options_from_args(args: argparse.Namespace):
         user_conf=Path(args.user_conf) if args.user_conf else None, target_qps=args.target_qps,
         target_latency_ms=args.target_latency_ms, min_duration_s=args.min_duration,
         min_query_count=args.min_query_count, count=args.count, max_batch_tokens=args.max_batch_tokens,
-        out=Path(args.out), device=args.device, overwrite=args.overwrite)
+        out=Path(args.out), device=args.device, devices=args.devices, overwrite=args.overwrite)
 
 
 def _check_combinations(args: argparse.Namespace) -> None:
@@ -123,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
     if phases:
         print("per batch, p50 / p99 ms: " + "; ".join(
             f"{name} {p['p50']:.3f} / {p['p99']:.3f}" for name, p in phases.items()))
+    devices = report.get("devices", [])
+    if len(devices) > 1:
+        print("per device: " + "; ".join(
+            f"{d['device']} {d['samples']:,} samples ({100 * d['share']:.0f}%), {d['batches']:,} batches, "
+            f"busy {d['busy_s']:.2f} s" for d in devices))
     if args.plot:
         from bertrt.harness.loadgen.trace import TRACE_FILE, plot_batches, read_batches
 

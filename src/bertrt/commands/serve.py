@@ -7,6 +7,10 @@ import os
 import signal
 
 from bertrt.commands._common import add_model_args
+from bertrt.errors import UserError
+
+# CPUs each Ray Serve replica reserves (its batcher thread and the app's event loop).
+NUM_CPUS_PER_REPLICA = 1.0
 
 
 def register(subparsers) -> None:
@@ -47,14 +51,15 @@ def register(subparsers) -> None:
                      help="serve through Ray Serve (joins RAY_ADDRESS's cluster when set, else starts one here)")
     ray.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas (default 1)")
     ray.add_argument("--num-gpus-per-replica", type=float, default=None, metavar="G",
-                     help="GPUs per replica (default 1 when this machine has a GPU, else 0)")
+                     help="GPUs per replica (default 1 when this machine has a GPU, else 0). Ray gives each "
+                          "replica its own GPU (CUDA_VISIBLE_DEVICES), which it sees as cuda:0; the replicas "
+                          "asked for must fit the cluster, checked before they start")
     ray.add_argument("--autoscale", action="store_true",
                      help="scale between 1 and --replicas replicas on ongoing requests")
     p.set_defaults(func=run)
 
 
 def _settings(args: argparse.Namespace):
-    from bertrt.cli import UserError
     from bertrt.serve.app import ServeSettings
 
     try:
@@ -111,15 +116,27 @@ def _run_ray(args: argparse.Namespace, settings) -> int:
     import torch
     from ray import serve
 
-    from bertrt.serve.deployment import build
+    from bertrt.serve.deployment import build, check_resources, cluster_nodes
 
     gpus = args.num_gpus_per_replica
     if gpus is None:
         gpus = 1.0 if torch.cuda.is_available() else 0.0
-    ray.init(ignore_reinit_error=True)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    if args.replicas < 1:
+        raise UserError(f"--replicas must be >= 1, got {args.replicas}")
+    if gpus < 0:
+        raise UserError(f"--num-gpus-per-replica must be >= 0, got {gpus:g}")
+    # The device each replica loads onto is checked here, before any cluster starts.
     app = build(args.model, engine=args.engine, device=args.device, settings=settings, replicas=args.replicas,
-                num_gpus_per_replica=gpus, autoscaling=args.autoscale)
+                num_gpus_per_replica=gpus, num_cpus_per_replica=NUM_CPUS_PER_REPLICA, autoscaling=args.autoscale)
+    ray.init(ignore_reinit_error=True)
+    try:
+        # Ray Serve would wait forever for replicas the cluster cannot place.
+        check_resources(cluster_nodes(), replicas=args.replicas, num_gpus_per_replica=gpus,
+                        num_cpus_per_replica=NUM_CPUS_PER_REPLICA, autoscaling=args.autoscale)
+    except UserError:
+        ray.shutdown()
+        raise
+    serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="bertrt", route_prefix="/")
     print(f"bertrt serve: {args.replicas} replica(s) on http://{args.host}:{args.port}", flush=True)
     stop = threading.Event()

@@ -85,7 +85,7 @@ class ModelBatcher(TokenBatcher):
     def _group(self, item: Window) -> str:
         return item.kind
 
-    def _launch(self, batch: list[Window], waiting: int = 0):
+    def _launch(self, batch: list[Window], waiting: int = 0, worker: int = 0):
         start = time.perf_counter()
         kind = batch[0].kind
         for w in batch:

@@ -12,11 +12,15 @@ batch costs ``sum(len)`` tokens (packed) or ``B * max(len)`` (padded).
 - ``onnxruntime``: that model exported to ONNX with dynamic batch and sequence axes, run by the
   CUDA execution provider when there is one, else the CPU provider.
 
+``DeviceBackends`` holds one bertrt or pytorch backend per device (``make_backends``); the SUT
+feeds them from one queue.
+
 Each framework is imported inside the backend that needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from pathlib import Path
@@ -133,6 +137,49 @@ class _Pending:
             self.done.synchronize()  # sleeps in the driver, releasing the GIL
             self.value, self.done = self.value.numpy(), None
         return self.value
+
+
+class DeviceBackends:
+    """The same backend once per device, for the SUT to feed from one queue (a worker per device).
+
+    Args:
+        backends: one backend per device, each with a ``device`` attribute; all of one kind.
+
+    Attributes:
+        backends, devices: in the order given.
+        name, padded, model: those of the first backend (the same on every device).
+        max_tokens, max_batch_samples: the smallest of the backends' limits (None if none has one).
+    """
+
+    def __init__(self, backends: list):
+        if not backends:
+            raise ValueError("DeviceBackends needs at least one backend")
+        self.backends = list(backends)
+        self.devices = [b.device for b in self.backends]
+        first = self.backends[0]
+        self.name, self.padded, self.model = first.name, first.padded, getattr(first, "model", None)
+
+    @property
+    def max_tokens(self) -> int | None:
+        return _smallest(getattr(b, "max_tokens", None) for b in self.backends)
+
+    @property
+    def max_batch_samples(self) -> int | None:
+        return _smallest(getattr(b, "max_batch_samples", None) for b in self.backends)
+
+
+def _smallest(values) -> int | None:
+    known = [v for v in values if v is not None]
+    return min(known) if known else None
+
+
+def on_device(device) -> contextlib.AbstractContextManager:
+    """``device`` made the thread's current CUDA device for the block (nothing for the CPU): loading,
+    capturing graphs and launching Triton kernels all act on the current device."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 class TorchBackend:
@@ -255,3 +302,22 @@ def make_backend(name: str, *, checkpoint=None, engine: Path | None = None, devi
             workdir = Path(tempfile.mkdtemp(prefix="bertrt-onnx-"))
         return OnnxBackend(onnx_session(checkpoint, device, workdir))
     raise UserError(f"unknown backend {name!r}")
+
+
+def make_backends(name: str, *, checkpoint=None, engine: Path | None = None, devices: list[torch.device],
+                  workdir: Path | None = None):
+    """``make_backend`` on each of ``devices``, each loaded with its device current: the plain
+    backend for one device, a ``DeviceBackends`` for several (bertrt and pytorch only). A GPU given
+    without its index ('cuda') is given the current one's, so that the SUT's worker threads, whose
+    current device starts at 0, know which to make current."""
+    if len(devices) > 1 and name == "onnxruntime":
+        raise UserError("the onnxruntime backend runs on one device; use --device, or the bertrt or pytorch "
+                        "backend with --devices")
+    devices = [torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
+               for d in map(torch.device, devices)]
+    backends = []
+    for device in devices:
+        with on_device(device):
+            backends.append(make_backend(name, checkpoint=checkpoint, engine=engine, device=device,
+                                         workdir=workdir))
+    return backends[0] if len(backends) == 1 else DeviceBackends(backends)

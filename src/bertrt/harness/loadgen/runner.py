@@ -25,8 +25,8 @@ import numpy as np
 from bertrt.atomic import folder_kind, write_folder_atomically
 from bertrt.errors import UserError
 from bertrt.harness.loadgen import accuracy, report as reporting
-from bertrt.device import resolve_device
-from bertrt.harness.loadgen.backends import make_backend, require_qa_head
+from bertrt.device import resolve_device, resolve_devices
+from bertrt.harness.loadgen.backends import make_backends, on_device, require_qa_head
 from bertrt.harness.loadgen.qsl import SquadQSL
 from bertrt.harness.loadgen.settings import BackendName, HarnessOptions, Mode, log_settings, loadgen_settings
 from bertrt.harness.loadgen.sut import BatchingSUT
@@ -60,6 +60,7 @@ def _vocab_file(options: HarnessOptions, checkpoint, backend=None) -> Path | Non
     if checkpoint is not None and checkpoint.vocab_file is not None:
         candidates.append(Path(checkpoint.vocab_file))
     if backend is not None:
+        # (a DeviceBackends gives its first backend's model)
         loaded = getattr(getattr(backend, "model", None), "vocab_file", None)
         candidates += [Path(loaded)] if loaded is not None else []
         candidates.append(DEFAULT_MODEL_DIR / "vocab.txt")
@@ -72,13 +73,18 @@ def _vocab_file(options: HarnessOptions, checkpoint, backend=None) -> Path | Non
 
 
 def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQSL, object]:
-    """Validate, tokenise the data and build the backend: everything before the timed run."""
+    """Validate, tokenise the data and build the backend: everything before the timed run.
+
+    With ``options.devices`` the backend is a ``DeviceBackends``: the same engine (or reference
+    model) loaded once per device, each warmed up on its own device."""
     options.validate()
     require_loadgen()
     from bertrt.tokenizer import BertTokenizer
     from bertrt.weights import load_checkpoint
 
-    device = resolve_device(options.device)
+    devices = (resolve_devices(options.devices) if options.devices is not None
+               else [resolve_device(options.device)])
+    device = devices[0]
     checkpoint = None
     if options.model is not None or options.engine is None:
         checkpoint = load_checkpoint(options.model)
@@ -91,7 +97,7 @@ def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQS
         require_qa_head(checkpoint)  # before the data is tokenised
 
     def build():
-        return make_backend(options.backend.value, checkpoint=checkpoint, engine=options.engine, device=device)
+        return make_backends(options.backend.value, checkpoint=checkpoint, engine=options.engine, devices=devices)
 
     # Tokenise first where the vocabulary is known, so data errors (--count too large) come fast.
     backend = None
@@ -107,7 +113,9 @@ def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQS
                               vocab_size=config.vocab_size if config is not None else None)
     qsl = SquadQSL(options.data, tokenizer, articles=options.articles, count=options.count, progress=progress)
     backend = backend or build()
-    warm_up(backend, qsl, options.batch_tokens(), full_batch=device.type == "cuda")
+    for one in getattr(backend, "backends", (backend,)):
+        with on_device(getattr(one, "device", None)):
+            warm_up(one, qsl, options.batch_tokens(), full_batch=device.type == "cuda")
     return qsl, backend
 
 
@@ -179,9 +187,11 @@ def run_test(options: HarnessOptions, qsl: SquadQSL, backend, *, workers: int = 
     calling thread at once (KeyboardInterrupt) instead of after LoadGen returns.
 
     ``progress``: a bar on stderr counting the samples answered while LoadGen runs.
+    ``workers``: the SUT's threads per device.
 
     Returns:
-        The report dict (see ``report.build_report``), with "accuracy" in accuracy mode.
+        The report dict (see ``report.build_report``), with "devices" (per device: samples,
+        batches, tokens, busy seconds, share) and "accuracy" in accuracy mode.
     """
     lg = require_loadgen()
     out = Path(options.out)
@@ -229,10 +239,13 @@ def _run_into(lg, out: Path, final: Path, settings, options: HarnessOptions, qsl
     lg.DestroySUT(sut_handle)
     lg.DestroyQSL(qsl_handle)
     if sut.error is not None:
-        raise RuntimeError(f"the {backend.name} backend failed during the run: {sut.error}") from sut.error
+        where = f" on {sut.error_device}" if len(sut.device_names) > 1 else ""
+        raise RuntimeError(f"the {backend.name} backend{where} failed during the run: {sut.error} "
+                           f"({sut.failed_samples} of the run's samples were answered empty)") from sut.error
 
     report = reporting.build_report(out, options, backend_name=backend.name, samples=len(qsl),
                                     batches=sut.batches, completed=sut.samples)
+    report["devices"] = sut.device_counters()
     report["summary_file"] = str(final / reporting.SUMMARY)
     report["sut_phases_ms"] = summarize(rows_of(write_batches(out / TRACE_FILE, sut.trace)))
     if options.mode is Mode.ACCURACY:

@@ -62,6 +62,8 @@ class HarnessOptions:
         max_batch_tokens: the SUT's token budget per batch (padded tokens for padded backends).
         out: where LoadGen's logs, report.json and accuracy.json go.
         device: "auto", "cpu", "cuda", "cuda:N".
+        devices: several devices, one engine (or CPU reference) each, fed from one queue:
+            "cuda:0,cuda:1", "all" (every visible GPU), or "cpu,cpu" (a testing aid); None: ``device``.
         overwrite: ``out`` may replace any folder, not only an empty one or a LoadGen output bertrt wrote.
     """
 
@@ -82,6 +84,7 @@ class HarnessOptions:
     max_batch_tokens: int | None = None
     out: Path = Path("loadgen-out")
     device: str = "auto"
+    devices: str | None = None
     overwrite: bool = False
 
     def validate(self) -> None:
@@ -114,6 +117,15 @@ class HarnessOptions:
         from bertrt.device import check_device
 
         check_device(self.device)
+        if self.devices is not None:
+            from bertrt.device import check_devices
+
+            check_devices(self.devices)
+            if check_device(self.device) != "auto":
+                raise UserError(f"--device {self.device} and --devices {self.devices}: give one of them")
+            if self.backend is BackendName.ONNXRUNTIME:
+                raise UserError("--devices: the onnxruntime backend runs on one device; use --device, or the "
+                                "bertrt or pytorch backend")
         check_destination(self.out, folder=True, kind="loadgen", overwrite=self.overwrite,
                           inputs=[("--data", self.data), ("--vocab", self.vocab), ("--user-conf", self.user_conf),
                                   ("--engine", self.engine), ("--model", self.model)])

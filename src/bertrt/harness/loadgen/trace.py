@@ -3,12 +3,14 @@
 One row per finished batch, times in seconds since the SUT started: when its oldest sample was
 issued, when the batch was launched, when the backend's launch call returned (the host's share of
 starting it), when its result came back and when LoadGen had taken the responses; then its
-samples and tokens, and how many samples were still pending at its launch. So a sample's latency
+samples and tokens, how many samples were still pending at its launch, and which of the run's
+devices ran it (an index into the report's ``devices``). So a sample's latency
 splits into waiting (issue to launch: the queue, and a worker waking up), service (the backend,
 of which "launch" is host work) and completion (handing the results to LoadGen). A stall (a kernel
 compiling inside the timed run, a queue that does not drain) shows as one slow batch followed
 by a run of full ones. Older traces (benchmarks/results/h100/loadgen_server_stall_fused.json) lack
-the issue, launch-return and completion columns; rows are read by column name.
+the issue, launch-return and completion columns, and traces before several devices the device
+column; rows are read by column name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = ("issued_s", "launched_s", "submitted_s", "done_s", "completed_s", "samples", "tokens",
-           "pending_at_launch")
+           "pending_at_launch", "device")
 TRACE_FILE = "batches.json"
 # Phases of a batch's life: name -> (from column, to column).
 PHASES = {"wait": ("issued_s", "launched_s"), "service": ("launched_s", "done_s"),

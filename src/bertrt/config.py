@@ -300,30 +300,43 @@ def _modernbert_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
         pad_token_id=raw.get("pad_token_id", 50283))
 
 
-ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert")
+ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert", "modernbert")
+# Activations of a gated feed-forward on the engine (ops.geglu.GATED_ACTIVATIONS); ungated ones are exact GELU.
+ENGINE_GATED_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
 def check_engine_support(config: BertConfig) -> None:
-    """Raise ConfigError unless the GPU engine can run ``config`` (post-LN BERT with exact GELU).
+    """Raise ConfigError unless the GPU engine can run ``config``.
 
     The reference (``bertrt.reference``) runs every family in ``FAMILIES``; the engine's fused
-    kernels assume BERT's layout, so a model is checked here where it enters the engine.
+    kernels assume the layouts below, so a model is checked here where it enters the engine.
     """
     reasons = []
     # RoBERTa and XLM-RoBERTa are BERT's layout with positions counted from padding_idx + 1;
     # DistilBERT is BERT's layout without token types, its sequence head a ReLU; ELECTRA's
     # embeddings may be narrower than the encoder, with a projection after their LayerNorm;
-    # Megatron-BERT normalises each sub-layer's input instead of its output (pre-LN).
+    # Megatron-BERT normalises each sub-layer's input instead of its output (pre-LN); ModernBERT is
+    # pre-LN too, with rotary positions, sliding-window layers, GeGLU and no biases, which the
+    # engine's pre-LN path reads from the config.
     if config.model_type not in ENGINE_FAMILIES:
         reasons.append(f"model_type {config.model_type!r}")
-    if config.hidden_act != "gelu":
+    if config.gated_ffn and config.hidden_act not in ENGINE_GATED_ACTIVATIONS:
+        reasons.append(f"hidden_act {config.hidden_act!r} in a gated feed-forward")
+    elif not config.gated_ffn and config.hidden_act != "gelu":
         reasons.append(f"hidden_act {config.hidden_act!r}")
     if not config.embedding_layer_norm and not config.pre_layer_norm:
         reasons.append("embeddings without a LayerNorm")
-    if config.rotary_base is not None or config.gated_ffn or not config.linear_bias:
-        reasons.append("rotary positions, GeGLU or bias-free layers")
+    modern = config.rotary_base is not None or config.gated_ffn or not config.linear_bias or not config.norm_bias
+    if modern and not config.pre_layer_norm:
+        reasons.append("rotary positions, GeGLU or bias-free layers in a post-LayerNorm model")
+    if not config.gated_ffn and not config.linear_bias:
+        reasons.append("bias-free layers with an ungated feed-forward")
+    if config.rotary_base is not None and (config.embedding_size is not None or config.type_vocab_size
+                                           or not config.embedding_layer_norm):
+        reasons.append("rotary positions with an embedding projection, token types or no embedding LayerNorm")
     if reasons:
-        raise ConfigError("the GPU engine runs BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA and Megatron-BERT models (exact GELU); this model has "
+        raise ConfigError("the GPU engine runs BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA, Megatron-BERT and "
+                          "ModernBERT models (exact GELU, or a gated GELU/SiLU/ReLU feed-forward); this model has "
                           + ", ".join(reasons) + ". Run it on the reference path with --device cpu")
 
 

@@ -17,9 +17,12 @@ from bertrt.ops.linear_splitk import linear_splitk
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
 
 
-def attention_for(choice: str):
-    """The attention function a recorded choice names (format.OP_BACKENDS["attention"])."""
-    if choice == "torch":
+def attention_for(choice: str, *, windowed: bool = False):
+    """The attention function a recorded choice names (format.OP_BACKENDS["attention"]).
+
+    ``windowed``: for sliding-window layers (called with ``reach=``), which only bertrt's kernel
+    runs: a recorded "torch" means its default tiling there."""
+    if choice == "torch" and not windowed:
         return varlen_attention
     tiling = ATTENTION_TILINGS.get(choice)  # None: attention_config_for's
     return varlen_attention_triton if tiling is None else functools.partial(varlen_attention_triton, config=tiling)

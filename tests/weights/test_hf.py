@@ -433,3 +433,44 @@ def test_fp8_and_int8_engines_refuse_modernbert_by_name(tmp_path):
         with pytest.raises(QuantError, match="post-LayerNorm families, not modernbert"):
             build(ckpt, tmp_path / "e", precision=precision, device="cpu")
     assert not (tmp_path / "e").exists()
+
+
+GPU_MODERNBERT = dict(vocab_size=500, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
+                      intermediate_size=256, max_position_embeddings=8192, local_attention=128)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a CUDA graph that fails to capture must fail the test
+@pytest.mark.parametrize("lengths", [(1000, 130, 1, 257, 64, 700), (8192, 77)], ids=["mixed", "8192"])
+def test_modernbert_fp16_engine_on_gpu(lengths, tmp_path):
+    """The fp16 engine (Triton kernels, CUDA graphs, build-time attention timing) against Hugging Face
+    fp32: within twice Hugging Face fp16's own error, plus a small slack, for hidden states and
+    sequence logits; sequences far longer than the 128-token window, and one of 8,192 tokens."""
+    from bertrt.engine import Engine, build
+
+    model = random_modernbert("ForSequenceClassification", seed=9, num_labels=3, **GPU_MODERNBERT)
+    ckpt = load(model, tmp_path)
+    model.cuda()
+    engine = Engine.load(build(ckpt, tmp_path / "engine", precision="fp16", max_seq_length=8192, max_batch=8),
+                         device="cuda")
+    assert engine.graphs and "attention" in engine.spec.gemm_choices
+    gen = torch.Generator().manual_seed(9)
+    ids = [torch.randint(3, GPU_MODERNBERT["vocab_size"], (n,), generator=gen).tolist() for n in lengths]
+    input_ids, mask, _ = pad_sequences(ids, [[0] * n for n in lengths])
+    inputs = {"input_ids": input_ids.cuda(), "attention_mask": mask.cuda()}
+    real = mask.bool().cuda()
+    batch = pack_sequences(ids)
+    with torch.inference_mode():
+        want_hidden, want_logits = model.model(**inputs).last_hidden_state[real], model(**inputs).logits
+        half = model.half()
+        hf_hidden, hf_logits = half.model(**inputs).last_hidden_state[real], half(**inputs).logits
+        hidden = engine.encode(batch)
+        logits = engine.classify(batch)
+        again = engine.encode(batch)  # a replay of the captured graph
+    assert engine.graphs, "the CUDA graph was not captured"
+    torch.testing.assert_close(again, hidden, rtol=0, atol=0)
+    for ours, theirs, want in ((hidden, hf_hidden, want_hidden), (logits, hf_logits, want_logits)):
+        assert torch.isfinite(ours).all()
+        err = (ours.double() - want.double()).abs().max().item()
+        hf_err = (theirs.double() - want.double()).abs().max().item()
+        assert err <= 2 * hf_err + 1e-3, f"engine fp16 error {err:.3g}, Hugging Face fp16's {hf_err:.3g}"

@@ -13,7 +13,14 @@ Per layer, on (T, H) packed tokens (no computation on padding)::
     (either projection back to hidden width may instead add into x in place, cuBLAS with beta = 1,
     and the LayerNorm then reads x alone: sublayers.end_sublayer)
 
-framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits). Which
+framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits).
+
+A pre-LN family (Megatron-BERT, ModernBERT) runs ``Engine._hidden_pre_ln`` instead: LayerNorm, then
+the sub-layer, whose projection back to hidden width adds into the residual stream. ModernBERT's
+differences are data read from the config: ``rotary_`` turns q and k in place on the QKV output
+(fp32 cos/sin tables per base, built once), local layers call the attention kernel with
+``reach=local_attention_window // 2``, ``gated_act`` makes GeGLU of the 2I-wide up-projection, and
+absent biases and LayerNorm betas are simply left out (a zero beta where the kernel needs one). Which
 up-projection, attention kernel and output projections (cuBLAS, accumulating cuBLAS or split-K,
 for both projections back to hidden width) run at a token count is data: ``spec.gemm_choices``, timed at build time.
 Each op falls back to its plain-PyTorch ``*_ref`` off the GPU, so an fp32 CPU engine gives the

@@ -345,6 +345,15 @@ STANDARD_CONFIGS: dict[str, BertConfig] = {
     "base": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "minilm": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    # answerdotai/ModernBERT-base's shape: 22 layers, GeGLU of 2 x 1152, every third layer global, the
+    # others a 128-token window, 8,192 positions (build with --max-seq-length up to 8192).
+    "modernbert-base": BertConfig(
+        vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+        max_position_embeddings=8192, type_vocab_size=0, layer_norm_eps=1e-5, pad_token_id=50283,
+        do_lower_case=False, model_type="modernbert", pre_layer_norm=True, pooler_act="gelu",
+        rotary_base=160000.0, local_rotary_base=10000.0, local_attention_window=128, global_attention_every=3,
+        linear_bias=False, norm_bias=False, gated_ffn=True, first_attention_norm=False, head_norm=True,
+        classifier_pooling="mean"),
 }
 
 

@@ -17,8 +17,8 @@ import torch
 
 from bertrt.config import Precision, check_engine_support
 from bertrt.device import resolve_device
-from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, GemmChoices,
-                                  file_sha256, now_iso, parse_gemm_choices, write_atomically)
+from bertrt.engine.format import (SPEC_FILE, TOKENIZER_FILES, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec,
+                                  GemmChoices, file_sha256, now_iso, parse_gemm_choices, write_atomically)
 from bertrt.engine.quantized import quantize_tensors, require_fp8_device
 from bertrt.engine.tuning import tune_gemm_choices, tuned_tensors
 from bertrt.quant.calibration import Calibration, calibrate, checkpoint_sha256
@@ -69,6 +69,7 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
         max_batch=max_batch, compute_capability=capability, device_name=name, heads=checkpoint.heads,
         has_pooler=checkpoint.has_pooler, has_vocab=checkpoint.vocab_file is not None,
         source=checkpoint.source, bertrt_version=__version__, created=now_iso(), torch_version=torch.__version__,
+        labels=tuple(checkpoint.labels),
         gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"), quantization=quantization,
     )
 
@@ -105,7 +106,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
 
     Returns:
         The engine folder: ``engine.json``, ``weights.safetensors`` and ``vocab.txt`` when the
-        checkpoint has one.
+        checkpoint has one; without one, its tokenizer files (``format.TOKENIZER_FILES``).
 
     An fp8 engine calibrated on SQuAD articles 0-31: ``build(model, "engines/fp8", precision="fp8",
     calibration=CalibrationSettings(data="dev-v1.1.json", cache="calib.json"))``.
@@ -171,6 +172,13 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         if checkpoint.vocab_file is not None:
             (folder / VOCAB_FILE).write_bytes(Path(checkpoint.vocab_file).read_bytes())
             final = dataclasses.replace(final, vocab_sha256=file_sha256(folder / VOCAB_FILE))
+        elif checkpoint.tokenizer_dir is not None:  # no vocab.txt: the checkpoint's own tokenizer files
+            copied = {}
+            for name in TOKENIZER_FILES:
+                if (Path(checkpoint.tokenizer_dir) / name).is_file():
+                    (folder / name).write_bytes((Path(checkpoint.tokenizer_dir) / name).read_bytes())
+                    copied[name] = file_sha256(folder / name)
+            final = dataclasses.replace(final, tokenizer_sha256=copied)
         (folder / SPEC_FILE).write_text(json.dumps(final.to_json(), indent=2) + "\n", encoding="utf-8")
 
     return write_atomically(Path(out_dir), fill)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from bertrt.config import Precision, check_engine_support
 from bertrt.device import resolve_device
 from bertrt.engine.format import (EngineError, EngineSpec, check_compute_capability, gemm_choice, read_spec,
-                                  verify_vocab, verify_weights)
+                                  verify_tokenizer, verify_vocab, verify_weights)
 from bertrt.engine.sublayers import attention_for, end_sublayer
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
@@ -116,6 +116,8 @@ class Engine:
         device: where it runs.
         graphs: replay CUDA graphs per token bucket (CUDA only); False runs every op eagerly.
         vocab_file: the WordPiece vocabulary, when the engine has one.
+        tokenizer_dir: the folder holding the checkpoint's tokenizer files (``tokenizer.load_tokenizer``),
+            when the engine has no vocab.txt but those (ModernBERT's tokenizer.json).
 
     Example:
         >>> import tempfile
@@ -127,10 +129,11 @@ class Engine:
     """
 
     def __init__(self, spec: EngineSpec, tensors: dict[str, torch.Tensor], *, device: torch.device,
-                 graphs: bool = True, vocab_file: Path | None = None):
+                 graphs: bool = True, vocab_file: Path | None = None, tokenizer_dir: Path | None = None):
         self.spec = spec
         self.config = spec.config
         self.vocab_file = vocab_file
+        self.tokenizer_dir = tokenizer_dir
         self._device = _resolve_device(device)
         self._tensors = tensors
         self._layers = [_Layer.from_tensors(tensors, i) for i in range(self.config.num_hidden_layers)]
@@ -202,7 +205,8 @@ class Engine:
             raise EngineError(f"{weights}: cannot read weights ({exc}); rebuild the engine") from exc
         _check_tensors(spec, tensors, source=str(weights))
         vocab = verify_vocab(folder, spec)
-        engine = cls(spec, tensors, device=device, graphs=graphs, vocab_file=vocab)
+        engine = cls(spec, tensors, device=device, graphs=graphs, vocab_file=vocab,
+                     tokenizer_dir=verify_tokenizer(folder, spec))
         engine.capture(capture)
         return engine
 
@@ -229,7 +233,8 @@ class Engine:
             spec = dataclasses.replace(spec, gemm_choices=tune_gemm_choices(
                 tensors, max_tokens=spec.max_tokens, num_heads=spec.config.num_attention_heads,
                 max_seq_length=spec.max_seq_length, attention_only=spec.config.pre_layer_norm))
-        return cls(spec, tensors, device=device, graphs=graphs, vocab_file=checkpoint.vocab_file)
+        return cls(spec, tensors, device=device, graphs=graphs, vocab_file=checkpoint.vocab_file,
+                   tokenizer_dir=checkpoint.tokenizer_dir)
 
     # --- properties -----------------------------------------------------------------------
 
@@ -260,6 +265,11 @@ class Engine:
     @property
     def heads(self) -> tuple[str, ...]:
         return self.spec.heads
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The heads' output names in label-id order, when the checkpoint named them."""
+        return self.spec.labels
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Canonical name -> weight (engine precision, on the engine's device); do not modify."""
@@ -492,6 +502,17 @@ class Engine:
         with torch.inference_mode():
             return F.linear(self.pooled(batch), t["heads.classifier.weight"].float(),
                             t["heads.classifier.bias"].float())
+
+    def mean_pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden) fp32: mean of each sequence's last hidden states (sentence-transformers style)."""
+        hidden = self.encode(batch) if hidden is None else hidden
+        with torch.inference_mode():
+            return mean_per_sequence(hidden.float(), batch.to(hidden.device))
+
+    def cls_pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden) fp32: each sequence's first-token last hidden state."""
+        hidden = self.encode(batch) if hidden is None else hidden
+        return hidden[batch.cu_seqlens[:-1].to(hidden.device, torch.long)].float()
 
     def token_logits(self, batch: PackedBatch) -> torch.Tensor:
         """(total_tokens, num_labels) fp32 logits of the token-classification head."""

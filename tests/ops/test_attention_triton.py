@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bertrt.ops.attention import varlen_attention_ref, windowed_attention_ref
 from bertrt.ops.attention_triton import TILINGS, AttentionConfig, attention_config_for, varlen_attention_triton
@@ -164,5 +165,21 @@ def test_windowed_falls_back_to_ref_on_plain_cpu(no_interpret):
                                windowed_attention_ref(*inputs[:4], 4))
 
 
-def test_windowed_on_gpu(gpu):
-    check_windowed(make_inputs([8192, 1000, 97, 3], 12, 64, dtype=torch.float16, device="cuda"), 64, torch.float16)
+def banded_sdpa(inputs, reach, dtype):
+    """PyTorch's own attention in ``dtype``, one sequence at a time, with the window as a boolean mask."""
+    q, k, v, cu, _ = inputs
+    out = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        pos = torch.arange(b - a, device=q.device)
+        band = (pos[:, None] - pos[None, :]).abs() <= reach
+        qs, ks, vs = (t[a:b].to(dtype).transpose(0, 1) for t in (q, k, v))  # (heads, len, head_dim)
+        out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band).transpose(0, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_windowed_on_gpu(gpu, dtype):
+    # ModernBERT's 128-token window (reach 64) over one 8,192-token sequence and shorter ones.
+    inputs = make_inputs([8192, 1000, 97, 3], 12, 64, dtype=dtype, device="cuda")
+    got = varlen_attention_triton(*inputs, reach=64)
+    assert_like_torch(got, banded_sdpa(inputs, 64, dtype), windowed_math(inputs, 64, torch.float64), dtype)

@@ -424,6 +424,21 @@ def test_modernbert_graph_staging_gives_the_eager_answer(tmp_path):
     torch.testing.assert_close(runner.run(batch), engine.qa_logits(batch), atol=1e-5, rtol=1e-5)
 
 
+def test_the_hugging_face_peer_of_a_modernbert_engine(tmp_path):
+    """`bertrt perf --peers hf` on a ModernBERT engine times ModernBertForQuestionAnswering holding the
+    engine's weights: the same logits."""
+    from bertrt.engine import Engine
+    from bertrt.harness.peers import hf_call, hf_model
+
+    ckpt = load(random_modernbert("ForQuestionAnswering", seed=10, num_labels=2), tmp_path)
+    engine = Engine.from_checkpoint(ckpt, device="cpu")
+    peer = hf_model(engine)
+    ids, inputs, mask = modernbert_inputs((37, 5, 17), seed=10)
+    with torch.no_grad():
+        out = hf_call(peer, inputs["input_ids"], torch.zeros_like(inputs["input_ids"]), inputs["attention_mask"])
+    close(engine.qa_logits(pack_sequences(ids)), torch.stack([out.start_logits[mask], out.end_logits[mask]], dim=-1))
+
+
 def test_fp8_and_int8_engines_refuse_modernbert_by_name(tmp_path):
     from bertrt.engine import build
     from bertrt.quant.recipe import QuantError

@@ -521,7 +521,8 @@ class Engine:
         t = self._tensors
         with torch.inference_mode():
             hidden = self._token_transform(self.encode(batch)).float()
-            return F.linear(hidden, t["heads.token_classifier.weight"].float(), t["heads.token_classifier.bias"].float())
+            weight, bias = t["heads.token_classifier.weight"], t["heads.token_classifier.bias"]
+            return F.linear(hidden, weight.float(), bias.float())
 
     def run(self, input_ids: Sequence[Sequence[int]] | torch.Tensor, attention_mask: torch.Tensor | None = None,
             token_type_ids: Sequence[Sequence[int]] | torch.Tensor | None = None) -> list[torch.Tensor] | torch.Tensor:

@@ -74,3 +74,20 @@ def test_embed_and_tag_on_the_engine_give_the_reference_answers(tmp_path, capsys
     assert [d["score"] for d in ours] == pytest.approx([d["score"] for d in ref], abs=1e-4)
     with pytest.raises(CheckpointError, match="needs a sequence-classification head, but this engine has a token"):
         load_for_task(None, "text-classification", engine=path, device="cpu")
+
+
+def test_pipelines_take_a_modernbert_engine_and_its_checkpoint(tmp_path):
+    import bertrt
+
+    model, fast = modernbert_folder(tmp_path / "hf", "ModernBertForSequenceClassification", labels=["neg", "pos"])
+    path = engine_for(tmp_path / "hf", tmp_path)
+    on_engine = bertrt.pipeline("text-classification", engine=path, device="cpu")
+    on_reference = bertrt.pipeline("text-classification", model=tmp_path / "hf", device="cpu")
+    assert type(on_engine.model).__name__ == "Engine"
+    with torch.no_grad():
+        probs = model(**fast(TEXTS, padding=True, return_tensors="pt")).logits.softmax(-1)
+    for got in (on_engine(TEXTS), on_reference(TEXTS)):
+        assert [g["label"] for g in got] == [f"LABEL_{int(i)}" for i in probs.argmax(-1)]
+        assert [g["score"] for g in got] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-4)
+    vectors = bertrt.pipeline("feature-extraction", engine=path, device="cpu")(TEXTS[:2])
+    assert vectors.shape == (2, 54)

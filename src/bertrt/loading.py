@@ -29,12 +29,13 @@ def load_model(model: str | Path | None = None, *, device: str | None = None, en
 
         runner = Engine.load(engine, device=dev)
         _require(head, runner.heads, runner.vocab_file or runner.tokenizer_dir, str(engine), engine=True)
-        return runner, _tokenizer(runner.vocab_file, runner.config, str(engine), folder=runner.tokenizer_dir)
+        return runner, tokenizer_from_files(runner.vocab_file, runner.config, str(engine),
+                                            folder=runner.tokenizer_dir)
     checkpoint = load_checkpoint(model)
     # Without a vocab.txt, the checkpoint's own tokenizer files (ModernBERT's tokenizer.json).
     folder = checkpoint.tokenizer_dir if checkpoint.vocab_file is None else None
     _require(head, checkpoint.heads, checkpoint.vocab_file or folder, checkpoint.source)
-    tokenizer = _tokenizer(checkpoint.vocab_file, checkpoint.config, checkpoint.source, folder=folder)
+    tokenizer = tokenizer_from_files(checkpoint.vocab_file, checkpoint.config, checkpoint.source, folder=folder)
     if dev.type == "cuda":
         from bertrt.engine import Engine
 
@@ -46,7 +47,7 @@ def load_model(model: str | Path | None = None, *, device: str | None = None, en
     return ReferenceBert.from_checkpoint(checkpoint, device=dev), tokenizer
 
 
-def _tokenizer(vocab_file, config, source: str, *, folder: Path | None = None):
+def tokenizer_from_files(vocab_file, config, source: str, *, folder: Path | None = None):
     """A BertTokenizer of ``vocab_file``, or without one the tokenizer files in ``folder``."""
     try:
         if vocab_file is None and folder is not None:

@@ -91,3 +91,18 @@ def test_pipelines_take_a_modernbert_engine_and_its_checkpoint(tmp_path):
         assert [g["score"] for g in got] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-4)
     vectors = bertrt.pipeline("feature-extraction", engine=path, device="cpu")(TEXTS[:2])
     assert vectors.shape == (2, 54)
+
+
+def test_the_server_model_takes_a_modernbert_engine(tmp_path):
+    import numpy as np
+
+    from bertrt.serve.model import ServedModel
+
+    model, fast = modernbert_folder(tmp_path / "hf", "ModernBertForSequenceClassification", labels=["neg", "pos"])
+    served = ServedModel.load(engine=engine_for(tmp_path / "hf", tmp_path), device="cpu")
+    ids = fast(TEXTS[0])["input_ids"]
+    logits = served.run("classify", [np.asarray(ids, dtype=np.int32)], [np.zeros(len(ids), dtype=np.int32)]).result()
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([ids])).logits
+    assert torch.from_numpy(logits) == pytest.approx(want, abs=1e-4)
+    served.warm_up()

@@ -301,7 +301,8 @@ def _modernbert_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert", "modernbert")
-# Activations of a gated feed-forward on the engine (ops.geglu.GATED_ACTIVATIONS); ungated ones are exact GELU.
+# Activations of a gated feed-forward on the engine, in the order of ops.geglu's kernel codes; an
+# ungated feed-forward on the engine is exact GELU.
 ENGINE_GATED_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from bertrt.config import ENGINE_GATED_ACTIVATIONS
 from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
-# Activation name -> the kernel's constexpr ACT.
-GATED_ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
+# Activation name -> the kernel's constexpr ACT (the engine's check names the same, config.ENGINE_GATED_ACTIVATIONS).
+GATED_ACTIVATIONS = {name: code for code, name in enumerate(ENGINE_GATED_ACTIVATIONS)}
 
 
 def gated_act_ref(x: torch.Tensor, act: str = "gelu") -> torch.Tensor:

@@ -300,30 +300,44 @@ def _modernbert_fields(raw: dict[str, Any], source: str) -> dict[str, Any]:
         pad_token_id=raw.get("pad_token_id", 50283))
 
 
-ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert")
+ENGINE_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "megatron-bert", "modernbert")
+# Activations of a gated feed-forward on the engine, in the order of ops.geglu's kernel codes; an
+# ungated feed-forward on the engine is exact GELU.
+ENGINE_GATED_ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
 def check_engine_support(config: BertConfig) -> None:
-    """Raise ConfigError unless the GPU engine can run ``config`` (post-LN BERT with exact GELU).
+    """Raise ConfigError unless the GPU engine can run ``config``.
 
     The reference (``bertrt.reference``) runs every family in ``FAMILIES``; the engine's fused
-    kernels assume BERT's layout, so a model is checked here where it enters the engine.
+    kernels assume the layouts below, so a model is checked here where it enters the engine.
     """
     reasons = []
     # RoBERTa and XLM-RoBERTa are BERT's layout with positions counted from padding_idx + 1;
     # DistilBERT is BERT's layout without token types, its sequence head a ReLU; ELECTRA's
     # embeddings may be narrower than the encoder, with a projection after their LayerNorm;
-    # Megatron-BERT normalises each sub-layer's input instead of its output (pre-LN).
+    # Megatron-BERT normalises each sub-layer's input instead of its output (pre-LN); ModernBERT is
+    # pre-LN too, with rotary positions, sliding-window layers, GeGLU and no biases, which the
+    # engine's pre-LN path reads from the config.
     if config.model_type not in ENGINE_FAMILIES:
         reasons.append(f"model_type {config.model_type!r}")
-    if config.hidden_act != "gelu":
+    if config.gated_ffn and config.hidden_act not in ENGINE_GATED_ACTIVATIONS:
+        reasons.append(f"hidden_act {config.hidden_act!r} in a gated feed-forward")
+    elif not config.gated_ffn and config.hidden_act != "gelu":
         reasons.append(f"hidden_act {config.hidden_act!r}")
     if not config.embedding_layer_norm and not config.pre_layer_norm:
         reasons.append("embeddings without a LayerNorm")
-    if config.rotary_base is not None or config.gated_ffn or not config.linear_bias:
-        reasons.append("rotary positions, GeGLU or bias-free layers")
+    modern = config.rotary_base is not None or config.gated_ffn or not config.linear_bias or not config.norm_bias
+    if modern and not config.pre_layer_norm:
+        reasons.append("rotary positions, GeGLU or bias-free layers in a post-LayerNorm model")
+    if not config.gated_ffn and not config.linear_bias:
+        reasons.append("bias-free layers with an ungated feed-forward")
+    if config.rotary_base is not None and (config.embedding_size is not None or config.type_vocab_size
+                                           or not config.embedding_layer_norm):
+        reasons.append("rotary positions with an embedding projection, token types or no embedding LayerNorm")
     if reasons:
-        raise ConfigError("the GPU engine runs BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA and Megatron-BERT models (exact GELU); this model has "
+        raise ConfigError("the GPU engine runs BERT, RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA, Megatron-BERT and "
+                          "ModernBERT models (exact GELU, or a gated GELU/SiLU/ReLU feed-forward); this model has "
                           + ", ".join(reasons) + ". Run it on the reference path with --device cpu")
 
 
@@ -332,6 +346,15 @@ STANDARD_CONFIGS: dict[str, BertConfig] = {
     "base": BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
     "minilm": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    # answerdotai/ModernBERT-base's shape: 22 layers, GeGLU of 2 x 1152, every third layer global, the
+    # others a 128-token window, 8,192 positions (build with --max-seq-length up to 8192).
+    "modernbert-base": BertConfig(
+        vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+        max_position_embeddings=8192, type_vocab_size=0, layer_norm_eps=1e-5, pad_token_id=50283,
+        do_lower_case=False, model_type="modernbert", pre_layer_norm=True, pooler_act="gelu",
+        rotary_base=160000.0, local_rotary_base=10000.0, local_attention_window=128, global_attention_every=3,
+        linear_bias=False, norm_bias=False, gated_ffn=True, first_attention_norm=False, head_norm=True,
+        classifier_pooling="mean"),
 }
 
 

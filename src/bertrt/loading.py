@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bertrt.device import resolve_device
 from bertrt.errors import CheckpointError
-from bertrt.tokenizer import BertTokenizer
+from bertrt.tokenizer import BertTokenizer, load_tokenizer
 from bertrt.weights import load_checkpoint
 
 
@@ -28,11 +28,14 @@ def load_model(model: str | Path | None = None, *, device: str | None = None, en
         from bertrt.engine import Engine
 
         runner = Engine.load(engine, device=dev)
-        _require(head, runner.heads, runner.vocab_file, str(engine), engine=True)
-        return runner, _tokenizer(runner.vocab_file, runner.config, str(engine))
+        _require(head, runner.heads, runner.vocab_file or runner.tokenizer_dir, str(engine), engine=True)
+        return runner, tokenizer_from_files(runner.vocab_file, runner.config, str(engine),
+                                            folder=runner.tokenizer_dir)
     checkpoint = load_checkpoint(model)
-    _require(head, checkpoint.heads, checkpoint.vocab_file, checkpoint.source)
-    tokenizer = _tokenizer(checkpoint.vocab_file, checkpoint.config, checkpoint.source)
+    # Without a vocab.txt, the checkpoint's own tokenizer files (ModernBERT's tokenizer.json).
+    folder = checkpoint.tokenizer_dir if checkpoint.vocab_file is None else None
+    _require(head, checkpoint.heads, checkpoint.vocab_file or folder, checkpoint.source)
+    tokenizer = tokenizer_from_files(checkpoint.vocab_file, checkpoint.config, checkpoint.source, folder=folder)
     if dev.type == "cuda":
         from bertrt.engine import Engine
 
@@ -44,8 +47,11 @@ def load_model(model: str | Path | None = None, *, device: str | None = None, en
     return ReferenceBert.from_checkpoint(checkpoint, device=dev), tokenizer
 
 
-def _tokenizer(vocab_file, config, source: str) -> BertTokenizer:
+def tokenizer_from_files(vocab_file, config, source: str, *, folder: Path | None = None):
+    """A BertTokenizer of ``vocab_file``, or without one the tokenizer files in ``folder``."""
     try:
+        if vocab_file is None and folder is not None:
+            return load_tokenizer(folder, lowercase=config.do_lower_case)
         return BertTokenizer(vocab_file, lowercase=config.do_lower_case, vocab_size=config.vocab_size)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bertrt.config import BertConfig
-from bertrt.ops.attention import varlen_attention, varlen_attention_ref
+from bertrt.ops.attention import varlen_attention, varlen_attention_ref, windowed_attention_ref
 from bertrt.packed import PackedBatch, mean_per_sequence
 from bertrt.weights.schema import Checkpoint
 
@@ -47,28 +47,6 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, base: float) -> torch.Tenso
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     first, second = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-second, first), dim=-1) * sin
-
-
-def windowed_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                           reach: int, block: int = 256) -> torch.Tensor:
-    """Bidirectional sliding-window attention over packed tokens: each token attends to the tokens of
-    its own sequence at most ``reach`` positions away. q, k, v: (total_tokens, heads, head_dim);
-    cu_seqlens: (B+1,) int32. Queries go in blocks of ``block``, each against its band of keys, so
-    memory grows with the sequence length, not its square."""
-    out = torch.empty_like(q)
-    scale = q.shape[-1] ** -0.5
-    bounds = cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        for a in range(start, end, block):
-            b = min(a + block, end)
-            lo, hi = max(start, a - reach), min(end, b + reach)
-            qi = torch.arange(a, b, device=q.device)[:, None]
-            kj = torch.arange(lo, hi, device=q.device)[None, :]
-            mask = (qi - kj).abs() <= reach
-            scores = torch.einsum("qhd,khd->hqk", q[a:b].float(), k[lo:hi].float()) * scale
-            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-            out[a:b] = torch.einsum("hqk,khd->qhd", probs, v[lo:hi].float()).to(q.dtype)
-    return out
 
 
 class _Embeddings(nn.Module):

@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from bertrt.ops import (_triton, attention_triton, bias_gelu, embed_layernorm, linear_gelu,  # noqa: E402
-                        linear_int8, linear_splitk, qa_head, quantize, residual_layernorm)
+from bertrt.ops import (_triton, attention_triton, bias_gelu, embed_layernorm, geglu, linear_gelu,  # noqa: E402
+                        linear_int8, linear_splitk, qa_head, quantize, residual_layernorm, rotary)
 
-MODULES = (attention_triton, bias_gelu, embed_layernorm, linear_gelu, linear_int8, linear_splitk, qa_head,
-           quantize, residual_layernorm)
+MODULES = (attention_triton, bias_gelu, embed_layernorm, geglu, linear_gelu, linear_int8, linear_splitk, qa_head,
+           quantize, residual_layernorm, rotary)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int32: "i32",
           torch.int64: "i64", torch.int8: "i8", torch.float8_e4m3fn: "fp8e4nv"}
@@ -133,6 +133,24 @@ def _call_ops(f16: torch.dtype) -> None:
                                                          out_inv_scale=torch.ones(()))
     q48 = torch.randn(300, heads, 48, dtype=f16)
     attention_triton.varlen_attention_triton(q48, q48, q48, torch.tensor([0, 300], dtype=torch.int32), 300)
+    _call_modernbert_ops(f16)
+
+
+def _call_modernbert_ops(f16: torch.dtype) -> None:
+    """ModernBERT's kernels as its engine runs them: rotary positions on the fused QKV (int32 staged
+    positions in graphs, int64 eager), the gated activations, and sliding-window attention with
+    every tiling (the local layers run the tiling recorded for attention)."""
+    heads, head_dim, tokens = 2, 64, 300
+    qkv = torch.randn(tokens, 3 * heads, head_dim, dtype=f16)
+    cos, sin = rotary.rotary_tables(160000.0, head_dim, 512)
+    for positions in (torch.zeros(tokens, dtype=torch.int32), torch.zeros(tokens, dtype=torch.int64)):
+        rotary.rotary_(qkv[:, :2 * heads], positions, cos, sin)
+    for act in geglu.GATED_ACTIVATIONS:
+        geglu.gated_act(torch.randn(tokens, 2 * 1152, dtype=f16), act)
+    q = torch.randn(3000, heads, head_dim, dtype=f16)
+    cu = torch.tensor([0, 384, 1000, 3000], dtype=torch.int32)
+    for config in [None, *attention_triton.TILINGS.values()]:
+        attention_triton.varlen_attention_triton(q, q, q, cu, 2000, config=config, reach=64)
 
 
 def _call_linear_int8(f16: torch.dtype) -> None:

@@ -2,8 +2,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from bertrt.ops.attention import varlen_attention_fp8_ref, varlen_attention_ref
+from bertrt.ops.attention import varlen_attention_fp8_ref, varlen_attention_ref, windowed_attention_ref
 from bertrt.ops.attention_triton import TILINGS, AttentionConfig, attention_config_for, varlen_attention_triton
 from bertrt.packed import cu_seqlens_from_lengths
 from ops_testing import DTYPES, assert_like_torch, gen, poisoned, randn
@@ -156,3 +157,79 @@ def test_fp8_refuses_fp32(interpret):
 def test_fp8_bert_large_on_gpu(gpu):
     lengths = [384, 200, 333, 97, 384, 512, 150]
     check_fp8(fp8_inputs(lengths + [3072 - sum(lengths)], 16, 64, device="cuda"))
+
+
+# --- sliding-window attention (ModernBERT's local layers) -------------------------------------------
+
+
+def windowed_math(inputs, reach, dtype):
+    q, k, v, cu, _ = inputs
+    return windowed_attention_ref(q.to(dtype), k.to(dtype), v.to(dtype), cu, reach)
+
+
+def check_windowed(inputs, reach, dtype, config=None):
+    q = inputs[0]
+    out = poisoned(q.shape, dtype, q.device)
+    got = varlen_attention_triton(*inputs, out=out, config=config, reach=reach)
+    assert got is out
+    assert_like_torch(got, windowed_math(inputs, reach, dtype), windowed_math(inputs, reach, torch.float64), dtype)
+
+
+@pytest.mark.parametrize("dtype", INTERPRETABLE)
+@pytest.mark.parametrize("reach", [4, 1, 0, 70])
+def test_windowed_kernel_matches_fp64_like_torch(interpret, reach, dtype):
+    # 37 tokens against a 9-token window (reach 4), mixed lengths packed; reach 70 spans more than
+    # a 64-key block each side, and reach 0 leaves each token only itself.
+    check_windowed(make_inputs([37, 1, 5, 150, 70], 2, 18, dtype=dtype), reach, dtype)
+
+
+@pytest.mark.parametrize("name", sorted(TILINGS))
+def test_windowed_kernel_with_every_named_tiling(interpret, name):
+    check_windowed(make_inputs([130, 1, 97], 2, 64, dtype=torch.float16), 64, torch.float16, config=TILINGS[name])
+
+
+def test_window_skips_nothing_it_needs_and_sees_nothing_beyond(interpret):
+    q, k, v, cu, max_len = make_inputs([200], 1, 32)
+    reach = 8
+    base = varlen_attention_triton(q, k, v, cu, max_len, reach=reach)
+    v2 = v.clone()
+    v2[150:] += 100  # keys of tokens 150.. are outside the window of every query up to 141
+    moved = varlen_attention_triton(q, k, v2, cu, max_len, reach=reach)
+    torch.testing.assert_close(moved[:142], base[:142], rtol=0, atol=0)
+    assert (moved[142:] - base[142:]).abs().amax() > 1.0
+    # A window as wide as the sequence is global attention.
+    torch.testing.assert_close(varlen_attention_triton(q, k, v, cu, max_len, reach=200),
+                               varlen_attention_ref(q, k, v, cu, max_len), rtol=1e-5, atol=1e-5)
+
+
+def test_windowed_extreme_scores_stay_finite(interpret):
+    # Rows whose first visited key block lies wholly outside their window, with scores far below 0.
+    q, k, v, cu, max_len = make_inputs([300], 1, 16)
+    q = q * 30
+    check_windowed((q, k, v, cu, max_len), 3, torch.float32, config=AttentionConfig(32, 64, 4, 2))
+
+
+def test_windowed_falls_back_to_ref_on_plain_cpu(no_interpret):
+    inputs = make_inputs([40, 9], 2, 16)
+    torch.testing.assert_close(varlen_attention_triton(*inputs, reach=4),
+                               windowed_attention_ref(*inputs[:4], 4))
+
+
+def banded_sdpa(inputs, reach, dtype):
+    """PyTorch's own attention in ``dtype``, one sequence at a time, with the window as a boolean mask."""
+    q, k, v, cu, _ = inputs
+    out = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        pos = torch.arange(b - a, device=q.device)
+        band = (pos[:, None] - pos[None, :]).abs() <= reach
+        qs, ks, vs = (t[a:b].to(dtype).transpose(0, 1) for t in (q, k, v))  # (heads, len, head_dim)
+        out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=band).transpose(0, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_windowed_on_gpu(gpu, dtype):
+    # ModernBERT's 128-token window (reach 64) over one 8,192-token sequence and shorter ones.
+    inputs = make_inputs([8192, 1000, 97, 3], 12, 64, dtype=dtype, device="cuda")
+    got = varlen_attention_triton(*inputs, reach=64)
+    assert_like_torch(got, banded_sdpa(inputs, 64, dtype), windowed_math(inputs, 64, torch.float64), dtype)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from bertrt.ops.attention_triton import TILINGS
+
 SCRIPT = Path(__file__).with_name("hopper_compile.py")
 
 
@@ -37,6 +39,8 @@ def test_every_engine_kernel_compiles_for_sm90():
     kernels = {row["kernel"] for row in rows}
     assert kernels >= {"_embed_layernorm_kernel", "_bias_residual_layernorm_kernel", "_bias_gelu_kernel",
                        "_qa_head_kernel", "_linear_bias_gelu_kernel", "_linear_splitk_kernel",
-                       "_varlen_attention_kernel", "_quantize_kernel"}
+                       "_varlen_attention_kernel", "_quantize_kernel", "_rotary_kernel", "_gated_act_kernel"}
+    windowed = [row for row in rows if row["kernel"] == "_varlen_attention_kernel" and row["constexprs"]["WINDOW"]]
+    assert len(windowed) >= 2 * len(TILINGS)  # sliding-window attention in every tiling, fp16 and bf16
     assert all(row["cubin_bytes"] > 0 for row in rows)
     assert {"*fp16", "*bf16"} <= {t for row in rows for t in row["pointers"]}  # both engine dtypes

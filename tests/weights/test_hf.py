@@ -158,8 +158,10 @@ def test_the_engine_refuses_other_families_by_name(tmp_path):
     with pytest.raises(ConfigError, match="hidden_act 'relu'"):
         check_engine_support(relu_bert)
     modernbert = load(random_modernbert("ForSequenceClassification"), tmp_path / "modernbert").config
-    with pytest.raises(ConfigError, match="model_type 'modernbert'.*rotary.*reference path"):
-        check_engine_support(modernbert)
+    check_engine_support(modernbert)
+    post_ln = dataclasses.replace(modernbert, pre_layer_norm=False)
+    with pytest.raises(ConfigError, match="rotary positions, GeGLU or bias-free layers in a post-LayerNorm.*reference"):
+        check_engine_support(post_ln)
 
 
 def test_fp8_and_int8_engines_refuse_pre_ln_families(tmp_path):
@@ -310,8 +312,6 @@ def test_modernbert_masked_lm_loads_as_an_encoder(tmp_path):
     with torch.no_grad():
         close(ReferenceBert.from_checkpoint(ckpt).encode(pack_sequences(ids)),
               model.model(**inputs).last_hidden_state[mask])
-    with pytest.raises(ConfigError, match="rotary positions, GeGLU"):
-        check_engine_support(ckpt.config)
 
 
 def test_a_saved_bert_keeps_its_activation_and_other_families_are_not_written_as_bert(tmp_path):
@@ -342,3 +342,163 @@ def test_a_quantised_electra_engine_rounds_after_its_embedding_projection(tmp_pa
     fp32 = Engine.load(build(ckpt, tmp_path / "fp32", precision="fp32", device="cpu"), device="cpu")
     got, want = fp8.qa_logits(batch), fp32.qa_logits(batch)
     assert 0 < float((got - want).abs().max()) < 0.1 * float(want.abs().max())
+
+
+# --- ModernBERT on the engine ------------------------------------------------------------------------
+
+MODERNBERT_TASKS = [("ForSequenceClassification", "cls"), ("ForSequenceClassification", "mean"),
+                    ("ForQuestionAnswering", "cls"), ("ForTokenClassification", "cls"), ("Model", "cls")]
+
+
+def modernbert_outputs(engine_or_ref, model, task, ids, inputs, mask):
+    """(ours, theirs): the task's logits (last hidden states for the bare encoder), ours on packed
+    tokens and Hugging Face's on the padded batch, real tokens only."""
+    batch = pack_sequences(ids)
+    out = model(**inputs)
+    if task == "ForSequenceClassification":
+        return engine_or_ref.classify(batch), out.logits
+    if task == "ForQuestionAnswering":
+        return engine_or_ref.qa_logits(batch), torch.stack([out.start_logits[mask], out.end_logits[mask]], dim=-1)
+    if task == "ForTokenClassification":
+        return engine_or_ref.token_logits(batch), out.logits[mask]
+    return engine_or_ref.encode(batch), out.last_hidden_state[mask]
+
+
+@pytest.mark.parametrize("task, pooling", MODERNBERT_TASKS, ids=["cls", "mean", "qa", "tokens", "encoder"])
+def test_the_engine_runs_modernbert_as_hugging_face_does(task, pooling, tmp_path):
+    from bertrt.engine import Engine, build
+
+    labels = {"ForQuestionAnswering": 2, "ForTokenClassification": 5}.get(task, 3)
+    model = random_modernbert(task, seed=5, classifier_pooling=pooling, num_labels=labels)
+    ckpt = load(model, tmp_path)
+    engine = Engine.load(build(ckpt, tmp_path / "engine", precision="fp32", device="cpu"), device="cpu")
+    assert engine.heads == ckpt.heads
+    # 37 tokens against an 8-token window (every third layer global), mixed lengths packed.
+    ids, inputs, mask = modernbert_inputs((37, 5, 17, 1, 11), seed=5)
+    with torch.no_grad():
+        close(*modernbert_outputs(engine, model, task, ids, inputs, mask))
+
+
+def test_modernbert_engine_kernels_under_the_interpreter(interpret, tmp_path):
+    """The engine's Triton path (rotary on the fused QKV, the windowed and global attention kernels,
+    the gated activation, the LayerNorm and QA-head kernels) in fp32 under Triton's interpreter."""
+    from bertrt.engine import Engine
+
+    model = random_modernbert("ForQuestionAnswering", seed=6, num_labels=2, num_hidden_layers=3,
+                              hidden_size=48, num_attention_heads=2)
+    ckpt = load(model, tmp_path)
+    engine = Engine.from_checkpoint(ckpt, precision="fp32", device="cpu", max_seq_length=128)
+    ids, inputs, mask = modernbert_inputs((70, 1, 37, 9), seed=6)  # 70 tokens: two 64-query blocks
+    with torch.no_grad():
+        close(*modernbert_outputs(engine, model, "ForQuestionAnswering", ids, inputs, mask))
+
+
+def test_modernbert_engine_takes_long_sequences(tmp_path):
+    """A build for ModernBERT's 8,192 positions: max_tokens stays bounded (batches are split into
+    passes of whole sequences), and a 600-token sequence (75 windows of 8) runs as Hugging Face's."""
+    from bertrt.engine import Engine, build
+    from bertrt.engine.build import DEFAULT_MAX_TOKENS
+
+    model = random_modernbert("Model", seed=7, max_position_embeddings=8192, num_hidden_layers=2)
+    ckpt = load(model, tmp_path)
+    engine = Engine.load(build(ckpt, tmp_path / "engine", precision="fp32", device="cpu", max_seq_length=8192),
+                         device="cpu")
+    assert (engine.max_seq_length, engine.max_tokens) == (8192, DEFAULT_MAX_TOKENS)
+    ids, inputs, mask = modernbert_inputs((600, 23), seed=7)
+    with torch.no_grad():
+        close(*modernbert_outputs(engine, model, "Model", ids, inputs, mask))
+
+
+def test_modernbert_graph_staging_gives_the_eager_answer(tmp_path):
+    """The CUDA-graph padding scheme (a padding sequence at position 0, empty slots) leaves real tokens
+    as they are in windowed layers too (staged on the CPU, without capturing)."""
+    from bertrt.engine import Engine
+    from bertrt.engine.graphs import GraphRunner
+
+    ckpt = load(random_modernbert("ForQuestionAnswering", seed=8, num_labels=2), tmp_path)
+    engine = Engine.from_checkpoint(ckpt, device="cpu", max_batch=4, max_tokens=256, max_seq_length=128)
+    runner = GraphRunner(engine._qa, device=engine.device, max_tokens=256, max_batch=4, max_seq_length=128,
+                         use_graphs=False)
+    batch = pack_sequences(modernbert_inputs((37, 64, 1, 3), seed=8)[0])  # 105 tokens -> bucket 128
+    torch.testing.assert_close(runner.run(batch, from_host=False), engine.qa_logits(batch), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(runner.run(batch), engine.qa_logits(batch), atol=1e-5, rtol=1e-5)
+
+
+def test_the_hugging_face_peer_of_a_modernbert_engine(tmp_path):
+    """`bertrt perf --peers hf` on a ModernBERT engine times ModernBertForQuestionAnswering holding the
+    engine's weights: the same logits."""
+    from bertrt.engine import Engine
+    from bertrt.harness.peers import hf_call, hf_model
+
+    ckpt = load(random_modernbert("ForQuestionAnswering", seed=10, num_labels=2), tmp_path)
+    engine = Engine.from_checkpoint(ckpt, device="cpu")
+    peer = hf_model(engine)
+    ids, inputs, mask = modernbert_inputs((37, 5, 17), seed=10)
+    with torch.no_grad():
+        out = hf_call(peer, inputs["input_ids"], torch.zeros_like(inputs["input_ids"]), inputs["attention_mask"])
+    close(engine.qa_logits(pack_sequences(ids)), torch.stack([out.start_logits[mask], out.end_logits[mask]], dim=-1))
+
+
+def test_fp8_and_int8_engines_refuse_modernbert_by_name(tmp_path):
+    from bertrt.engine import build
+    from bertrt.quant.recipe import QuantError
+
+    ckpt = load(random_modernbert("ForSequenceClassification"), tmp_path)
+    for precision in ("fp8", "int8"):
+        with pytest.raises(QuantError, match="post-LayerNorm families, not modernbert"):
+            build(ckpt, tmp_path / "e", precision=precision, device="cpu")
+    assert not (tmp_path / "e").exists()
+
+
+GPU_MODERNBERT = dict(vocab_size=500, hidden_size=192, num_hidden_layers=6, num_attention_heads=3,
+                      intermediate_size=256, max_position_embeddings=8192, local_attention=128)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("lengths", [(1000, 130, 1, 257, 64, 700), (8192, 77)], ids=["mixed", "8192"])
+def test_modernbert_fp16_engine_on_gpu(lengths, tmp_path):
+    """The fp16 engine (Triton kernels, CUDA graphs, build-time attention timing) against Hugging Face
+    fp32: within twice Hugging Face fp16's own error, plus a small slack, for hidden states and
+    sequence logits; sequences far longer than the 128-token window, and one of 8,192 tokens."""
+    from bertrt.engine import Engine, build
+
+    model = random_modernbert("ForSequenceClassification", seed=9, num_labels=3, **GPU_MODERNBERT)
+    ckpt = load(model, tmp_path)
+    model.cuda()
+    engine = Engine.load(build(ckpt, tmp_path / "engine", precision="fp16", max_seq_length=8192, max_batch=8),
+                         device="cuda")
+    assert engine.graphs and set(engine.spec.gemm_choices) == {"attention"}  # pre-LN: attention alone is timed
+    gen = torch.Generator().manual_seed(9)
+    ids = [torch.randint(3, GPU_MODERNBERT["vocab_size"], (n,), generator=gen).tolist() for n in lengths]
+    input_ids, mask, _ = pad_sequences(ids, [[0] * n for n in lengths])
+    inputs = {"input_ids": input_ids.cuda(), "attention_mask": mask.cuda()}
+    real = mask.bool().cuda()
+    batch = pack_sequences(ids)
+    with torch.inference_mode():
+        want_hidden, want_logits = model.model(**inputs).last_hidden_state[real], model(**inputs).logits
+        half = model.half()
+        hf_hidden, hf_logits = half.model(**inputs).last_hidden_state[real], half(**inputs).logits
+        hidden = engine.encode(batch)
+        logits = engine.classify(batch)
+        again = engine.encode(batch)  # a replay of the captured graph
+    assert engine.graphs, "the CUDA graph was not captured"
+    torch.testing.assert_close(again, hidden, rtol=0, atol=0)
+    for ours, theirs, want in ((hidden, hf_hidden, want_hidden), (logits, hf_logits, want_logits)):
+        assert torch.isfinite(ours).all()
+        err = (ours.double() - want.double()).abs().max().item()
+        hf_err = (theirs.double() - want.double()).abs().max().item()
+        assert err <= 2 * hf_err + 1e-3, f"engine fp16 error {err:.3g}, Hugging Face fp16's {hf_err:.3g}"
+
+
+def test_the_standard_modernbert_shape_is_modernbert_base():
+    """`bertrt build --random modernbert-base` (speed runs) has the fields ModernBERT-base's config.json gives."""
+    from bertrt.config import STANDARD_CONFIGS
+
+    raw = dict(model_type="modernbert", vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+               intermediate_size=1152, max_position_embeddings=8192, global_rope_theta=160000.0,
+               local_rope_theta=10000.0, global_attn_every_n_layers=3, local_attention=128, hidden_activation="gelu",
+               norm_eps=1e-5, pad_token_id=50283, classifier_activation="gelu", classifier_pooling="mean",
+               attention_bias=False, mlp_bias=False, norm_bias=False)
+    standard = STANDARD_CONFIGS["modernbert-base"]
+    assert dataclasses.replace(BertConfig.from_dict(raw), do_lower_case=False) == standard
+    check_engine_support(standard)

@@ -55,10 +55,13 @@ def register(subparsers) -> None:
     q.add_argument("--calib-cache", metavar="FILE",
                    help="calibration cache: reused when it exists and was made for these weights (no data needed), "
                         "written after calibrating otherwise")
-    p.add_argument("--max-seq-length", type=int, metavar="N", help="longest sequence accepted (default 384)")
+    p.add_argument("--max-seq-length", type=int, metavar="N",
+                   help="longest sequence accepted (default 384, or the model's positions if fewer; "
+                        "ModernBERT takes up to 8192)")
     p.add_argument("--max-batch", type=int, default=128, metavar="N", help="sequences per forward pass (default 128)")
     p.add_argument("--max-tokens", type=int, metavar="N",
-                   help="tokens per forward pass; larger batches are split (default max-batch x max-seq-length)")
+                   help="tokens per forward pass; larger batches are split (default max-batch x max-seq-length, "
+                        "at most 65536 unless one sequence needs more)")
     p.add_argument("--device", default="auto",
                    help="auto (the GPU when present), cuda, cuda:N, or cpu for a portable build (default auto)")
     p.set_defaults(func=run)

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=None, metavar="N",
                    help="tokens per input, special tokens included (default: the model's limit)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="inputs per forward pass (default 32)")
-    add_model_args(p, engine=False)
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--pair goes with --text; with --input put the pair in the TSV's second column")
     if args.pair and len(args.pair) > 1 and not args.rerank:
         raise UserError("one --pair per --text (several passages need --rerank)")
-    task_model = load_for_task(args.model, "text-classification", device=args.device)
+    task_model = load_for_task(args.model, "text-classification", device=args.device, engine=args.engine)
     if args.rerank:
         return _rerank(task_model, args)
     options = dict(max_length=args.max_length, batch_size=args.batch_size)

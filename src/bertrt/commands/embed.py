@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=None, metavar="N",
                    help="tokens per input, special tokens included (default: the checkpoint's setting)")
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="inputs per forward pass (default 32)")
-    add_model_args(p, engine=False)
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("nothing to embed: the input has no lines")
     if args.max_length is not None and args.max_length < 2:
         raise UserError(f"--max-length must be at least 2, got {args.max_length}")
-    task_model = load_for_task(args.model, "feature-extraction", device=args.device)
+    task_model = load_for_task(args.model, "feature-extraction", device=args.device, engine=args.engine)
     vectors = embed(task_model, texts, pooling=args.pooling, normalize=args.normalize,
                     max_length=args.max_length, batch_size=args.batch_size)
     for row in vectors.tolist():

@@ -160,4 +160,5 @@ def _engine(args, device, stack: contextlib.ExitStack):
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="bertrt-perf-"))
     path = build(random_checkpoint(STANDARD_CONFIGS[args.model]), f"{folder}/engine", precision=precision,
                  device=device)
-    return Engine.load(path, device=device, graphs=graphs), f"BERT-{args.model} (random weights, {precision})"
+    name = {"modernbert-base": "ModernBERT-base"}.get(args.model, f"BERT-{args.model}")
+    return Engine.load(path, device=device, graphs=graphs), f"{name} (random weights, {precision})"

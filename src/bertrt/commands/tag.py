@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                    help="the text, or @FILE to read it from a UTF-8 file ('-' after @ reads stdin)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per entity: label, text, start, end (exclusive), score")
-    add_model_args(p, engine=False)
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     text = read_text_arg(args.text, "text")
     if not text.strip():
         raise UserError("the text is empty")
-    entities = tag(load_for_task(args.model, "token-classification", device=args.device), text)
+    entities = tag(load_for_task(args.model, "token-classification", device=args.device, engine=args.engine), text)
     for e in entities:
         if args.json:
             print(json.dumps({"label": e.label, "text": e.text, "start": e.start, "end": e.end,

@@ -17,10 +17,10 @@ import torch
 
 from bertrt.config import Precision, check_engine_support
 from bertrt.device import resolve_device
-from bertrt.engine.format import (SPEC_FILE, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec, GemmChoices,
-                                  file_sha256, now_iso, parse_gemm_choices, write_atomically)
+from bertrt.engine.format import (SPEC_FILE, TOKENIZER_FILES, VOCAB_FILE, WEIGHTS_FILE, EngineError, EngineSpec,
+                                  GemmChoices, file_sha256, now_iso, parse_gemm_choices, write_atomically)
 from bertrt.engine.quantized import quantize_tensors, require_fp8_device
-from bertrt.engine.tuning import TUNED_TENSORS, tune_gemm_choices
+from bertrt.engine.tuning import tune_gemm_choices, tuned_tensors
 from bertrt.quant.calibration import Calibration, calibrate, checkpoint_sha256
 from bertrt.quant.data import CalibrationSettings, calibration_batches, check_data
 from bertrt.quant.recipe import QUANT_FORMATS, QuantError, QuantRecipe
@@ -28,6 +28,11 @@ from bertrt.weights.schema import Checkpoint
 
 DEFAULT_MAX_BATCH = 128
 DEFAULT_MAX_SEQ_LENGTH = 384
+# Default max_tokens: max_batch sequences of max_seq_length, up to this many tokens (BERT's 128 x 384 =
+# 49,152 is under it). Long-sequence builds (ModernBERT, --max-seq-length 8192) would otherwise be sized
+# for a million tokens: GB-sized activations, and build-time timing at that count. Bigger batches are
+# split into passes of whole sequences (Engine._split), so the cap costs nothing but launch overhead.
+DEFAULT_MAX_TOKENS = 65_536
 
 
 def device_capability(device: torch.device) -> tuple[tuple[int, int] | None, str | None]:
@@ -57,13 +62,14 @@ def make_spec(checkpoint: Checkpoint, precision: Precision, *, max_tokens: int |
     if max_seq_length is None:
         max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, config.max_sequence_length)
     if max_tokens is None:
-        max_tokens = max_batch * max_seq_length
+        max_tokens = max(max_seq_length, min(max_batch * max_seq_length, DEFAULT_MAX_TOKENS))
     capability, name = device_capability(device)
     return EngineSpec(
         config=config, precision=precision, max_tokens=max_tokens, max_seq_length=max_seq_length,
         max_batch=max_batch, compute_capability=capability, device_name=name, heads=checkpoint.heads,
         has_pooler=checkpoint.has_pooler, has_vocab=checkpoint.vocab_file is not None,
         source=checkpoint.source, bertrt_version=__version__, created=now_iso(), torch_version=torch.__version__,
+        labels=tuple(checkpoint.labels),
         gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"), quantization=quantization,
     )
 
@@ -82,8 +88,10 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         precision: "fp32", "fp16" or "bf16": the dtype of every stored tensor; or "fp8" / "int8":
             the encoder's projections quantised (``bertrt.quant``), the rest in fp16 on a GPU
             build and fp32 on a CPU build.
-        max_tokens: most tokens per forward pass (default ``max_batch * max_seq_length``).
-        max_seq_length: longest accepted sequence (default min(384, the position table)).
+        max_tokens: most tokens per forward pass (default ``max_batch * max_seq_length``, at most
+            ``DEFAULT_MAX_TOKENS`` unless one sequence needs more).
+        max_seq_length: longest accepted sequence (default min(384, the position table); ModernBERT
+            takes up to its 8,192 positions).
         max_batch: most sequences per forward pass.
         device: the GPU to build for (its compute capability is recorded), or "cpu" for a portable
             build; default the current GPU when there is one.
@@ -98,7 +106,7 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
 
     Returns:
         The engine folder: ``engine.json``, ``weights.safetensors`` and ``vocab.txt`` when the
-        checkpoint has one.
+        checkpoint has one; without one, its tokenizer files (``format.TOKENIZER_FILES``).
 
     An fp8 engine calibrated on SQuAD articles 0-31: ``build(model, "engines/fp8", precision="fp8",
     calibration=CalibrationSettings(data="dev-v1.1.json", cache="calib.json"))``.
@@ -132,8 +140,8 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
     check_engine_support(checkpoint.config)
     if recipe is not None and checkpoint.config.pre_layer_norm:
-        raise QuantError(f"{checkpoint.source}: fp8 and int8 engines run post-LayerNorm families; build this "
-                         "pre-LN model in fp16 or bf16")
+        raise QuantError(f"{checkpoint.source}: fp8 and int8 engines run post-LayerNorm families, not "
+                         f"{checkpoint.config.model_type} (pre-LN); build this model in fp16 or bf16")
     if recipe is not None:
         precision = Precision("fp16" if device.type == "cuda" else "fp32")
         calibration, recipe = resolve_calibration(checkpoint, recipe, calibration, max_seq_length=max_seq_length,
@@ -143,10 +151,11 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
                      max_batch=max_batch, device=device, quantization=recipe)
     tensors = prepare_tensors(checkpoint, precision)
     if gemm_choices is None and device.type == "cuda":
-        on_device = {k: tensors[k].to(device) for k in TUNED_TENSORS}
+        on_device = {k: tensors[k].to(device) for k in tuned_tensors(spec.config)}
         gemm_choices = tune_gemm_choices(on_device, max_tokens=spec.max_tokens,
                                          num_heads=spec.config.num_attention_heads,
-                                         max_seq_length=spec.max_seq_length)
+                                         max_seq_length=spec.max_seq_length,
+                                         attention_only=spec.config.pre_layer_norm)
         if recipe is not None:  # the quantised projections have no alternatives to time
             gemm_choices = {op: table for op, table in gemm_choices.items() if op == "attention"}
     spec = dataclasses.replace(spec, gemm_choices=parse_gemm_choices(gemm_choices or {}, source="gemm_choices"))
@@ -163,6 +172,13 @@ def build(model: str | Path | Checkpoint | None, out_dir: str | Path, *, precisi
         if checkpoint.vocab_file is not None:
             (folder / VOCAB_FILE).write_bytes(Path(checkpoint.vocab_file).read_bytes())
             final = dataclasses.replace(final, vocab_sha256=file_sha256(folder / VOCAB_FILE))
+        elif checkpoint.tokenizer_dir is not None:  # no vocab.txt: the checkpoint's own tokenizer files
+            copied = {}
+            for name in TOKENIZER_FILES:
+                if (Path(checkpoint.tokenizer_dir) / name).is_file():
+                    (folder / name).write_bytes((Path(checkpoint.tokenizer_dir) / name).read_bytes())
+                    copied[name] = file_sha256(folder / name)
+            final = dataclasses.replace(final, tokenizer_sha256=copied)
         (folder / SPEC_FILE).write_text(json.dumps(final.to_json(), indent=2) + "\n", encoding="utf-8")
 
     return write_atomically(Path(out_dir), fill)

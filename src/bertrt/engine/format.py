@@ -30,6 +30,9 @@ FORMAT_VERSION = 2  # 2: quantization recipes, scale tensors, checksums of engin
 SPEC_FILE = "engine.json"
 WEIGHTS_FILE = "weights.safetensors"
 VOCAB_FILE = "vocab.txt"
+# A checkpoint's own tokenizer files, copied into an engine that has no vocab.txt (ModernBERT's
+# tokenizer.json, RoBERTa's vocab.json + merges.txt), with tokenizer_config.json's settings.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 # Linear weights stay (out_features, in_features) as in the canonical schema: cuBLAS takes them as a
 # transposed operand, which costs nothing (and is the layout cuBLASLt's fp8 kernels require).
@@ -106,6 +109,9 @@ class EngineSpec:
         quantization: for an fp8 or int8 engine, what its GEMMs quantise and how; ``precision``
             is then that of everything else (activations, LayerNorms, embeddings, heads).
         vocab_sha256: checksum of ``vocab.txt`` ("" without one).
+        tokenizer_sha256: file name -> checksum of the tokenizer files (``TOKENIZER_FILES``) an
+            engine without a vocab.txt carries; empty for one with a vocab.txt.
+        labels: the heads' output names in label-id order, when the checkpoint names them.
     """
 
     config: BertConfig
@@ -128,6 +134,8 @@ class EngineSpec:
     gemm_choices: GemmChoices = dataclasses.field(default_factory=dict)
     quantization: QuantRecipe | None = None
     vocab_sha256: str = ""
+    tokenizer_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
+    labels: tuple[str, ...] = ()
 
     @property
     def precision_name(self) -> str:
@@ -169,6 +177,8 @@ class EngineSpec:
                              for op, table in self.gemm_choices.items()},
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256, "bytes": self.weights_bytes},
             "vocab": {"file": VOCAB_FILE, "sha256": self.vocab_sha256} if self.has_vocab else None,
+            "tokenizer": dict(sorted(self.tokenizer_sha256.items())) or None,
+            "labels": list(self.labels),
         }
         return {**raw, "checksum": content_checksum(raw)}
 
@@ -195,6 +205,10 @@ class EngineSpec:
             cc = raw["compute_capability"]
             vocab = raw.get("vocab")
             quantization = raw.get("quantization")
+            tokenizer = raw.get("tokenizer") or {}
+            if not isinstance(tokenizer, dict) or not set(tokenizer) <= set(TOKENIZER_FILES):
+                raise EngineError(f"{source}: tokenizer must name files of {', '.join(TOKENIZER_FILES)}, "
+                                  f"got {tokenizer!r}; rebuild the engine")
             if cc is not None and (not isinstance(cc, list) or len(cc) != 2
                                    or not all(isinstance(c, int) for c in cc)):
                 raise EngineError(f"{source}: compute_capability must be [major, minor] or null, got {cc!r}")
@@ -209,6 +223,8 @@ class EngineSpec:
                 has_pooler=bool(raw.get("has_pooler", False)),
                 has_vocab=vocab is not None,
                 vocab_sha256=str(vocab["sha256"]) if vocab is not None else "",
+                tokenizer_sha256={str(k): str(v) for k, v in tokenizer.items()},
+                labels=tuple(str(label) for label in raw.get("labels") or ()),
                 quantization=QuantRecipe.from_json(quantization) if quantization is not None else None,
                 device_name=raw.get("device_name"),
                 weights_sha256=str(weights["sha256"]),
@@ -298,6 +314,20 @@ def verify_vocab(folder: Path, spec: EngineSpec) -> Path | None:
     if file_sha256(path) != spec.vocab_sha256:
         raise EngineError(f"{path}: checksum mismatch (edited or corrupted); rebuild the engine")
     return path
+
+
+def verify_tokenizer(folder: Path, spec: EngineSpec) -> Path | None:
+    """The engine folder as a tokenizer folder (``tokenizer.load_tokenizer``) once its tokenizer
+    files match ``engine.json``; None for an engine without them."""
+    if not spec.tokenizer_sha256:
+        return None
+    for name, digest in spec.tokenizer_sha256.items():
+        path = folder / name
+        if not path.is_file():
+            raise EngineError(f"{folder}: {name} is missing; rebuild the engine")
+        if file_sha256(path) != digest:
+            raise EngineError(f"{path}: checksum mismatch (edited or corrupted); rebuild the engine")
+    return folder
 
 
 def write_atomically(out: Path, fill: Callable[[Path], None]) -> Path:

@@ -13,7 +13,14 @@ Per layer, on (T, H) packed tokens (no computation on padding)::
     (either projection back to hidden width may instead add into x in place, cuBLAS with beta = 1,
     and the LayerNorm then reads x alone: sublayers.end_sublayer)
 
-framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits). Which
+framed by ``embed_layernorm`` (three gathers + LN) and ``qa_head`` (fp32 start/end logits).
+
+A pre-LN family (Megatron-BERT, ModernBERT) runs ``Engine._hidden_pre_ln`` instead: LayerNorm, then
+the sub-layer, whose projection back to hidden width adds into the residual stream. ModernBERT's
+differences are data read from the config: ``rotary_`` turns q and k in place on the QKV output
+(fp32 cos/sin tables per base, built once), local layers call the attention kernel with
+``reach=local_attention_window // 2``, ``gated_act`` makes GeGLU of the 2I-wide up-projection, and
+absent biases and LayerNorm betas are simply left out (a zero beta where the kernel needs one). Which
 up-projection, attention kernel and output projections (cuBLAS, accumulating cuBLAS or split-K,
 for both projections back to hidden width) run at a token count is data: ``spec.gemm_choices``, timed at build time.
 Each op falls back to its plain-PyTorch ``*_ref`` off the GPU, so an fp32 CPU engine gives the
@@ -33,35 +40,40 @@ import torch.nn.functional as F
 from bertrt.config import Precision, check_engine_support
 from bertrt.device import resolve_device
 from bertrt.engine.format import (EngineError, EngineSpec, check_compute_capability, gemm_choice, read_spec,
-                                  verify_vocab, verify_weights)
+                                  verify_tokenizer, verify_vocab, verify_weights)
 from bertrt.engine.sublayers import attention_for, end_sublayer
 from bertrt.ops.bias_gelu import bias_gelu
 from bertrt.ops.embed_layernorm import embed_layernorm
+from bertrt.ops.geglu import gated_act
 from bertrt.ops.linear_gelu import linear_bias_gelu
 from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 from bertrt.ops.qa_head import qa_head
 from bertrt.ops.quantize import quantize
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
-from bertrt.packed import PackedBatch, pack_padded, pack_sequences, pad_packed
+from bertrt.ops.rotary import rotary_, rotary_tables
+from bertrt.packed import PackedBatch, mean_per_sequence, pack_padded, pack_sequences, pad_packed
 from bertrt.quant.numerics import format_of
 from bertrt.reference import ACTIVATIONS
-from bertrt.weights.schema import Checkpoint, CheckpointError, validate
+from bertrt.weights.schema import HEADS, Checkpoint, CheckpointError, validate
 
 
 @dataclasses.dataclass(frozen=True)
 class _Layer:
+    """One layer's weights; a bias or LayerNorm the family does not have is None (ModernBERT: no
+    biases, no LayerNorm before layer 0's attention, LayerNorms without beta)."""
+
     qkv_w: torch.Tensor
-    qkv_b: torch.Tensor
+    qkv_b: torch.Tensor | None
     out_w: torch.Tensor
-    out_b: torch.Tensor
-    attn_ln_w: torch.Tensor
-    attn_ln_b: torch.Tensor
+    out_b: torch.Tensor | None
+    attn_ln_w: torch.Tensor | None
+    attn_ln_b: torch.Tensor | None
     in_w: torch.Tensor
-    in_b: torch.Tensor
+    in_b: torch.Tensor | None
     ffn_out_w: torch.Tensor
-    ffn_out_b: torch.Tensor
+    ffn_out_b: torch.Tensor | None
     ffn_ln_w: torch.Tensor
-    ffn_ln_b: torch.Tensor
+    ffn_ln_b: torch.Tensor | None
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], index: int) -> "_Layer":
@@ -69,7 +81,17 @@ class _Layer:
         names = ("attn.qkv.weight", "attn.qkv.bias", "attn.out.weight", "attn.out.bias", "attn.ln.weight",
                  "attn.ln.bias", "ffn.in.weight", "ffn.in.bias", "ffn.out.weight", "ffn.out.bias",
                  "ffn.ln.weight", "ffn.ln.bias")
-        return cls(*(tensors[p + n] for n in names))
+        return cls(*(tensors.get(p + n) for n in names))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rotary:
+    """A layer's rotary positions: the (max_seq_length, head_dim / 2) fp32 cos and sin tables of its
+    base, and its attention's reach each side (None: global)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    reach: int | None
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -94,6 +116,8 @@ class Engine:
         device: where it runs.
         graphs: replay CUDA graphs per token bucket (CUDA only); False runs every op eagerly.
         vocab_file: the WordPiece vocabulary, when the engine has one.
+        tokenizer_dir: the folder holding the checkpoint's tokenizer files (``tokenizer.load_tokenizer``),
+            when the engine has no vocab.txt but those (ModernBERT's tokenizer.json).
 
     Example:
         >>> import tempfile
@@ -105,10 +129,11 @@ class Engine:
     """
 
     def __init__(self, spec: EngineSpec, tensors: dict[str, torch.Tensor], *, device: torch.device,
-                 graphs: bool = True, vocab_file: Path | None = None):
+                 graphs: bool = True, vocab_file: Path | None = None, tokenizer_dir: Path | None = None):
         self.spec = spec
         self.config = spec.config
         self.vocab_file = vocab_file
+        self.tokenizer_dir = tokenizer_dir
         self._device = _resolve_device(device)
         self._tensors = tensors
         self._layers = [_Layer.from_tensors(tensors, i) for i in range(self.config.num_hidden_layers)]
@@ -119,6 +144,7 @@ class Engine:
         if self.token_type_table is None:
             self.token_type_table = torch.zeros(2, self.config.embedding_width, dtype=self.dtype,
                                                 device=self._device)
+        self._rotary = self._rotary_layers()
         self.graphs = bool(graphs) and self._device.type == "cuda"
         # Batches above this many tokens run eagerly: for tens of thousands of tokens launch overhead
         # is negligible, and a graph per large bucket would cost memory and capture time.
@@ -129,6 +155,22 @@ class Engine:
             from bertrt.engine.quantized import QuantizedForward
 
             self._quantized = QuantizedForward(self, spec.quantization)
+
+    def _rotary_layers(self) -> list[_Rotary | None]:
+        """Each layer's rotary tables and window (ModernBERT), one pair of tables per base; Nones
+        for a family with a position table."""
+        c = self.config
+        if c.rotary_base is None:
+            return [None] * c.num_hidden_layers
+        tables = {}
+        layers = []
+        for i in range(c.num_hidden_layers):
+            is_global = c.is_global_layer(i)
+            base = c.rotary_base if is_global else c.local_rotary_base
+            if base not in tables:
+                tables[base] = rotary_tables(base, c.head_dim, self.spec.max_seq_length, device=self._device)
+            layers.append(_Rotary(*tables[base], None if is_global else c.local_attention_window // 2))
+        return layers
 
     # --- construction ---------------------------------------------------------------------
 
@@ -163,7 +205,8 @@ class Engine:
             raise EngineError(f"{weights}: cannot read weights ({exc}); rebuild the engine") from exc
         _check_tensors(spec, tensors, source=str(weights))
         vocab = verify_vocab(folder, spec)
-        engine = cls(spec, tensors, device=device, graphs=graphs, vocab_file=vocab)
+        engine = cls(spec, tensors, device=device, graphs=graphs, vocab_file=vocab,
+                     tokenizer_dir=verify_tokenizer(folder, spec))
         engine.capture(capture)
         return engine
 
@@ -189,8 +232,9 @@ class Engine:
         if gemm_choices is None and device.type == "cuda":
             spec = dataclasses.replace(spec, gemm_choices=tune_gemm_choices(
                 tensors, max_tokens=spec.max_tokens, num_heads=spec.config.num_attention_heads,
-                max_seq_length=spec.max_seq_length))
-        return cls(spec, tensors, device=device, graphs=graphs, vocab_file=checkpoint.vocab_file)
+                max_seq_length=spec.max_seq_length, attention_only=spec.config.pre_layer_norm))
+        return cls(spec, tensors, device=device, graphs=graphs, vocab_file=checkpoint.vocab_file,
+                   tokenizer_dir=checkpoint.tokenizer_dir)
 
     # --- properties -----------------------------------------------------------------------
 
@@ -221,6 +265,11 @@ class Engine:
     @property
     def heads(self) -> tuple[str, ...]:
         return self.spec.heads
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The heads' output names in label-id order, when the checkpoint named them."""
+        return self.spec.labels
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Canonical name -> weight (engine precision, on the engine's device); do not modify."""
@@ -256,7 +305,7 @@ class Engine:
         eps, heads, head_dim = c.layer_norm_eps, c.num_attention_heads, c.head_dim
         x = self.embed(input_ids, token_type_ids, position_ids)
         if c.pre_layer_norm:
-            return self._hidden_pre_ln(x, cu_seqlens, max_seqlen)
+            return self._hidden_pre_ln(x, position_ids, cu_seqlens, max_seqlen)
         tokens = x.shape[0]
         ffn_in = gemm_choice(self.spec.gemm_choices, "ffn_in_gelu", tokens)
         attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
@@ -277,22 +326,43 @@ class Engine:
             x = end_sublayer(up, w.ffn_out_w, w.ffn_out_b, x, w.ffn_ln_w, w.ffn_ln_b, eps, ffn_out)
         return x
 
-    def _hidden_pre_ln(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int) -> torch.Tensor:
-        """The encoder of a pre-LayerNorm family (Megatron-BERT): each sub-layer normalises its input
-        and adds its output to the residual stream, which one LayerNorm ends. Each sum is its own pass
-        here (the fused bias + residual + LayerNorm kernel returns only the normalised values)."""
+    def _hidden_pre_ln(self, x: torch.Tensor, position_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                       max_seqlen: int) -> torch.Tensor:
+        """The encoder of a pre-LayerNorm family (Megatron-BERT, ModernBERT): each sub-layer
+        normalises its input and adds its output to the residual stream (one cuBLAS GEMM with
+        beta = 1), which one LayerNorm ends. The fused bias + residual + LayerNorm kernel returns
+        only the normalised values, so each LayerNorm is its own pass. Where the config says so
+        (ModernBERT): no biases, no LayerNorm before layer 0's attention, rotary positions turning
+        q and k in place on the QKV output, sliding-window attention in the local layers and a
+        gated activation (GeGLU) on the up-projection."""
         c, t = self.config, self._tensors
-        eps, heads, head_dim, tokens = c.layer_norm_eps, c.num_attention_heads, c.head_dim, x.shape[0]
+        heads, head_dim, tokens = c.num_attention_heads, c.head_dim, x.shape[0]
+        choice = gemm_choice(self.spec.gemm_choices, "attention", tokens)
+        attend, attend_local = attention_for(choice), attention_for(choice, windowed=True)
+        for w, rope in zip(self._layers, self._rotary):
+            a = x if w.attn_ln_w is None else self._norm(x, w.attn_ln_w, w.attn_ln_b)
+            qkv = F.linear(a, w.qkv_w, w.qkv_b).view(tokens, 3 * heads, head_dim)
+            if rope is not None:
+                rotary_(qkv[:, :2 * heads], position_ids, rope.cos, rope.sin)
+            q, k, v = qkv.view(tokens, 3, heads, head_dim).unbind(1)
+            if rope is None or rope.reach is None:
+                ctx = attend(q, k, v, cu_seqlens, max_seqlen)
+            else:
+                ctx = attend_local(q, k, v, cu_seqlens, max_seqlen, reach=rope.reach)
+            x = _add_projection(x, ctx.reshape(tokens, c.hidden_size), w.out_w, w.out_b)
+            f = self._norm(x, w.ffn_ln_w, w.ffn_ln_b)
+            if c.gated_ffn:
+                up = gated_act(F.linear(f, w.in_w, w.in_b), c.hidden_act)
+            else:
+                up = F.linear(f, w.in_w)
+                up = bias_gelu(up, w.in_b, out=up)
+            x = _add_projection(x, up, w.ffn_out_w, w.ffn_out_b)
+        return self._norm(x, t["final_ln.weight"], t.get("final_ln.bias"))
+
+    def _norm(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None) -> torch.Tensor:
+        """LayerNorm(x) in one kernel (fp32 inside); a LayerNorm without beta adds zeros."""
         zero = self.zero_bias
-        attend = attention_for(gemm_choice(self.spec.gemm_choices, "attention", tokens))
-        for w in self._layers:
-            a = bias_residual_layernorm(x, zero, None, w.attn_ln_w, w.attn_ln_b, eps)
-            q, k, v = F.linear(a, w.qkv_w, w.qkv_b).view(tokens, 3, heads, head_dim).unbind(1)
-            x = x + F.linear(attend(q, k, v, cu_seqlens, max_seqlen).reshape(tokens, c.hidden_size), w.out_w, w.out_b)
-            f = bias_residual_layernorm(x, zero, None, w.ffn_ln_w, w.ffn_ln_b, eps)
-            up = F.linear(f, w.in_w)
-            x = x + F.linear(bias_gelu(up, w.in_b, out=up), w.ffn_out_w, w.ffn_out_b)
-        return bias_residual_layernorm(x, zero, None, t["final_ln.weight"], t["final_ln.bias"], eps)
+        return bias_residual_layernorm(x, zero, None, gamma, zero if beta is None else beta, self.config.layer_norm_eps)
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor, position_ids: torch.Tensor, *,
               quant_out: torch.Tensor | None = None, quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -300,6 +370,8 @@ class Engine:
         the first GEMM's quantised copy into ``quant_out``; for ELECTRA, its projection to hidden
         width after (and the copy rounded from that, in a pass of its own)."""
         c, t = self.config, self._tensors
+        if "embeddings.position" not in t:  # rotary positions (ModernBERT): the word vectors' LayerNorm alone
+            return self._norm(t["embeddings.word"][input_ids], t["embeddings.ln.weight"], t.get("embeddings.ln.bias"))
         if c.position_offset:  # RoBERTa's positions start after padding_idx
             position_ids = position_ids + c.position_offset
         if not c.embedding_layer_norm:  # Megatron-BERT: the sum alone (its first layer normalises it)
@@ -318,7 +390,24 @@ class Engine:
 
     def _qa(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
         hidden = self._hidden(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
-        return qa_head(hidden, self._tensors["heads.qa.weight"], self._tensors["heads.qa.bias"])
+        return qa_head(self._token_transform(hidden), self._tensors["heads.qa.weight"], self._tensors["heads.qa.bias"])
+
+    def _head_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense layer before a classifier, its activation (``config.pooler_act``) and, where the
+        family has one (ModernBERT's prediction head), its LayerNorm; in ``x``'s dtype."""
+        t = self._tensors
+        weight = t["pooler.weight"].to(x.dtype)
+        bias = t.get("pooler.bias")
+        x = ACTIVATIONS[self.config.pooler_act](F.linear(x, weight, None if bias is None else bias.to(x.dtype)))
+        if not self.config.head_norm:
+            return x
+        beta = t.get("pooler_ln.bias")
+        return F.layer_norm(x, x.shape[-1:], t["pooler_ln.weight"].to(x.dtype),
+                            None if beta is None else beta.to(x.dtype), self.config.layer_norm_eps)
+
+    def _token_transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        """ModernBERT's token heads read every token through its prediction head first."""
+        return self._head_transform(hidden) if self.config.head_norm else hidden
 
     def _forward_fn(self, kind: str):
         return {"hidden": self._hidden, "qa": self._qa}[kind]
@@ -393,15 +482,17 @@ class Engine:
 
     def pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
         """(B, hidden) fp32: act(W h_[CLS] + b), the pooled output (act: tanh for BERT, the
-        family's ``config.pooler_act`` otherwise)."""
+        family's ``config.pooler_act`` otherwise); for ModernBERT its prediction head (dense,
+        activation, LayerNorm) on the first token or on the mean of all tokens
+        (``config.classifier_pooling``)."""
         if not self.spec.has_pooler:
             raise ValueError("this engine has no pooler")
         hidden = self.encode(batch) if hidden is None else hidden
-        first = batch.cu_seqlens[:-1].to(hidden.device, torch.long)
         with torch.inference_mode():
-            t = self._tensors
-            act = ACTIVATIONS[self.config.pooler_act]
-            return act(F.linear(hidden[first].float(), t["pooler.weight"].float(), t["pooler.bias"].float()))
+            if self.config.classifier_pooling == "mean":
+                return self._head_transform(mean_per_sequence(hidden.float(), batch.to(hidden.device)))
+            first = batch.cu_seqlens[:-1].to(hidden.device, torch.long)
+            return self._head_transform(hidden[first].float())
 
     def classify(self, batch: PackedBatch) -> torch.Tensor:
         """(B, num_labels) fp32 logits of the sequence-classification head."""
@@ -411,6 +502,27 @@ class Engine:
         with torch.inference_mode():
             return F.linear(self.pooled(batch), t["heads.classifier.weight"].float(),
                             t["heads.classifier.bias"].float())
+
+    def mean_pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden) fp32: mean of each sequence's last hidden states (sentence-transformers style)."""
+        hidden = self.encode(batch) if hidden is None else hidden
+        with torch.inference_mode():
+            return mean_per_sequence(hidden.float(), batch.to(hidden.device))
+
+    def cls_pooled(self, batch: PackedBatch, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, hidden) fp32: each sequence's first-token last hidden state."""
+        hidden = self.encode(batch) if hidden is None else hidden
+        return hidden[batch.cu_seqlens[:-1].to(hidden.device, torch.long)].float()
+
+    def token_logits(self, batch: PackedBatch) -> torch.Tensor:
+        """(total_tokens, num_labels) fp32 logits of the token-classification head."""
+        if "token_classifier" not in self.heads:
+            raise ValueError("this engine has no token-classification head")
+        t = self._tensors
+        with torch.inference_mode():
+            hidden = self._token_transform(self.encode(batch)).float()
+            weight, bias = t["heads.token_classifier.weight"], t["heads.token_classifier.bias"]
+            return F.linear(hidden, weight.float(), bias.float())
 
     def run(self, input_ids: Sequence[Sequence[int]] | torch.Tensor, attention_mask: torch.Tensor | None = None,
             token_type_ids: Sequence[Sequence[int]] | torch.Tensor | None = None) -> list[torch.Tensor] | torch.Tensor:
@@ -436,6 +548,13 @@ class Engine:
         return batch.split(self.qa_logits(batch))
 
 
+def _add_projection(residual: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """residual + inputs @ weight.T (+ bias): cuBLAS adds the product to the residual (beta = 1)."""
+    out = torch.addmm(residual, inputs, weight.t())
+    return out if bias is None else out.add_(bias)
+
+
 def _slice(batch: PackedBatch, offsets: list[int], first: int, last: int) -> PackedBatch:
     """Sequences first..last-1 of a packed batch (``offsets`` = its cu_seqlens as a list)."""
     start, end = offsets[first], offsets[last]
@@ -458,6 +577,6 @@ def _check_tensors(spec: EngineSpec, tensors: dict[str, torch.Tensor], *, source
         raise EngineError(f"{exc}; rebuild the engine") from exc
     check_quantized_tensors(tensors, spec.config.num_hidden_layers, spec.quantization, spec.precision.dtype,
                             source=source)
-    heads = tuple(h for h in ("qa", "classifier") if f"heads.{h}.weight" in tensors)
+    heads = tuple(h for h in HEADS if f"heads.{h}.weight" in tensors)
     if set(heads) != set(spec.heads):
         raise EngineError(f"{source}: heads {heads} do not match engine.json's {spec.heads}; rebuild the engine")

@@ -17,12 +17,14 @@ from bertrt.ops.linear_splitk import linear_splitk
 from bertrt.ops.residual_layernorm import bias_residual_layernorm
 
 
-def attention_for(choice: str, *, triton_only: bool = False):
-    """The attention function a recorded choice names (format.OP_BACKENDS["attention"]);
-    ``triton_only``: the Triton kernel even where PyTorch's was recorded (its options, such as
-    fp8 products, are the Triton kernel's), with attention_config_for's tiling then."""
-    if choice == "torch":
-        return varlen_attention_triton if triton_only else varlen_attention
+def attention_for(choice: str, *, windowed: bool = False, triton_only: bool = False):
+    """The attention function a recorded choice names (format.OP_BACKENDS["attention"]).
+
+    ``windowed``: for sliding-window layers (called with ``reach=``), and ``triton_only``: for
+    options of bertrt's kernel (fp8 products); only bertrt's kernel runs those, so a recorded
+    "torch" means its default tiling there."""
+    if choice == "torch" and not (windowed or triton_only):
+        return varlen_attention
     tiling = ATTENTION_TILINGS.get(choice)  # None: attention_config_for's
     return varlen_attention_triton if tiling is None else functools.partial(varlen_attention_triton, config=tiling)
 

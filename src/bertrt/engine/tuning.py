@@ -33,6 +33,15 @@ SPLITK_MAX_TOKENS = 384
 PROJECTIONS = {"attn_out": "layers.0.attn.", "ffn_out": "layers.0.ffn."}
 TUNED_TENSORS = ("layers.0.ffn.in.weight", "layers.0.ffn.in.bias",
                  *(p + n for p in PROJECTIONS.values() for n in ("out.weight", "out.bias", "ln.weight", "ln.bias")))
+
+
+def tuned_tensors(config) -> tuple[str, ...]:
+    """The tensors ``tune_gemm_choices`` reads for ``config``: a pre-LN family's pass (Megatron-BERT,
+    ModernBERT) runs its projections through cuBLAS alone, so only attention is timed, and the
+    up-projection's weight gives the device, dtype and width."""
+    return ("layers.0.ffn.in.weight",) if config.pre_layer_norm else TUNED_TENSORS
+
+
 # A backend replaces the default only when at least this much faster.
 MARGIN = 0.03
 
@@ -69,7 +78,7 @@ def graph_time_ms(fn: Callable[[], object], *, reps: int = 10, rounds: int = 5) 
 
 def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
                       token_counts: tuple[int, ...] = TUNE_TOKENS, num_heads: int | None = None,
-                      max_seq_length: int = 384) -> GemmChoices:
+                      max_seq_length: int = 384, attention_only: bool = False) -> GemmChoices:
     """Time the ways of running the FFN up-projection (cuBLAS + bias_gelu against the fused
     linear_bias_gelu and cuBLASLt's GELU epilogue, linear_bias_gelu_tanh), of the attention output
     and FFN down projections with their bias + residual + LayerNorm (cuBLAS against linear_splitk,
@@ -83,6 +92,7 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
         max_tokens: the engine's limit; counts above it are not timed, and it is always timed itself.
         num_heads: attention heads (None: attention is not timed and keeps its default).
         max_seq_length: sequences of this length make up the attention timing batches.
+        attention_only: time attention alone (a pre-LN family's pass, ``tuned_tensors``).
 
     Returns:
         {"ffn_in_gelu": {token count: "cublas" | "triton" | "cublaslt-gelu"},
@@ -90,24 +100,26 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
         "attention": {...: "torch" | a name in attention_triton.TILINGS | "triton" (a default
         tiling with no name)}}, or {} when the tensors are not on CUDA.
     """
-    from bertrt.ops.attention import varlen_attention
-    from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
-    from bertrt.ops.attention_triton import default_config, varlen_attention_triton
     from bertrt.ops.bias_gelu import bias_gelu
     from bertrt.ops.linear_gelu import linear_bias_gelu
     from bertrt.ops.linear_gelu_tanh import linear_bias_gelu_tanh
 
-    weight, bias = tensors["layers.0.ffn.in.weight"], tensors["layers.0.ffn.in.bias"]
+    weight, bias = tensors["layers.0.ffn.in.weight"], tensors.get("layers.0.ffn.in.bias")
     if weight.device.type != "cuda":
         return {}
     counts = sorted({c for c in token_counts if c < max_tokens} | {max_tokens})
-    choices: GemmChoices = {"ffn_in_gelu": {}, "attn_out": {}, "ffn_out": {}}
+    choices: GemmChoices = {} if attention_only else {"ffn_in_gelu": {}, "attn_out": {}, "ffn_out": {}}
     if num_heads:
         choices["attention"] = {}
     hidden = weight.shape[1]
     with torch.inference_mode(), torch.cuda.device(weight.device):  # events time that device's stream
         for count in counts:
             x = torch.randn(count, hidden, device=weight.device).to(weight.dtype)
+            if attention_only:
+                if num_heads:
+                    choices["attention"][count] = _attention_choice(x, count, num_heads, max_seq_length)
+                del x
+                continue
 
             def unfused(x=x):
                 up = torch.nn.functional.linear(x, weight)
@@ -120,20 +132,31 @@ def tune_gemm_choices(tensors: dict[str, torch.Tensor], *, max_tokens: int,
             for op, prefix in PROJECTIONS.items():
                 choices[op][count] = _projection_choice(tensors, prefix, count)
             if num_heads:
-                qkv = x.new_empty(count, 3, num_heads, hidden // num_heads).normal_()
-                q, k, v = qkv.unbind(1)
-                lengths = ragged_lengths(count, max_seq_length)
-                cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=x.device)
-                seq = max(lengths)
-                default = default_config(count, num_heads, hidden // num_heads)
-                tilings = {name: lambda cfg=cfg: varlen_attention_triton(q, k, v, cu, seq, config=cfg)
-                           for name, cfg in ATTENTION_TILINGS.items() if cfg != default}
-                choices["attention"][count] = pinned_attention(_fastest(
-                    "triton", lambda: varlen_attention_triton(q, k, v, cu, seq),
-                    {"torch": lambda: varlen_attention(q, k, v, cu, seq), **tilings},
-                    f"varlen_attention at {count} tokens"), default)
+                choices["attention"][count] = _attention_choice(x, count, num_heads, max_seq_length)
             del x
     return choices
+
+
+def _attention_choice(x: torch.Tensor, count: int, num_heads: int, max_seq_length: int) -> str:
+    """The fastest attention at ``count`` tokens of ``ragged_lengths`` (``x``: (count, hidden), for its
+    device and dtype), recorded as the tiling it ran (``pinned_attention``)."""
+    from bertrt.ops.attention import varlen_attention
+    from bertrt.ops.attention_triton import TILINGS as ATTENTION_TILINGS
+    from bertrt.ops.attention_triton import default_config, varlen_attention_triton
+
+    hidden = x.shape[1]
+    qkv = x.new_empty(count, 3, num_heads, hidden // num_heads).normal_()
+    q, k, v = qkv.unbind(1)
+    lengths = ragged_lengths(count, max_seq_length)
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32, device=x.device)
+    seq = max(lengths)
+    default = default_config(count, num_heads, hidden // num_heads)
+    tilings = {name: lambda cfg=cfg: varlen_attention_triton(q, k, v, cu, seq, config=cfg)
+               for name, cfg in ATTENTION_TILINGS.items() if cfg != default}
+    return pinned_attention(_fastest(
+        "triton", lambda: varlen_attention_triton(q, k, v, cu, seq),
+        {"torch": lambda: varlen_attention(q, k, v, cu, seq), **tilings},
+        f"varlen_attention at {count} tokens"), default)
 
 
 def pinned_attention(choice: str, default) -> str:

@@ -2,7 +2,8 @@
 
 Peers (each built from the same weights, in the same precision):
 
-- ``hf``: transformers ``BertForQuestionAnswering`` run eagerly (its default attention kernel);
+- ``hf``: transformers ``BertForQuestionAnswering`` run eagerly (its default attention kernel), or
+  ``ModernBertForQuestionAnswering`` for a ModernBERT engine;
 - ``hf-graph``: that model captured in one CUDA graph per shape;
 - ``compile``: ``torch.compile(mode="max-autotune")`` of that model (minutes to compile).
 
@@ -42,6 +43,9 @@ def hf_qa_model(config: BertConfig, tensors: Mapping[str, torch.Tensor], *, devi
 
     if "heads.qa.weight" not in tensors:
         raise ValueError("the model has no QA head, so there is no BertForQuestionAnswering peer")
+    if config.model_type == "modernbert":
+        return _modernbert_qa_model(config, tensors, device=device, dtype=dtype,
+                                    attn_implementation=attn_implementation)
     hf_config = transformers.BertConfig(**config.to_hf_dict("BertForQuestionAnswering"),
                                         attn_implementation=attn_implementation)
     with torch.device(device):  # initialise on the device: fast even for BERT-Large
@@ -50,6 +54,33 @@ def hf_qa_model(config: BertConfig, tensors: Mapping[str, torch.Tensor], *, devi
     state = {k: v for k, v in to_hf_names(dict(tensors), config).items() if not k.startswith(skipped)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise RuntimeError(f"HF peer weights do not line up: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return model.to(dtype).eval()
+
+
+def _modernbert_qa_model(config: BertConfig, tensors: Mapping[str, torch.Tensor], *, device, dtype,
+                         attn_implementation: str) -> torch.nn.Module:
+    """transformers ``ModernBertForQuestionAnswering`` holding these canonical weights: the peer of a
+    ModernBERT engine (its config in the names transformers 4 and 5 both read)."""
+    import transformers
+
+    from bertrt.weights.schema import to_hf_modernbert_names
+
+    hf_config = transformers.ModernBertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        hidden_activation={"gelu_tanh": "gelu_pytorch_tanh"}.get(config.hidden_act, config.hidden_act),
+        max_position_embeddings=config.max_position_embeddings, norm_eps=config.layer_norm_eps,
+        norm_bias=config.norm_bias, attention_bias=config.linear_bias, mlp_bias=config.linear_bias,
+        classifier_bias=config.linear_bias, classifier_activation=config.pooler_act,
+        classifier_pooling=config.classifier_pooling, global_rope_theta=config.rotary_base,
+        local_rope_theta=config.local_rotary_base, global_attn_every_n_layers=config.global_attention_every,
+        local_attention=config.local_attention_window, pad_token_id=config.pad_token_id, bos_token_id=None,
+        eos_token_id=None, cls_token_id=None, sep_token_id=None, attn_implementation=attn_implementation)
+    with torch.device(device):
+        model = transformers.ModernBertForQuestionAnswering(hf_config)
+    missing, unexpected = model.load_state_dict(to_hf_modernbert_names(dict(tensors)), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"HF peer weights do not line up: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return model.to(dtype).eval()

@@ -2,7 +2,8 @@
 
 ``varlen_attention(q, k, v, cu_seqlens, max_seqlen)`` with q/k/v: (total_tokens, heads, head_dim);
 returns (total_tokens, heads, head_dim). On CUDA it uses PyTorch's fused varlen flash kernel when
-present; ``varlen_attention_ref`` is the plain-PyTorch oracle and the CPU path.
+present; ``varlen_attention_ref`` is the plain-PyTorch oracle and the CPU path, and
+``windowed_attention_ref`` that of sliding-window attention (ModernBERT's local layers).
 """
 
 from __future__ import annotations
@@ -50,6 +51,28 @@ def varlen_attention_fp8_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     p = torch.exp(scores - scores.amax(-1, keepdim=True))
     out = (e4m3(p * 256.0) @ vp) / (256.0 * p.sum(-1, keepdim=True))
     return out.transpose(1, 2)[keep].to(q.dtype)
+
+
+def windowed_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           reach: int, block: int = 256, *, scale: float | None = None) -> torch.Tensor:
+    """Bidirectional sliding-window attention over packed tokens: each token attends to the tokens of
+    its own sequence at most ``reach`` positions away. q, k, v: (total_tokens, heads, head_dim);
+    cu_seqlens: (B+1,) int32. Queries go in blocks of ``block``, each against its band of keys, so
+    memory grows with the sequence length, not its square. Math in fp32, result in q's dtype."""
+    out = torch.empty_like(q)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        for a in range(start, end, block):
+            b = min(a + block, end)
+            lo, hi = max(start, a - reach), min(end, b + reach)
+            qi = torch.arange(a, b, device=q.device)[:, None]
+            kj = torch.arange(lo, hi, device=q.device)[None, :]
+            mask = (qi - kj).abs() <= reach
+            scores = torch.einsum("qhd,khd->hqk", q[a:b].float(), k[lo:hi].float()) * scale
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+            out[a:b] = torch.einsum("hqk,khd->qhd", probs, v[lo:hi].float()).to(q.dtype)
+    return out
 
 
 def _fused_varlen():

@@ -10,7 +10,9 @@ sequence: programs walk a numbering of all query blocks. ``varlen_attention_ref`
 Q, K and V are rounded to e4m3 as they are loaded (unscaled: their magnitudes in BERT sit far inside
 e4m3's +-448) and the probabilities are scaled by 256 before rounding (exp2(s - max + 8), so that
 e4m3's normal range covers down to 2^-14 of the row's largest) and the row sums carry the same
-factor, which cancels. ``varlen_attention_fp8_ref`` is its oracle.
+factor, which cancels. ``varlen_attention_fp8_ref`` is its oracle. Converting K and V in the loop
+costs more than the faster products save: at BERT-Large b128 s384 on an H200 it took 14.1 ms a
+pass against 8.6 for fp16 (benchmarks/results/h200/lowprec_profile.json).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from bertrt.ops._triton import (QUANT_HELPERS, cdiv, check_out, interpret_requested, jit, next_pow2, quant_code,
                                 use_triton)
-from bertrt.ops.attention import varlen_attention_fp8_ref, varlen_attention_ref
+from bertrt.ops.attention import varlen_attention_fp8_ref, varlen_attention_ref, windowed_attention_ref
 from bertrt.quant.numerics import format_of, quantize_ref
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
@@ -84,14 +86,17 @@ TILINGS = {
 
 
 def _attend_block_impl(q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
-                       k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
+                       k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask, m_offs, reach,
                        BLOCK_N: tl.constexpr, MASK_N: tl.constexpr, MASK_D: tl.constexpr,
-                       DOT_PRECISION: tl.constexpr, FP8: tl.constexpr, EMULATE_FP8: tl.constexpr):
+                       DOT_PRECISION: tl.constexpr, WINDOW: tl.constexpr, FP8: tl.constexpr,
+                       EMULATE_FP8: tl.constexpr):
     """One BLOCK_N block of keys and values into the online softmax of a block of queries.
 
     Masks cost instructions in every iteration, so a whole block of keys (``MASK_N`` False) and a
     head_dim that fills BLOCK_D (``MASK_D`` False) load and score without them; only a sequence's
-    last, partial block is masked."""
+    last, partial block is masked. With ``WINDOW`` query m sees key n only where |m - n| <= reach
+    (``m_offs``: the queries' positions); a row may then have no key in a block, and while its
+    running max is still -inf the exponentials are taken relative to 0 (-inf - -inf would be NaN)."""
     n_offs = n0 + tl.arange(0, BLOCK_N)
     kt_ptrs = k_ptr + (start + n_offs)[None, :] * k_stride_t + head * k_stride_h + d_offs[:, None]
     v_ptrs = v_ptr + (start + n_offs)[:, None] * v_stride_t + head * v_stride_h + d_offs[None, :]
@@ -110,14 +115,20 @@ def _attend_block_impl(q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_le
     scores = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
     if MASK_N:
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
-    new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
-    alpha = tl.exp2(row_max - new_max)
-    # fp8: probabilities times 256 (see the module docstring); row_sum carries the same factor.
-    if FP8:
-        p = tl.exp2(scores - (new_max[:, None] - 8.0))
+    if WINDOW:
+        near = tl.abs(m_offs[:, None] - n_offs[None, :]) <= reach
+        scores = tl.where(near, scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))
+        shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+    else:
+        new_max = tl.maximum(row_max, tl.max(scores, axis=1))  # finite: every block has a valid key
+        shift = new_max
+    alpha = tl.exp2(row_max - shift)
+    if FP8:  # probabilities times 256 (see the module docstring); row_sum carries the same factor
+        p = tl.exp2(scores - (shift[:, None] - 8.0))
         p_dot = _fp8_operand(p, EMULATE_FP8)
     else:
-        p = tl.exp2(scores - new_max[:, None])
+        p = tl.exp2(scores - shift[:, None])
         p_dot = p.to(v.dtype)
     row_sum = row_sum * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + tl.dot(p_dot, v, input_precision=DOT_PRECISION)
@@ -139,11 +150,11 @@ _HELPERS = {"_attend_block": _attend_block_impl, "_fp8_operand": _fp8_operand_im
 
 
 def _varlen_attention_kernel(
-    out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, out_inv_scale_ptr, num_seqs, qk_scale, head_dim,
+    out_ptr, q_ptr, k_ptr, v_ptr, cu_seqlens_ptr, out_inv_scale_ptr, num_seqs, qk_scale, head_dim, reach,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, out_stride_t, out_stride_h,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_B: tl.constexpr,
-    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, QUANT: tl.constexpr, FP8: tl.constexpr,
-    EMULATE_FP8: tl.constexpr,
+    MASK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, QUANT: tl.constexpr, WINDOW: tl.constexpr,
+    FP8: tl.constexpr, EMULATE_FP8: tl.constexpr,
 ):
     # The query blocks of all sequences are numbered in order (sequence i owns counts[i] of them)
     # and programs take every num_programs-th: the grid follows the tokens, not batch x longest
@@ -174,18 +185,32 @@ def _varlen_attention_kernel(
         row_max = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         row_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
         acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-        whole = seq_len - seq_len % BLOCK_N  # keys in whole blocks: no masks there
-        for n0 in range(0, whole, BLOCK_N):
-            acc, row_max, row_sum = _attend_block(
-                q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
-                k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
-                BLOCK_N, False, MASK_D, DOT_PRECISION, FP8, EMULATE_FP8)
-        if whole < seq_len:
-            acc, row_max, row_sum = _attend_block(
-                q, acc, row_max, row_sum, k_ptr, v_ptr, start, whole, seq_len, head, qk_scale,
-                k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask,
-                BLOCK_N, True, MASK_D, DOT_PRECISION, FP8, EMULATE_FP8)
+        if WINDOW:
+            # Only the key blocks that meet the band [first query - reach, last query + reach]:
+            # a 128-token window visits 3 or 4 blocks of 64 keys whatever the sequence's length.
+            lo = tl.maximum(m_block * BLOCK_M - reach, 0)
+            lo = lo - lo % BLOCK_N
+            hi = tl.minimum(m_block * BLOCK_M + BLOCK_M + reach, seq_len)
+            for n0 in range(lo, hi, BLOCK_N):
+                acc, row_max, row_sum = _attend_block(
+                    q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
+                    k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask, m_offs, reach,
+                    BLOCK_N, True, MASK_D, DOT_PRECISION, True, FP8, EMULATE_FP8)
+        else:
+            whole = seq_len - seq_len % BLOCK_N  # keys in whole blocks: no masks there
+            for n0 in range(0, whole, BLOCK_N):
+                acc, row_max, row_sum = _attend_block(
+                    q, acc, row_max, row_sum, k_ptr, v_ptr, start, n0, seq_len, head, qk_scale,
+                    k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask, m_offs, reach,
+                    BLOCK_N, False, MASK_D, DOT_PRECISION, False, FP8, EMULATE_FP8)
+            if whole < seq_len:
+                acc, row_max, row_sum = _attend_block(
+                    q, acc, row_max, row_sum, k_ptr, v_ptr, start, whole, seq_len, head, qk_scale,
+                    k_stride_t, k_stride_h, v_stride_t, v_stride_h, d_offs, d_mask, m_offs, reach,
+                    BLOCK_N, True, MASK_D, DOT_PRECISION, False, FP8, EMULATE_FP8)
 
+        if WINDOW:  # the rows past a sequence's end may see no key at all: no 0 / 0 for them
+            row_sum = tl.where(row_sum == 0.0, 1.0, row_sum)
         out = acc / row_sum[:, None]
         out_ptrs = out_ptr + (start + m_offs)[:, None] * out_stride_t + head * out_stride_h + d_offs[None, :]
         if QUANT == 1:  # the output projection's low-precision input, rounded from fp32 here
@@ -199,7 +224,8 @@ def _varlen_attention_kernel(
 def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                             max_seqlen: int, scale: float | None = None, *,
                             out: torch.Tensor | None = None, config: AttentionConfig | None = None,
-                            out_inv_scale: torch.Tensor | None = None, fp8: bool = False) -> torch.Tensor:
+                            out_inv_scale: torch.Tensor | None = None, reach: int | None = None,
+                            fp8: bool = False) -> torch.Tensor:
     """softmax(q k^T * scale) v within each sequence of a packed batch (no mask across sequences).
 
     Args:
@@ -211,8 +237,11 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
         out: optional (T, heads, head_dim) tensor of q's dtype to write into, or, with
             ``out_inv_scale`` (() fp32), a float8_e4m3fn or int8 one: the result quantised from fp32.
         config: a tiling to use instead of ``attention_config_for``'s (benchmarks).
+        reach: sliding-window attention (ModernBERT's local layers): each query attends only to
+            the keys of its sequence at most ``reach`` positions away, and key blocks wholly
+            outside that band are skipped; None: the whole sequence.
         fp8: both products on e4m3 operands (the kernel takes fp16/bf16; the ref any float; see
-            the module docstring).
+            the module docstring). Not with ``reach``.
 
     Returns:
         (T, heads, head_dim) in q's dtype; softmax and accumulation in fp32 (fp32 inputs use
@@ -221,9 +250,16 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     total, heads, head_dim = q.shape
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     quant = quant_code(out) if out_inv_scale is not None else 0
+    if reach is not None and reach < 0:
+        raise ValueError(f"reach must be >= 0, got {reach}")
+    if fp8 and reach is not None:
+        raise ValueError("fp8 attention runs whole sequences only (reach=None)")
     if not use_triton(q, k, v) or head_dim > 256:
-        ref = varlen_attention_fp8_ref if fp8 else varlen_attention_ref
-        result = ref(q, k, v, cu_seqlens, max_seqlen, scale)
+        if fp8:
+            result = varlen_attention_fp8_ref(q, k, v, cu_seqlens, max_seqlen, scale)
+        else:
+            result = (varlen_attention_ref(q, k, v, cu_seqlens, max_seqlen, scale) if reach is None else
+                      windowed_attention_ref(q, k, v, cu_seqlens, reach, scale=scale))
         if quant:
             return out.copy_(quantize_ref(result, out_inv_scale, format_of(out.dtype)))
         return result if out is None else out.copy_(result)
@@ -242,13 +278,13 @@ def varlen_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     grid = (full + min(batch, full), heads)
     jit(_varlen_attention_kernel, helpers=_HELPERS, per_request=("num_seqs", "cu_seqlens_ptr", "out_inv_scale_ptr"))[grid](
         out, q, k, v, cu_seqlens.to(q.device, torch.int32), out_inv_scale if quant else cu_seqlens, batch,
-        scale * _LOG2E, head_dim,
+        scale * _LOG2E, head_dim, reach or 0,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         # At least SEQUENCE_SLOTS sequence slots: a width per batch size would compile again for
         # each power of two met (on an H100 a LoadGen Server run stalled on such a compile 30 s in).
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, BLOCK_B=max(next_pow2(batch), SEQUENCE_SLOTS),
-        MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", QUANT=quant, FP8=fp8,
-        EMULATE_FP8=fp8 and interpret_requested(),
+        MASK_D=block_d != head_dim, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", QUANT=quant,
+        WINDOW=reach is not None, FP8=fp8, EMULATE_FP8=fp8 and interpret_requested(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out

@@ -87,6 +87,7 @@ class ServedModel:
         """The checkpoint ``model`` (default: the embedded model) or the saved ``engine``, on the
         GPU engine when there is a GPU and the CPU reference otherwise."""
         from bertrt.device import resolve_device
+        from bertrt.loading import tokenizer_from_files
         from bertrt.weights import CheckpointError, load_checkpoint
 
         dev = resolve_device(device)
@@ -94,14 +95,18 @@ class ServedModel:
             from bertrt.engine import Engine
 
             runner = Engine.load(engine, device=dev)
-            if runner.vocab_file is None:
+            if runner.vocab_file is None and runner.tokenizer_dir is None:
                 raise CheckpointError(f"{engine}: the engine has no vocab.txt")
-            return cls(runner, BertTokenizer(runner.vocab_file, lowercase=runner.config.do_lower_case),
-                       name=str(engine), device=dev)
+            tokenizer = tokenizer_from_files(runner.vocab_file, runner.config, str(engine),
+                                             folder=runner.tokenizer_dir)
+            return cls(runner, tokenizer, name=str(engine), device=dev)
         checkpoint = load_checkpoint(model)
-        if checkpoint.vocab_file is None:
+        # Without a vocab.txt, the checkpoint's own tokenizer files (ModernBERT's tokenizer.json).
+        folder = checkpoint.tokenizer_dir if checkpoint.vocab_file is None else None
+        if checkpoint.vocab_file is None and folder is None:
             raise CheckpointError(f"{checkpoint.source}: no vocab.txt beside the weights")
-        tokenizer = BertTokenizer(checkpoint.vocab_file, lowercase=checkpoint.config.do_lower_case)
+        tokenizer = tokenizer_from_files(checkpoint.vocab_file, checkpoint.config, checkpoint.source,
+                                         folder=folder)
         if dev.type == "cuda":
             from bertrt.engine import Engine
 

@@ -37,17 +37,17 @@ HEAD_COMMANDS = {"qa": "bertrt qa", "classifier": "bertrt classify", "token_clas
 
 @dataclasses.dataclass
 class TaskModel:
-    """A reference model ready for one task.
+    """A model ready for one task.
 
     Args:
-        model: the fp32 reference on ``device`` (eval mode).
+        model: the fp32 reference on ``device`` (eval mode), or a saved ``Engine``.
         tokenizer: the checkpoint's own tokenizer (``bertrt.tokenizer.load_tokenizer``).
         labels: the head's output names in label-id order (``LABEL_i`` where the config names none).
         source: where the checkpoint came from (for messages).
         folder: the checkpoint's folder, when it has one (sentence-transformers settings live there).
     """
 
-    model: ReferenceBert
+    model: ReferenceBert  # or an Engine: the same encode / classify / token_logits / *_pooled
     tokenizer: object
     labels: tuple[str, ...]
     source: str
@@ -55,12 +55,14 @@ class TaskModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        device = getattr(self.model, "device", None)  # an Engine's; a module's from its parameters
+        return device if isinstance(device, torch.device) else next(self.model.parameters()).device
 
     @property
     def max_length(self) -> int:
-        """Longest input in tokens, special tokens included."""
-        return self.model.config.max_sequence_length
+        """Longest input in tokens, special tokens included (and within an engine's limit)."""
+        limit = self.model.config.max_sequence_length
+        return min(limit, getattr(self.model, "max_seq_length", limit))
 
 
 def describe_heads(checkpoint: Checkpoint) -> str:
@@ -89,13 +91,16 @@ def require_head(checkpoint: Checkpoint, task: str) -> None:
 
 
 def load_for_task(model: str | Path | Checkpoint | None, task: str, *,
-                  device: str | torch.device | None = "cpu") -> TaskModel:
-    """Load ``model`` for ``task`` (a ``TASK_HEADS`` name) on the reference path.
+                  device: str | torch.device | None = "cpu", engine: str | Path | None = None) -> TaskModel:
+    """Load ``model`` for ``task`` (a ``TASK_HEADS`` name) on the reference path, or the saved
+    ``engine`` instead (``bertrt build``; it carries the checkpoint's tokenizer and label names).
 
     Raises:
-        CheckpointError: the checkpoint lacks the task's head (the message names the head it has),
-            or has no tokenizer files.
+        CheckpointError: the checkpoint or engine lacks the task's head (the message names the head it
+            has), or has no tokenizer files.
     """
+    if engine is not None:
+        return _engine_for_task(engine, task, device=device)
     checkpoint = model if isinstance(model, Checkpoint) else load_checkpoint(model)
     require_head(checkpoint, task)
     try:
@@ -107,6 +112,28 @@ def load_for_task(model: str | Path | Checkpoint | None, task: str, *,
     ref = ReferenceBert.from_checkpoint(checkpoint, device=device)
     labels = checkpoint.labels or tuple(f"LABEL_{i}" for i in range(checkpoint.config.num_labels))
     return TaskModel(ref, tokenizer, labels, checkpoint.source, checkpoint.tokenizer_dir)
+
+
+def _engine_for_task(folder: str | Path, task: str, *, device) -> TaskModel:
+    from bertrt.engine import Engine
+    from bertrt.tokenizer import load_tokenizer
+
+    if task not in TASK_HEADS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASK_HEADS)}")
+    engine = Engine.load(folder, device=device)
+    head = TASK_HEADS[task]
+    if head is not None and head not in engine.heads:
+        found = " and ".join(HEAD_NAMES[h] for h in engine.heads) or "no task head (an encoder only)"
+        raise CheckpointError(f"{folder}: {task} needs {HEAD_NAMES[head]}, but this engine has {found}; build "
+                              "it from a checkpoint that has one")
+    try:
+        tokenizer = load_tokenizer(engine.tokenizer_dir, vocab_file=engine.vocab_file,
+                                   lowercase=engine.config.do_lower_case)
+    except ValueError:
+        raise CheckpointError(f"{folder}: the engine has no tokenizer files (random weights, for speed runs "
+                              "only); build one from a real checkpoint") from None
+    labels = engine.labels or tuple(f"LABEL_{i}" for i in range(engine.config.num_labels))
+    return TaskModel(engine, tokenizer, labels, str(folder))
 
 
 def truncate_pair(first: list[int], second: list[int] | None, budget: int) -> tuple[list[int], list[int] | None]:

@@ -388,6 +388,26 @@ def from_hf_names(state: dict[str, torch.Tensor], config: BertConfig, *, source:
     return out
 
 
+def to_hf_modernbert_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Canonical -> transformers ModernBERT names (``model.`` prefix, Q/K/V fused as they are): the
+    inverse of ``from_hf_names`` for ModernBERT, for building its Hugging Face peer."""
+    top = {v: k for k, v in _MODERNBERT_TOP.items()}
+    layer = {v: k for k, v in _MODERNBERT_LAYER.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name in top:
+            out[top[name] if top[name].startswith("head.") else "model." + top[name]] = tensor
+        elif name.startswith("layers."):
+            _, index, rest = name.split(".", 2)
+            module, kind = rest.rsplit(".", 1)
+            out[f"model.layers.{index}.{layer[module]}.{kind}"] = tensor
+        elif name.startswith("heads."):  # every ModernBERT task names its last layer "classifier"
+            out["classifier." + name.rsplit(".", 1)[1]] = tensor
+        else:
+            raise CheckpointError(f"{name} has no ModernBERT name")
+    return out
+
+
 def to_hf_names(tensors: dict[str, torch.Tensor], config: BertConfig) -> dict[str, torch.Tensor]:
     """Canonical -> Hugging Face names (``bert.`` prefix), splitting Q/K/V."""
     if config.model_type != "bert":

@@ -74,6 +74,19 @@ FILES = {
                           "same run (`device_lowprec.py`)",
     "lowprec_floors.json": "BERT-Large's GEMMs alone, chained with each layer's own weights, fp8 and fp16 "
                            "(`device_lowprec.py`)",
+    "lowprec_profile.json": "where fp8 and int8 engines spend BERT-Large's time, per kernel kind, b1 and b128 at 384 "
+                            "(`device_lowprec.py --sections profile`)",
+    "int8_gemm.json": "the int8 GEMM's tilings and epilogues against torch._int_mm and fp16 at BERT-Large's "
+                      "projections (`int8_gemm.py`)",
+    "loadgen_fp8.json.gz": "MLPerf LoadGen with the fp8 engine (default recipe): Offline, Server, SingleStream",
+    "loadgen_fp8_summaries.txt": "LoadGen's own summaries of the `loadgen_fp8.json.gz` run",
+    "loadgen_int8.json.gz": "MLPerf LoadGen with the int8 engine (mode 1): Offline, Server, SingleStream",
+    "loadgen_int8_summaries.txt": "LoadGen's own summaries of the `loadgen_int8.json.gz` run",
+    "serve_load.json": "`bertrt serve` under open-loop load at rising rates, beside the engine alone and the HF "
+                       "baseline (`serve_load.py`)",
+    "serve_load_p99.png": "that run's p99 and achieved rate against offered load",
+    "serve_load_past_capacity.json": "the same server offered 2,400 questions/s and more, and one worker with "
+                                     "eight questions per request: past capacity",
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",
     "families.json": "every BERT family on the engine: numerics against HF fp32 and speed against the HF peers "
                      "(`device_families.py`)",
@@ -226,6 +239,37 @@ def lowprec_sections(folder: Path) -> list[str]:
                 for r in (run.get("workload") or {}).get("rows", [])]
         out += ["", "SQuAD v1.1 dev workload, features/s: " + ", ".join(
             f"{'bertrt ' + n if system == 'bertrt' else system} {fps:,.0f}" for n, system, fps in work) + ".", ""]
+    if (folder / "lowprec_profile.json").exists():
+        report = read(folder / "lowprec_profile.json")
+        variants = report.get("variants", {})
+        out += ["## Low precision: where the time goes", "",
+                f"{report.get('model')}, one eager pass profiled per kernel kind, ms; graph latency beside it "
+                "(`lowprec_profile.json`).", "",
+                "| engine | source | shape | graph ms | GEMM | attention | LayerNorms | rounding pass | GEMM TFLOP/s |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for run in report.get("runs", []):
+            for name, shapes in run.get("profiles", {}).items():
+                for shape in shapes if isinstance(shapes, list) else []:
+                    k = shape.get("kernel_ms_per_pass", {})
+                    out += [f"| {name} ({variants.get(name, '')}) | {run['commit'][:7]} | b{shape['batch']} "
+                            f"s{shape['seq']} | {shape['graphs']['p50_ms']:.2f} | {k.get('gemm', 0):.2f} | "
+                            f"{k.get('attention', 0):.2f} | {k.get('bias_residual_layernorm', 0):.2f} | "
+                            f"{k.get('quantize', 0):.2f} | {shape.get('gemm_tflops', '')} |"]
+        out += [""]
+    if (folder / "int8_gemm.json").exists():
+        report = read(folder / "int8_gemm.json")
+        out += ["## Low precision: the int8 GEMM", "",
+                f"TOP/s per projection (TFLOP/s for fp16); int8 rows with the engine's mode-1 epilogue "
+                f"(`int8_gemm.json`, {conditions(report)}).", "",
+                "| projection | M | fp16 | torch._int_mm | default tiling | best tiling |", "| --- | --- | --- | --- | --- | --- |"]
+        for name, row in report.get("rows", {}).items() if isinstance(report.get("rows"), dict) else ():
+            tilings = row.get("tilings", {})
+            best = row.get("best_mode1")
+            out += [f"| {name.rsplit('_M', 1)[0]} | {row['M']} | {row['fp16']['tops']:.0f} | "
+                    f"{row['int_mm'].get('tops', 0):.0f} | {row.get('default')} "
+                    f"{tilings.get('default', {}).get('mode1', {}).get('tops', 0):.0f} | {best} "
+                    f"{tilings.get(best, {}).get('mode1', {}).get('tops', 0):.0f} |"]
+        out += [""]
     if (folder / "lowprec_floors.json").exists():
         report = read(folder / "lowprec_floors.json")
         out += ["## Low precision: GEMM floors", "",
@@ -291,6 +335,33 @@ def families_section(report: dict) -> list[str]:
     return out + [""] + speed + [""]
 
 
+def serving_section(report: dict) -> list[str]:
+    """``bertrt serve`` under load (``serve_load.py``): each sweep's rates, the baseline, the summary."""
+    summary = report.get("summary", {})
+    out = ["## Serving", "",
+           f"`bertrt serve` on random BERT-Large, SQuAD v1.1 dev questions from open-loop loopback clients; "
+           f"questions/s offered and achieved, latency from each request's due time (`serve_load.json`, "
+           f"{conditions(report)}; drawn in `serve_load_p99.png`).", "",
+           "| server | offered q/s | achieved q/s | p50 ms | p99 ms | failures |", "| --- | --- | --- | --- | --- | --- |"]
+    sweeps = [(s["name"], s.get("rows", [])) for s in report.get("sweeps", [])]
+    baseline = report.get("baseline") or []
+    sweeps.append(("HF pipeline behind FastAPI, one request at a time",
+                   baseline.get("rows", []) if isinstance(baseline, dict) else baseline))
+    for name, rows in sweeps:
+        for row in rows:
+            if "skipped" in row or "achieved_qps" not in row:
+                continue
+            out += [f"| {name} | {row['offered_qps']:g} | {row['achieved_qps']:.0f} | {row['p50_ms']:.1f} | "
+                    f"{row['p99_ms']:.1f} | {row.get('failures', 0)} |"]
+    out += [""]
+    for name, s in summary.get("sweeps", {}).items():
+        if s.get("engine_alone_qps"):
+            out += [f"{name}: {s['qps_within_p99_target']:.0f} questions/s within p99 {summary['p99_target_ms']:g} ms, "
+                    f"{100 * s['share_of_engine']:.0f}% of the engine alone ({s['engine_alone_qps']:.0f}/s), "
+                    f"{s['times_baseline']:.0f}x the HF baseline's {summary['baseline_qps_within_p99_target']:g}/s."]
+    return out + [""]
+
+
 def readme(folder: Path) -> str:
     name = folder.name
     files = sorted(p.name for p in folder.iterdir() if p.name != "README.md")
@@ -321,15 +392,17 @@ def readme(folder: Path) -> str:
                     f"take less (`floors.json`, {conditions(floors)}; drawn in `floors.png`).", ""]
             out += floors_markdown(rows).rstrip("\n").split("\n") + [""]
     for loadgen in ("loadgen.json.gz", "loadgen_accuracy.json", "loadgen_server_4200.json.gz",
-                    "loadgen_server_3800.json", "loadgen_onnxruntime_cpu.json"):
+                    "loadgen_server_3800.json", "loadgen_onnxruntime_cpu.json", "loadgen_fp8.json.gz",
+                    "loadgen_int8.json.gz"):
         if (folder / loadgen).exists():
             report = read(folder / loadgen)
             durations = report.get("durations_s") or {}
             title = "LoadGen" if loadgen == "loadgen.json.gz" else f"LoadGen: `{loadgen}`"
             keep = LOADGEN_FOCUS.get(loadgen, lambda r: True)
             accuracy = any(r.get("mode") == "accuracy" and keep(r) for r in report.get("results", []))
+            precision = next((p for p in ("fp8", "int8") if p in loadgen), "fp16")
             model = ("BERT-Large random weights, fp32 on onnxruntime's CPU provider (16 cores: the image had no CUDA "
-                     "provider)" if "onnxruntime" in loadgen else "BERT-Large random weights fp16")
+                     "provider)" if "onnxruntime" in loadgen else f"BERT-Large random weights {precision}")
             out += [f"## {title}", "",
                     model
                     + (" (accuracy rows: the embedded default model on held-out articles 32-47)" if accuracy else "")
@@ -343,6 +416,8 @@ def readme(folder: Path) -> str:
     out += lowprec_sections(folder)
     if (folder / "families.json").exists():
         out += families_section(read(folder / "families.json"))
+    if (folder / "serve_load.json").exists():
+        out += serving_section(read(folder / "serve_load.json"))
     out += ["## Files", "", "| file | what |", "| --- | --- |"]
     out += [f"| `{f}` | {FILES.get(f, '')} |" for f in files]
     return "\n".join(out) + "\n"

@@ -93,6 +93,8 @@ def main() -> int:
     p.add_argument("--accuracy-model", default=None, help="checkpoint for accuracy mode (default: embedded)")
     p.add_argument("--budget", type=float, default=540.0, help="seconds for the whole script")
     p.add_argument("--skip", default="", help="comma-separated step names to skip")
+    p.add_argument("--graph-max-tokens", type=int, default=None,
+                   help="largest batch replaying the engine's CUDA graphs (default the harness's 4096)")
     args = p.parse_args()
 
     start = time.monotonic()
@@ -110,7 +112,7 @@ def main() -> int:
     from bertrt.harness.loadgen.runner import prepare, run_test
 
     base = HarnessOptions(data=Path(args.data), engine=Path(args.engine), device="cuda",
-                          vocab=Path(args.vocab) if args.vocab else None)
+                          vocab=Path(args.vocab) if args.vocab else None, graph_max_tokens=args.graph_max_tokens)
     skip = set(filter(None, args.skip.split(",")))
     compiles = watch_compiles(start)
     results, reports = [], []

@@ -56,6 +56,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch-tokens", type=int, metavar="N",
                    help="token budget per batch (padded tokens for padded backends; default 65536 "
                         "Offline, 32768 Server, 8192 otherwise)")
+    p.add_argument("--graph-max-tokens", type=int, metavar="N",
+                   help="largest batch (tokens) that replays the engine's CUDA graphs, captured before the run; "
+                        "larger batches run eagerly (default 4096). An eager fp8/int8 pass costs 10-18 ms of host "
+                        "time, so quantised engines may want graphs up to their max_tokens")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--devices", metavar="LIST",
                    help="several devices fed from one queue, one engine each (loaded from the same --engine): "
@@ -85,7 +89,7 @@ def options_from_args(args: argparse.Namespace):
         user_conf=Path(args.user_conf) if args.user_conf else None, target_qps=args.target_qps,
         target_latency_ms=args.target_latency_ms, min_duration_s=args.min_duration,
         min_query_count=args.min_query_count, count=args.count, max_batch_tokens=args.max_batch_tokens,
-        out=Path(args.out), device=args.device, devices=args.devices, overwrite=args.overwrite)
+        graph_max_tokens=args.graph_max_tokens, out=Path(args.out), device=args.device, devices=args.devices, overwrite=args.overwrite)
 
 
 def _check_combinations(args: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ def _fails(args: list[str], out: Path, capsys) -> str:
     ("--count", "0", "--count must be >= 1"),
     ("--target-latency-ms", "-1", "--target-latency-ms must be > 0"),
     ("--max-batch-tokens", "0", "--max-batch-tokens must be >= 1"),
+    ("--graph-max-tokens", "0", "--graph-max-tokens must be >= 1"),
 ])
 def test_bad_numbers(tmp_path, capsys, squad_dev, flag, value, message):
     assert message in _fails(["--data", str(squad_dev), flag, value], tmp_path, capsys)

@@ -267,7 +267,7 @@ def onnx_session(checkpoint, device: torch.device, workdir: Path):
 
 
 def make_backend(name: str, *, checkpoint=None, engine: Path | None = None, device: torch.device,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, graph_max_tokens: int | None = None):
     """Build the named backend.
 
     Args:
@@ -276,20 +276,23 @@ def make_backend(name: str, *, checkpoint=None, engine: Path | None = None, devi
         engine: a saved engine folder for the bertrt backend.
         device: where to run.
         workdir: where the onnxruntime backend writes its .onnx file (a temp dir if None).
+        graph_max_tokens: the bertrt engine's largest graph-replayed batch (None: GRAPH_MAX_TOKENS).
     """
+    graphs = {"graph_max_tokens": graph_max_tokens or GRAPH_MAX_TOKENS}
     if name == "bertrt":
         if engine is not None:
             from bertrt.engine import Engine
 
-            return PackedBackend(Engine.load(engine, device=device), device, "bertrt-engine")
+            return PackedBackend(Engine.load(engine, device=device), device, "bertrt-engine", **graphs)
         require_qa_head(checkpoint)
         if device.type == "cuda":
             from bertrt.engine import Engine
 
-            return PackedBackend(Engine.from_checkpoint(checkpoint, device=device), device, "bertrt-engine")
+            return PackedBackend(Engine.from_checkpoint(checkpoint, device=device), device, "bertrt-engine", **graphs)
         from bertrt.reference import ReferenceBert
 
-        return PackedBackend(ReferenceBert.from_checkpoint(checkpoint, device=device), device, "bertrt-reference")
+        return PackedBackend(ReferenceBert.from_checkpoint(checkpoint, device=device), device, "bertrt-reference",
+                             **graphs)
     require_qa_head(checkpoint)
     if name == "pytorch":
         return TorchBackend(hf_model(checkpoint, device), device)
@@ -305,7 +308,7 @@ def make_backend(name: str, *, checkpoint=None, engine: Path | None = None, devi
 
 
 def make_backends(name: str, *, checkpoint=None, engine: Path | None = None, devices: list[torch.device],
-                  workdir: Path | None = None):
+                  workdir: Path | None = None, graph_max_tokens: int | None = None):
     """``make_backend`` on each of ``devices``, each loaded with its device current: the plain
     backend for one device, a ``DeviceBackends`` for several (bertrt and pytorch only). A GPU given
     without its index ('cuda') is given the current one's, so that the SUT's worker threads, whose
@@ -319,5 +322,5 @@ def make_backends(name: str, *, checkpoint=None, engine: Path | None = None, dev
     for device in devices:
         with on_device(device):
             backends.append(make_backend(name, checkpoint=checkpoint, engine=engine, device=device,
-                                         workdir=workdir))
+                                         workdir=workdir, graph_max_tokens=graph_max_tokens))
     return backends[0] if len(backends) == 1 else DeviceBackends(backends)

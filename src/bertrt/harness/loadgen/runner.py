@@ -97,7 +97,8 @@ def prepare(options: HarnessOptions, *, progress: bool = False) -> tuple[SquadQS
         require_qa_head(checkpoint)  # before the data is tokenised
 
     def build():
-        return make_backends(options.backend.value, checkpoint=checkpoint, engine=options.engine, devices=devices)
+        return make_backends(options.backend.value, checkpoint=checkpoint, engine=options.engine, devices=devices,
+                             graph_max_tokens=options.graph_max_tokens)
 
     # Tokenise first where the vocabulary is known, so data errors (--count too large) come fast.
     backend = None

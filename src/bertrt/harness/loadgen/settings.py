@@ -60,6 +60,8 @@ class HarnessOptions:
         min_duration_s, min_query_count: LoadGen's run length.
         count: use only the first ``count`` features (QSL total and performance sample count).
         max_batch_tokens: the SUT's token budget per batch (padded tokens for padded backends).
+        graph_max_tokens: the largest batch (tokens) that replays an engine's CUDA graph, larger
+            ones running eagerly; None: ``backends.GRAPH_MAX_TOKENS``.
         out: where LoadGen's logs, report.json and accuracy.json go.
         device: "auto", "cpu", "cuda", "cuda:N".
         devices: several devices, one engine (or CPU reference) each, fed from one queue:
@@ -82,6 +84,7 @@ class HarnessOptions:
     min_query_count: int | None = None
     count: int | None = None
     max_batch_tokens: int | None = None
+    graph_max_tokens: int | None = None
     out: Path = Path("loadgen-out")
     device: str = "auto"
     devices: str | None = None
@@ -105,6 +108,8 @@ class HarnessOptions:
             raise UserError(f"--count must be >= 1, got {self.count}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise UserError(f"--max-batch-tokens must be >= 1, got {self.max_batch_tokens}")
+        if self.graph_max_tokens is not None and self.graph_max_tokens < 1:
+            raise UserError(f"--graph-max-tokens must be >= 1, got {self.graph_max_tokens}")
         if not Path(self.data).is_file():
             raise UserError(f"SQuAD data file not found: {self.data} (pass --data dev-v1.1.json)")
         if self.vocab is not None and not Path(self.vocab).is_file():

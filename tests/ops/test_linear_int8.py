@@ -177,6 +177,9 @@ def test_config_choice_is_a_pure_function_of_the_shape():
     assert config_for(49152, 1024, 4096) == config_for(49152, 4096, 1024) == TILINGS["128x256x128"]
     assert config_for(384, 1024, 1024) == TILINGS["64x128x128"]
     assert config_for(8192, 1024, 1024) == TILINGS["128x128x128"]
+    # 384 rows: 128 x 128 where it still makes 66 tiles or more (QKV, FFN-in), 64 x 128 below
+    assert config_for(384, 3072, 1024) == config_for(384, 4096, 1024) == TILINGS["128x128x128"]
+    assert config_for(384, 1024, 4096) == TILINGS["64x128x128"]
     assert all(cfg.block_k == 128 and cfg.tma for cfg in TILINGS.values())
 
 
@@ -215,7 +218,7 @@ def test_capturable_and_no_recompile_for_new_token_counts(gpu, monkeypatch):
         pytest.skip("this Triton has no jit_cache_hook to count compiles with")
     compiles = []
     monkeypatch.setattr(knobs.runtime, "jit_cache_hook", lambda *a, **kw: compiles.append(kw.get("repr")))
-    for m in (2999, 2992, 2048, 2049):  # config_for's tiling at 3,000 rows (64 x 128 up to 4,096 at N=1024)
+    for m in (2999, 2992, 2048, 2049):  # config_for's tiling at 3,000 rows (128 x 128 from 1,025 to 8,448 at N=1024)
         run(m)
     torch.cuda.synchronize()
     assert compiles == []

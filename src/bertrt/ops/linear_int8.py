@@ -37,30 +37,35 @@ _add_bias_gelu = _grouped_tile = _int8_epilogue = _round_to_int8 = None  # jitte
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.int8)
 INT8_MAX = 127  # symmetric: -128 is never produced
 
-# Tilings a build may time and record by name. Not yet timed on a GPU (benchmarks/int8_gemm.py
-# times each against torch._int_mm and fp16 F.linear); the shapes follow what makes Hopper's
-# wgmma busy: 128 x 256 or 256 x 128 output tiles for two warpgroups, BLOCK_K = 128 int8, 3-4
-# stages of shared memory (48 KiB per stage at 128 x 256 x 128: 3 stages = 144 KiB of 227; the
-# sm_90 compile of the TMA kernel with its fp16 epilogue needs 176 KiB, 208 KiB at 256 x 128).
-# Without TMA (pre-Hopper GPUs, rows not 16-byte aligned) the same tiles load through pointers.
+# Tilings a build may time and record by name (benchmarks/int8_gemm.py times each against
+# torch._int_mm and fp16 F.linear); the shapes follow what makes Hopper's wgmma busy: 128 x 256 or
+# 256 x 128 output tiles for two warpgroups, BLOCK_K = 128 int8, 3-4 stages of shared memory (48 KiB
+# per stage at 128 x 256 x 128: 3 stages = 144 KiB of 227; the sm_90 compile of the TMA kernel with
+# its fp16 epilogue needs 176 KiB, 208 KiB at 256 x 128). Without TMA (pre-Hopper GPUs, rows not
+# 16-byte aligned) the same tiles load through pointers.
 TILINGS = {
     "64x128x128": GemmConfig(64, 128, 128, group_m=8, num_warps=4, num_stages=4, tma=True),
     "128x128x128": GemmConfig(128, 128, 128, group_m=8, num_warps=8, num_stages=4, tma=True),
     "128x256x128": GemmConfig(128, 256, 128, group_m=8, num_warps=8, num_stages=3, tma=True),
     "256x128x128": GemmConfig(256, 128, 128, group_m=8, num_warps=8, num_stages=3, tma=True),
 }
-# Output tiles that fill a 132-SM Hopper part (H100 SXM, H200) about twice over.
-_FULL_GRID = 2 * 132
+# The fewest output tiles at which each larger tiling wins, for a 132-SM Hopper part (H100 SXM,
+# H200). On an H200 (benchmarks/results/h200/int8_gemm.json, mode-1 epilogue): at 49,152 rows
+# 128 x 256 came within 3% of the best tiling at every projection (967-1,032 TOP/s for QKV and
+# FFN-out, 637-711 where the epilogue is heavy); at 384 rows
+# 128 x 128 beat 64 x 128 with 72 and 96 tiles (QKV 306 against 249 TOP/s, FFN-in 317 against 248)
+# and lost with 24 (attention-out, FFN-out: 64 x 128's 48 tiles kept 130 and 240 TOP/s).
+_LEAST_TILES = {"128x256x128": 2 * 132, "128x128x128": 132 // 2}
 
 
 def config_for(m: int, n: int, k: int) -> GemmConfig:
-    """The default tiling of an (M, N, K) problem: the largest tile that still gives about two
-    tiles per SM (deterministic: no timing, safe during graph capture). ``k`` is part of the
+    """The default tiling of an (M, N, K) problem: the largest tile that still gives enough tiles
+    (``_LEAST_TILES``; deterministic: no timing, safe during graph capture). ``k`` is part of the
     signature so that a rule by depth can come without changing callers; it is unused today."""
     del k
-    for name in ("128x256x128", "128x128x128"):
+    for name, least in _LEAST_TILES.items():
         cfg = TILINGS[name]
-        if cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n) >= _FULL_GRID:
+        if cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n) >= least:
             return cfg
     return TILINGS["64x128x128"]
 

@@ -12,7 +12,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_trace_round_trips(tmp_path):
-    rows = [[0.01 * i, 0.01 * i + 0.001, 0.01 * i + 0.002, 0.01 * i + 0.02, 0.01 * i + 0.0205, 4, 700 + i, 3]
+    rows = [[0.01 * i, 0.01 * i + 0.001, 0.01 * i + 0.002, 0.01 * i + 0.02, 0.01 * i + 0.0205, 4, 700 + i, 3, i % 2]
             for i in range(5)]
     write_batches(tmp_path / "batches.json", rows)
     got = read_batches(tmp_path / "batches.json")

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     q.add_argument("--calib-num", type=int, metavar="N", default=512,
                    help="most windows to calibrate on (a fixed random draw; default 512)")
     q.add_argument("--calib-method", metavar="METHOD",
-                   help="max, percentile:P (e.g. 99.9, 99.99, 99.999) or mse (default: mse for fp8, percentile:99.999 "
+                   help="max, percentile:P (e.g. 99.9, 99.99, 99.999) or mse (default: max for fp8, percentile:99.999 "
                         "for int8, which held accuracy best)")
     q.add_argument("--calib-cache", metavar="FILE",
                    help="calibration cache: reused when it exists and was made for these weights (no data needed), "

@@ -84,7 +84,9 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=60.0, help="min duration of each bertrt run (s)")
     p.add_argument("--peer-duration", type=float, default=15.0, help="min duration of each peer run (s)")
     p.add_argument("--offline-qps", type=float, default=5500.0, help="Offline expected samples/s (bertrt)")
-    p.add_argument("--server-qps", type=float, default=4500.0)
+    p.add_argument("--server-qps", default="4500",
+                   help="Server target samples/s; several, comma-separated and highest first, are tried in turn "
+                        "until one is VALID (each a run of --duration)")
     p.add_argument("--server-latency-ms", type=float, default=130.0)
     p.add_argument("--single-stream-ms", type=float, default=1.0, help="SingleStream expected latency")
     p.add_argument("--peer-offline-qps", type=float, default=2000.0)
@@ -118,7 +120,7 @@ def main() -> int:
     results, reports = [], []
     prepared: dict[str, tuple] = {}
 
-    def step(name: str, estimate_s: float, options: HarnessOptions, key: str) -> None:
+    def step(name: str, estimate_s: float, options: HarnessOptions, key: str) -> dict | None:
         left = args.budget - (time.monotonic() - start)
         if name in skip or estimate_s > left:
             why = "skipped by --skip" if name in skip else f"skipped: needs ~{estimate_s:.0f} s, {left:.0f} s left"
@@ -145,8 +147,10 @@ def main() -> int:
         except Exception as exc:  # one failing step must not lose the others
             traceback.print_exc()
             results.append({"step": name, "error": f"{type(exc).__name__}: {exc}"})
+            report = None
         print(f"[{name}] {time.monotonic() - t0:.1f} s, {time.monotonic() - start:.0f} s elapsed", flush=True)
         save()  # after every step: a run killed later keeps what it measured
+        return report
 
     def save() -> None:
         # Gzipped: the batch traces make it megabytes, and every committed byte travels with each
@@ -161,9 +165,13 @@ def main() -> int:
     d, pd = args.duration, args.peer_duration
     step("bertrt_offline", d + 40, dataclasses.replace(
         base, scenario=Scenario.OFFLINE, target_qps=args.offline_qps, min_duration_s=d), "bertrt")
-    step("bertrt_server", d + 20, dataclasses.replace(
-        base, scenario=Scenario.SERVER, target_qps=args.server_qps, target_latency_ms=args.server_latency_ms,
-        min_duration_s=d), "bertrt")
+    server_rates = [float(r) for r in str(args.server_qps).split(",") if r.strip()]
+    for i, rate in enumerate(server_rates):  # highest first, until one is VALID
+        report = step("bertrt_server" if i == 0 else f"bertrt_server_{rate:g}", d + 20, dataclasses.replace(
+            base, scenario=Scenario.SERVER, target_qps=rate, target_latency_ms=args.server_latency_ms,
+            min_duration_s=d), "bertrt")
+        if report is None or report.get("valid"):
+            break
     step("bertrt_singlestream", d + 10, dataclasses.replace(
         base, scenario=Scenario.SINGLE_STREAM, target_latency_ms=args.single_stream_ms, min_duration_s=d),
         "bertrt")

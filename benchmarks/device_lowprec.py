@@ -129,22 +129,40 @@ def section_accuracy(report, args, device, tmp):
         write(report, args.out)
 
 
-def section_speed(report, args, device, tmp):
-    # Random weights, with the default model's (BERT uncased, 30,522-word) vocabulary to tokenise
-    # the calibration windows.
-    checkpoint = dataclasses.replace(random_checkpoint(STANDARD_CONFIGS["large"]), vocab_file=load_checkpoint(None).vocab_file)
-    speed = report.setdefault("speed", {"model": "BERT-Large, random weights", "iterations": args.iterations,
-                                        "warmup": 20, "runs": {}})["runs"]
+def large_engines(args, device, tmp, folder: str):
+    """(precision, Engine, build seconds) for each of ``--speed-precisions``: random BERT-Large with the
+    default model's (BERT uncased, 30,522-word) vocabulary to tokenise the calibration windows (128 of
+    articles 0-31; speed does not depend on values). A build that fails yields its error instead."""
+    checkpoint = dataclasses.replace(random_checkpoint(STANDARD_CONFIGS["large"], heads=("qa",)),
+                                     vocab_file=load_checkpoint(None).vocab_file)
+    cache_dir = tmp / "large"
+    cache_dir.mkdir(exist_ok=True)
     for precision in args.speed_precisions.split(","):
         t0 = time.perf_counter()
         try:
-            cache_dir = tmp / "large"
-            cache_dir.mkdir(exist_ok=True)
             kind, options = VARIANTS.get(precision, (precision, {}))
-            path = quant_build(checkpoint, tmp / f"large-{precision}", kind, options, data=args.data,
+            path = quant_build(checkpoint, tmp / f"{folder}-{precision}", kind, options, data=args.data,
                                device=device, calib_num=128, cache_dir=cache_dir)
-            build_s = time.perf_counter() - t0
-            engine = Engine.load(path, device=device)
+            yield precision, Engine.load(path, device=device), time.perf_counter() - t0
+        except Exception as exc:  # noqa: BLE001  (one precision failing keeps the others)
+            yield precision, exc, time.perf_counter() - t0
+        torch.cuda.empty_cache()
+
+
+def failure(exc: Exception) -> dict:
+    record = {"error": f"{type(exc).__name__}: {exc}",
+              "traceback": "".join(traceback.format_exception(exc))[-3000:]}
+    print(record["traceback"], flush=True)
+    return record
+
+
+def section_speed(report, args, device, tmp):
+    speed = report.setdefault("speed", {"model": "BERT-Large, random weights", "iterations": args.iterations,
+                                        "warmup": 20, "runs": {}})["runs"]
+    for precision, engine, build_s in large_engines(args, device, tmp, "large"):
+        try:
+            if isinstance(engine, Exception):
+                raise engine
             peers = ["hf", "hf-graph"] if precision == "fp16" else []
             run = perf.perf_report(engine, batches=[1, 8, 32, 128], seqs=[128, 384], iterations=args.iterations,
                                    warmup=20, peers=peers, workload_data=args.data, peer_batch=64, progress=False,
@@ -152,35 +170,25 @@ def section_speed(report, args, device, tmp):
             speed[precision] = {"build_seconds": round(build_s, 1), **run}
             print(perf.format_table(perf.rows_from_report(run)), flush=True)
             print(json.dumps(run.get("workload"), default=str)[:800], flush=True)
-            del engine
-            torch.cuda.empty_cache()
         except Exception as exc:  # noqa: BLE001
-            speed[precision] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
-            print(speed[precision]["traceback"], flush=True)
+            speed[precision] = failure(exc)
+        del engine
         write(report, args.out)
 
 
 def section_profile(report, args, device, tmp):
     from device_profile import profile_shape
 
-    checkpoint = dataclasses.replace(random_checkpoint(STANDARD_CONFIGS["large"], heads=("qa",)),
-                                     vocab_file=load_checkpoint(None).vocab_file)
     profiles = report.setdefault("profile", {"model": "BERT-Large, random weights", "runs": {}})["runs"]
-    for precision in args.speed_precisions.split(","):
+    for precision, engine, _ in large_engines(args, device, tmp, "profile"):
         try:
-            cache_dir = tmp / "large"
-            cache_dir.mkdir(exist_ok=True)
-            kind, options = VARIANTS.get(precision, (precision, {}))
-            path = quant_build(checkpoint, tmp / f"profile-{precision}", kind, options, data=args.data,
-                               device=device, calib_num=128, cache_dir=cache_dir)
-            engine = Engine.load(path, device=device)
+            if isinstance(engine, Exception):
+                raise engine
             profiles[precision] = [profile_shape(engine, batch, seq) for batch, seq in ((1, 384), (128, 384))]
             print(precision, json.dumps(profiles[precision], indent=1, default=str), flush=True)
-            del engine
-            torch.cuda.empty_cache()
         except Exception as exc:  # noqa: BLE001
-            profiles[precision] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
-            print(profiles[precision]["traceback"], flush=True)
+            profiles[precision] = failure(exc)
+        del engine
         write(report, args.out)
 
 

@@ -152,7 +152,31 @@ def test_an_int8_engine_is_built_and_its_cache_written(tmp_path, tiny_qa, capsys
     assert set(predictions) == {q["id"] for a in articles for p in a["paragraphs"] for q in p["qas"]}
 
 
-def test_random_weights_calibrate_with_the_default_vocabulary(tmp_path, capsys):
+@pytest.mark.parametrize("flags, rounding, attention", [
+    (["--fp8-rounding", "epilogue"], True, "fp16"),
+    (["--fp8-rounding", "pass", "--fp8-attention"], False, "fp8"),
+])
+def test_fp8_recipe_flags_reach_the_engine(tmp_path, capsys, flags, rounding, attention):
+    import json
+
+    data = _ten_articles(tmp_path)
+    code, _, err = run(["build", "--random", "minilm", "--out", tmp_path / "e", "--precision", "fp8",
+                        "--calib-data", data, "--calib-num", "8", "--calib-method", "percentile:99.9",
+                        "--device", "cpu", *flags], capsys)
+    assert code == 0, err
+    recipe = json.loads((tmp_path / "e" / "engine.json").read_text())["quantization"]
+    assert (recipe["epilogue_rounding"], recipe["attention"], recipe["method"]) == (rounding, attention,
+                                                                                    "percentile:99.9")
+
+
+@pytest.mark.parametrize("flag", [["--fp8-rounding", "epilogue"], ["--fp8-attention"]])
+def test_fp8_flags_without_fp8(tmp_path, tiny_qa, capsys, flag):
+    message = fails(["build", "--model", tiny_qa, "--out", tmp_path / "e", "--precision", "int8", "--calib-data",
+                     tmp_path / "none.json", "--device", "cpu", *flag], capsys, untouched=tmp_path)
+    assert "apply to --precision fp8, not int8" in message
+
+
+def _ten_articles(tmp_path):
     import json
 
     from cli_helpers import SMALL_SQUAD
@@ -162,6 +186,13 @@ def test_random_weights_calibrate_with_the_default_vocabulary(tmp_path, capsys):
         for n in range(5) for a in SMALL_SQUAD["data"]]
     data = tmp_path / "squad.json"
     data.write_text(json.dumps({"version": "1.1", "data": articles}))
+    return data
+
+
+def test_random_weights_calibrate_with_the_default_vocabulary(tmp_path, capsys):
+    import json
+
+    data = _ten_articles(tmp_path)
     code, out, err = run(["build", "--random", "minilm", "--out", tmp_path / "e", "--precision", "fp8",
                           "--calib-data", data, "--calib-num", "8", "--device", "cpu"], capsys)
     assert code == 0, err

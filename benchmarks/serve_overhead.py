@@ -1,0 +1,234 @@
+"""The server's own CPU cost per request: the real app under uvicorn, a model whose forward is instant.
+
+    python benchmarks/serve_overhead.py --data .carry/data/dev-v1.1.json --out benchmarks/results/cpu/serve_overhead.json
+        [--requests 3000] [--concurrency 32] [--per-request 1 8] [--profile FILE]
+
+The server runs in a child process (``bertrt serve``'s uvicorn options, the embedded model's
+tokenizer and window geometry) over a stand-in runner that returns seeded random start/end logits
+at once, so everything the process spends is HTTP, validation, tokenisation, batching and answer
+extraction: what bounds one process's requests/s however fast the GPU is. A closed-loop asyncio
+(aiohttp) client in this process keeps ``--concurrency`` requests in flight, each of ``K`` SQuAD dev
+questions (``{"inputs": [...]}`` past one), after a warm-up. The server process's CPU time (user +
+system, from psutil) over the timed requests gives CPU ms per request and per question, and
+requests/s per core (1000 / CPU ms). Client and server share the machine's cores, so wall-clock
+requests/s is recorded but is not the figure to compare.
+
+``--profile FILE`` runs the child under cProfile and writes its stats (``python -m pstats FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+class InstantRunner:
+    """The embedded model's config and heads, with a forward that costs nothing: seeded random
+    (total_tokens, 2) logits, so answer extraction sees spans of every shape."""
+
+    def __init__(self, runner):
+        import torch
+
+        self.config, self.heads = runner.config, tuple(runner.heads)
+        self.max_seq_length = getattr(runner, "max_seq_length", 512)
+        self._generator = torch.Generator().manual_seed(0)
+
+    def parameters(self):
+        return iter(())
+
+    def qa_logits(self, batch):
+        import torch
+
+        return torch.randn(batch.total_tokens, 2, generator=self._generator)
+
+    def encode(self, batch):
+        import torch
+
+        return torch.zeros(batch.total_tokens, self.config.hidden_size)
+
+
+def serve_child(port: int, profile: str | None) -> None:
+    """The server process: the app over an ``InstantRunner`` on 127.0.0.1:``port``."""
+    import uvicorn
+
+    from bertrt.serve import ServedModel, ServeSettings, create_app
+
+    real = ServedModel.load(device="cpu")
+    model = ServedModel(InstantRunner(real.runner), real.tokenizer, name="instant", device="cpu")
+    app = create_app(model, ServeSettings())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    # uvicorn raises the SIGTERM that stopped it again once it has drained: ignore it, so a
+    # profiled run returns here and writes its stats.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    if profile is None:
+        server.run()
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        server.run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _drive(url: str, bodies: list[bytes], count: int, concurrency: int) -> dict:
+    import aiohttp
+
+    statuses: dict[int, int] = {}
+    next_index = 0
+
+    async def user(session):
+        nonlocal next_index
+        while next_index < count:
+            body = bodies[next_index % len(bodies)]
+            next_index += 1
+            async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+                await r.read()
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(user(session) for _ in range(concurrency)))
+        return {"seconds": time.perf_counter() - start, "statuses": statuses}
+
+
+def measure(url: str, proc, questions: list[dict], *, per_request: int, requests: int, concurrency: int,
+            warm_requests: int) -> dict:
+    import psutil
+
+    bodies = []
+    for i in range(0, len(questions) - per_request + 1, per_request):
+        group = questions[i:i + per_request]
+        bodies.append(json.dumps(group[0] if per_request == 1 else {"inputs": group}).encode())
+    server = psutil.Process(proc.pid)
+    asyncio.run(_drive(url, bodies, warm_requests, concurrency))
+    before, threads_before = server.cpu_times(), _thread_times(server)
+    run = asyncio.run(_drive(url, bodies[warm_requests:] + bodies[:warm_requests], requests, concurrency))
+    after, threads_after = server.cpu_times(), _thread_times(server)
+    # The event loop's thread (the process's main thread) against every other thread (the
+    # batcher's worker, any thread pool), in ms per request.
+    main = threads_after.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
+    others = sum(v - threads_before.get(k, 0.0) for k, v in threads_after.items() if k != server.pid)
+    cpu_s = (after.user - before.user) + (after.system - before.system)
+    ok = run["statuses"].get(200, 0)
+    return {"questions_per_request": per_request, "requests": requests, "concurrency": concurrency,
+            "statuses": {str(k): v for k, v in sorted(run["statuses"].items())},
+            "server_cpu_s": round(cpu_s, 3), "wall_s": round(run["seconds"], 3),
+            "cpu_ms_per_request": round(1e3 * cpu_s / requests, 4),
+            "cpu_ms_per_question": round(1e3 * cpu_s / (requests * per_request), 4),
+            "cpu_ms_per_request_event_loop": round(1e3 * main / requests, 4),
+            "cpu_ms_per_request_other_threads": round(1e3 * others / requests, 4),
+            "requests_per_s_per_core": round(requests / cpu_s, 1),
+            "questions_per_s_per_core": round(requests * per_request / cpu_s, 1),
+            "wall_requests_per_s": round(ok / run["seconds"], 1)}
+
+
+def _thread_times(process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in process.threads()}
+
+
+def _wait_ready(url: str, proc, timeout_s: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode})")
+        try:
+            with urllib.request.urlopen(url + "/ready", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the server did not get ready")
+
+
+def _git_sha() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 dev json (the questions sent)")
+    p.add_argument("--out", type=Path, help="write the JSON report here")
+    p.add_argument("--requests", type=int, default=3000, help="timed requests per setting")
+    p.add_argument("--warm-requests", type=int, default=300)
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    p.add_argument("--per-request", type=int, nargs="+", default=[1, 8], help="questions per request")
+    p.add_argument("--label", default=None, help="what this run measures (kept in the report)")
+    p.add_argument("--profile", default=None, help="cProfile the server into this file")
+    p.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve_child is not None:
+        serve_child(args.serve_child, args.profile)
+        return 0
+
+    import psutil
+
+    sys.path.insert(0, str(HERE))
+    from serve_load import load_questions
+
+    questions = load_questions(args.data, None)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--serve-child", str(port)]
+    if args.profile:
+        command += ["--profile", args.profile]
+    proc = subprocess.Popen(command)
+    rows = []
+    try:
+        _wait_ready(url, proc)
+        for k in args.per_request:
+            rows.append(measure(url + "/v1/qa", proc, questions, per_request=k, requests=args.requests,
+                                concurrency=args.concurrency, warm_requests=args.warm_requests))
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    import bertrt
+
+    report = {"kind": "bertrt-serve-overhead", "label": args.label,
+              "environment": {"date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                              "cpu_count": psutil.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                              "python": platform.python_version(), "bertrt": bertrt.__version__,
+                              "git_sha": _git_sha()},
+              "conditions": {"model": "embedded model's tokenizer and windows, instant random-logit forward",
+                             "server": "one uvicorn process, bertrt serve's defaults", "client": "aiohttp, closed loop",
+                             "data": Path(args.data).name, "profiled": bool(args.profile)},
+              "rows": rows}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,14 +57,39 @@ class InstantRunner:
         return torch.zeros(batch.total_tokens, self.config.hidden_size)
 
 
-def serve_child(port: int, profile: str | None) -> None:
-    """The server process: the app over an ``InstantRunner`` on 127.0.0.1:``port``."""
+class LaunchBoundRunner(InstantRunner):
+    """An ``InstantRunner`` whose forward makes ``LAUNCHES`` short calls that each release the
+    interpreter lock for ~10 us, as an eager GPU forward's kernel launches do (BERT-Large: ~25 per
+    layer, 24 layers): how long a batch takes then depends on how soon its thread gets the lock
+    back from the threads doing HTTP and tokenisation."""
+
+    LAUNCHES = 600
+
+    def qa_logits(self, batch):
+        import hashlib
+
+        block = b"\0" * 16384  # hashlib releases the lock for data over 2 KiB
+        for _ in range(self.LAUNCHES):
+            hashlib.sha256(block)
+        return super().qa_logits(batch)
+
+
+RUNNERS = {"instant": InstantRunner, "launch-bound": LaunchBoundRunner}
+
+
+def serve_child(port: int, profile: str | None, runner: str = "instant") -> None:
+    """The server process: the app over an ``InstantRunner`` (or ``runner``) on 127.0.0.1:``port``."""
     import uvicorn
 
     from bertrt.serve import ServedModel, ServeSettings, create_app
 
+    import torch
+
+    # The stand-in's few CPU torch ops (packing, random logits) would otherwise wake torch's
+    # OpenMP pool, whose spinning threads cost ~0.3 ms per request: the GPU server has no such pool.
+    torch.set_num_threads(1)
     real = ServedModel.load(device="cpu")
-    model = ServedModel(InstantRunner(real.runner), real.tokenizer, name="instant", device="cpu")
+    model = ServedModel(RUNNERS[runner](real.runner), real.tokenizer, name=runner, device="cpu")
     app = create_app(model, ServeSettings())
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
@@ -134,6 +159,7 @@ def measure(url: str, proc, questions: list[dict], *, per_request: int, requests
     others = sum(v - threads_before.get(k, 0.0) for k, v in threads_after.items() if k != server.pid)
     cpu_s = (after.user - before.user) + (after.system - before.system)
     ok = run["statuses"].get(200, 0)
+    batches = _batch_stats(url.rsplit("/v1/", 1)[0])
     return {"questions_per_request": per_request, "requests": requests, "concurrency": concurrency,
             "statuses": {str(k): v for k, v in sorted(run["statuses"].items())},
             "server_cpu_s": round(cpu_s, 3), "wall_s": round(run["seconds"], 3),
@@ -143,7 +169,25 @@ def measure(url: str, proc, questions: list[dict], *, per_request: int, requests
             "cpu_ms_per_request_other_threads": round(1e3 * others / requests, 4),
             "requests_per_s_per_core": round(requests / cpu_s, 1),
             "questions_per_s_per_core": round(requests * per_request / cpu_s, 1),
-            "wall_requests_per_s": round(ok / run["seconds"], 1)}
+            "wall_requests_per_s": round(ok / run["seconds"], 1), **batches}
+
+
+def _batch_stats(base: str) -> dict:
+    """Mean batch size and mean seconds per batch on the model, from the server's /metrics (since
+    its start, warm-up included)."""
+    import urllib.request
+
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        for name in ("bertrt_inference_duration_seconds_sum", "bertrt_inference_duration_seconds_count",
+                     "bertrt_batch_sequences_sum"):
+            if line.startswith(name + '{kind="qa"}'):
+                values[name] = float(line.rsplit(" ", 1)[1])
+    count = values.get("bertrt_inference_duration_seconds_count") or 1.0
+    return {"batches": int(count), "mean_batch_windows": round(values.get("bertrt_batch_sequences_sum", 0) / count, 2),
+            "mean_batch_ms": round(1e3 * values.get("bertrt_inference_duration_seconds_sum", 0) / count, 3)}
 
 
 def _thread_times(process) -> dict[int, float]:
@@ -185,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-request", type=int, nargs="+", default=[1, 8], help="questions per request")
     p.add_argument("--label", default=None, help="what this run measures (kept in the report)")
     p.add_argument("--profile", default=None, help="cProfile the server into this file")
+    p.add_argument("--runner", choices=sorted(RUNNERS), default="instant",
+                   help="the stand-in forward: instant, or launch-bound (releases the lock 600 times a batch)")
     p.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_child is not None:
-        serve_child(args.serve_child, args.profile)
+        serve_child(args.serve_child, args.profile, args.runner)
         return 0
 
     import psutil
@@ -199,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     questions = load_questions(args.data, None)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--serve-child", str(port)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--serve-child", str(port),
+               "--runner", args.runner]
     if args.profile:
         command += ["--profile", args.profile]
     proc = subprocess.Popen(command)
@@ -220,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                               "cpu_count": psutil.cpu_count(), "cpu": platform.processor() or platform.machine(),
                               "python": platform.python_version(), "bertrt": bertrt.__version__,
                               "git_sha": _git_sha()},
-              "conditions": {"model": "embedded model's tokenizer and windows, instant random-logit forward",
+              "conditions": {"model": f"embedded model's tokenizer and windows, {args.runner} random-logit forward",
                              "server": "one uvicorn process, bertrt serve's defaults", "client": "aiohttp, closed loop",
                              "data": Path(args.data).name, "profiled": bool(args.profile)},
               "rows": rows}

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -24,6 +25,7 @@ import os
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import numpy as np
@@ -85,9 +87,11 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-# Requests with at most this many characters of text tokenise on the event loop (~1 ms at the
-# ~5 characters/us of BERT's tokenizer on one EPYC core), longer ones on a pool thread.
-INLINE_TOKENIZE_CHARS = 4096
+# Requests with at most this many characters of distinct text tokenise on the event loop (~3 ms
+# at most, at the ~5 characters/us of BERT's tokenizer on one EPYC core), longer ones on a thread.
+# Eight SQuAD questions, ~6,000 characters, took 3.5 ms of server CPU inline against 3.6 ms on a
+# thread of their own and 6.5 ms on the 40-thread pool (benchmarks/results/cpu/serve_overhead.json).
+INLINE_TOKENIZE_CHARS = 16384
 
 
 def _json(content) -> Response:
@@ -195,8 +199,9 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
                                max_delay_s=settings.max_delay_ms / 1000, max_queue_tokens=settings.max_queue_tokens)
         metrics.watch_queue(batcher)
         app.state.batcher = batcher.start()
+        app.state.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="serve-tokenizer")
         if warm_up:
-            await run_in_threadpool(model.warm_up)
+            await run_in_threadpool(model.warm_up, batcher.max_batch_tokens)
         app.state.ready = True
         metrics.ready.set(1)
         try:
@@ -205,6 +210,7 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
             app.state.ready = False
             metrics.ready.set(0)
             await run_in_threadpool(batcher.stop)
+            app.state.tokenizer_thread.shutdown(wait=False)
 
     app = FastAPI(title="bertrt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="BERT encoders behind HTTP: extractive question answering, sentence "
@@ -290,8 +296,12 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
         try:
             # Small requests tokenise on the event loop: the hop to a pool thread and back cost
             # ~0.14 ms of CPU, more than tokenising a SQuAD question does, and gains nothing under
-            # the interpreter lock. Long texts go to the pool (the tokenizer releases the lock there).
-            return fn() if chars <= INLINE_TOKENIZE_CHARS else await run_in_threadpool(fn)
+            # the interpreter lock. Long texts go to one thread of their own (the tokenizer releases
+            # the lock while it runs): one thread, not a pool of 40, so that fewer threads contend
+            # for the lock with the batcher's, whose every kernel launch gives the lock up.
+            if chars <= INLINE_TOKENIZE_CHARS:
+                return fn()
+            return await asyncio.get_running_loop().run_in_executor(app.state.tokenizer_thread, fn)
         except ValueError as exc:
             raise ApiError(422, "no_tokens", str(exc)) from None
         finally:
@@ -318,7 +328,7 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
             check_text("context", p.context)
         prepared = await tokenized("/v1/qa", lambda: qa_features_batch(
             tokenizer, [(p.question, p.context) for p in pairs], config=model.features),
-            sum(len(p.question) + len(p.context) for p in pairs))
+            sum(len(p.question) for p in pairs) + sum(len(c) for c in {p.context for p in pairs}))
         sequences = [(f.input_ids, f.token_type_ids) for _, features in prepared for f in features]
         outputs = await run(request, "qa", sequences)
         answers, at = [], 0

@@ -1,6 +1,7 @@
 """The server's own CPU cost per request: the real app under uvicorn, a model whose forward is instant.
 
     python benchmarks/serve_overhead.py --data .carry/data/dev-v1.1.json --out benchmarks/results/cpu/serve_overhead.json
+        [--source before=/tmp/before/src --source after=src] [--repeats 3] [--runner instant launch-bound]
         [--requests 3000] [--concurrency 32] [--per-request 1 8] [--profile FILE]
 
 The server runs in a child process (``bertrt serve``'s uvicorn options, the embedded model's
@@ -13,7 +14,9 @@ system, from psutil) over the timed requests gives CPU ms per request and per qu
 requests/s per core (1000 / CPU ms). Client and server share the machine's cores, so wall-clock
 requests/s is recorded but is not the figure to compare.
 
-``--profile FILE`` runs the child under cProfile and writes its stats (``python -m pstats FILE``).
+``--source LABEL=SRC`` (repeatable) measures bertrt from each ``src`` folder in turn, for example
+the parent commit's (``git archive HEAD~1 src | tar -x -C /tmp/before``) against the work tree's.
+``--profile FILE`` runs the child under cProfile (its main thread) and writes its stats.
 """
 
 from __future__ import annotations
@@ -219,6 +222,37 @@ def _git_sha() -> str | None:
         return None
 
 
+def run_server(source: str | None, runner: str, args, questions: list[dict]) -> list[dict]:
+    """One server process (bertrt from ``source``, a ``src`` folder, or the installed one), every
+    ``--per-request`` setting against it."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--serve-child", str(port),
+               "--runner", runner]
+    if args.profile:
+        command += ["--profile", args.profile]
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(source).resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.Popen(command, env=env)
+    rows = []
+    try:
+        _wait_ready(url, proc)
+        for k in args.per_request:
+            rows.append(measure(url + "/v1/qa", proc, questions, per_request=k, requests=args.requests,
+                                concurrency=args.concurrency, warm_requests=args.warm_requests))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return rows
+
+
+def _median_row(rows: list[dict]) -> dict:
+    """The repeat with the median CPU per request, with every repeat's figure beside it."""
+    ordered = sorted(rows, key=lambda r: r["cpu_ms_per_request"])
+    return {**ordered[len(ordered) // 2], "cpu_ms_per_request_repeats": [r["cpu_ms_per_request"] for r in rows]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="SQuAD v1.1 dev json (the questions sent)")
@@ -227,14 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-requests", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     p.add_argument("--per-request", type=int, nargs="+", default=[1, 8], help="questions per request")
-    p.add_argument("--label", default=None, help="what this run measures (kept in the report)")
-    p.add_argument("--profile", default=None, help="cProfile the server into this file")
-    p.add_argument("--runner", choices=sorted(RUNNERS), default="instant",
+    p.add_argument("--source", action="append", default=[], metavar="LABEL=SRC",
+                   help="measure bertrt from this src folder under LABEL (repeatable: the sources take turns, "
+                        "so a busy machine slows each alike); default: the bertrt that imports here")
+    p.add_argument("--repeats", type=int, default=1, help="servers per source and runner; the median is kept")
+    p.add_argument("--runner", choices=sorted(RUNNERS), nargs="+", default=["instant"],
                    help="the stand-in forward: instant, or launch-bound (releases the lock 600 times a batch)")
+    p.add_argument("--profile", default=None, help="cProfile the server into this file")
     p.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_child is not None:
-        serve_child(args.serve_child, args.profile, args.runner)
+        serve_child(args.serve_child, args.profile, args.runner[0])
         return 0
 
     import psutil
@@ -243,38 +280,48 @@ def main(argv: list[str] | None = None) -> int:
     from serve_load import load_questions
 
     questions = load_questions(args.data, None)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--serve-child", str(port),
-               "--runner", args.runner]
-    if args.profile:
-        command += ["--profile", args.profile]
-    proc = subprocess.Popen(command)
-    rows = []
-    try:
-        _wait_ready(url, proc)
-        for k in args.per_request:
-            rows.append(measure(url + "/v1/qa", proc, questions, per_request=k, requests=args.requests,
-                                concurrency=args.concurrency, warm_requests=args.warm_requests))
-            print(json.dumps(rows[-1]), flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    sources = [tuple(item.split("=", 1)) for item in args.source] or [("installed", None)]
+    measured: dict[tuple[str, str, int], list[dict]] = {}
+    for repeat in range(args.repeats):
+        for runner in args.runner:
+            for label, source in sources:
+                for row in run_server(source, runner, args, questions):
+                    measured.setdefault((label, runner, row["questions_per_request"]), []).append(row)
+                    print(json.dumps({"source": label, "runner": runner, "repeat": repeat, **row}), flush=True)
+    rows = [{"source": label, "runner": runner, **_median_row(found)}
+            for (label, runner, _), found in measured.items()]
     import bertrt
 
-    report = {"kind": "bertrt-serve-overhead", "label": args.label,
+    report = {"kind": "bertrt-serve-overhead",
               "environment": {"date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-                              "cpu_count": psutil.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                              "cpu_count": psutil.cpu_count(), "cpu": _cpu_name(),
                               "python": platform.python_version(), "bertrt": bertrt.__version__,
                               "git_sha": _git_sha()},
-              "conditions": {"model": f"embedded model's tokenizer and windows, {args.runner} random-logit forward",
-                             "server": "one uvicorn process, bertrt serve's defaults", "client": "aiohttp, closed loop",
-                             "data": Path(args.data).name, "profiled": bool(args.profile)},
+              "conditions": {"model": "the embedded model's tokenizer and windows; a stand-in forward returning "
+                                      "seeded random logits (instant, or launch-bound: 600 lock-releasing calls "
+                                      "of ~10 us per batch)",
+                             "server": "one uvicorn process per source and repeat, bertrt serve's defaults",
+                             "client": f"aiohttp in the parent process, closed loop, {args.concurrency} in flight, "
+                                       "on the same cores",
+                             "requests": args.requests, "warm_requests": args.warm_requests,
+                             "repeats": args.repeats, "data": Path(args.data).name,
+                             "sources": {label: source for label, source in sources},
+                             "profiled": bool(args.profile)},
               "rows": rows}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 if __name__ == "__main__":

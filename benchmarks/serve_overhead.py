@@ -1,6 +1,7 @@
 """The server's own CPU cost per request: the real app under uvicorn, a model whose forward is instant.
 
-    python benchmarks/serve_overhead.py --data .carry/data/dev-v1.1.json --out benchmarks/results/cpu/serve_overhead.json
+    python benchmarks/serve_overhead.py --data .carry/data/dev-v1.1.json \
+        --out benchmarks/results/cpu/serve_overhead.json
         [--source before=/tmp/before/src --source after=src] [--repeats 3] [--runner instant launch-bound]
         [--requests 3000] [--concurrency 32] [--per-request 1 8] [--profile FILE]
 

@@ -89,8 +89,8 @@ class ApiError(Exception):
 
 # Requests with at most this many characters of distinct text tokenise on the event loop (~3 ms
 # at most, at the ~5 characters/us of BERT's tokenizer on one EPYC core), longer ones on a thread.
-# Eight SQuAD questions, ~6,000 characters, took 3.5 ms of server CPU inline against 3.6 ms on a
-# thread of their own and 6.5 ms on the 40-thread pool (benchmarks/results/cpu/serve_overhead.json).
+# In one serve_overhead.py run each on two EPYC cores, eight-question requests cost 3.5 ms of server
+# CPU tokenised inline, 3.6 ms on a thread of their own and 6.5 ms on the 40-thread pool.
 INLINE_TOKENIZE_CHARS = 16384
 
 

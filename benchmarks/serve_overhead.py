@@ -163,6 +163,8 @@ def measure(url: str, proc, questions: list[dict], *, per_request: int, requests
     others = sum(v - threads_before.get(k, 0.0) for k, v in threads_after.items() if k != server.pid)
     cpu_s = (after.user - before.user) + (after.system - before.system)
     ok = run["statuses"].get(200, 0)
+    if ok != requests:  # a figure over refused or failed requests would not be the server's cost
+        raise RuntimeError(f"{requests - ok} of {requests} requests were not answered 200: {run['statuses']}")
     batches = _batch_stats(url.rsplit("/v1/", 1)[0])
     return {"questions_per_request": per_request, "requests": requests, "concurrency": concurrency,
             "statuses": {str(k): v for k, v in sorted(run["statuses"].items())},

@@ -101,3 +101,14 @@ def test_long_texts_tokenise_off_the_event_loop_with_the_same_answer(serve, serv
     assert long.status_code == 200 and long.json()["answer"] == expected and "Lisbon" in expected
     assert short.status_code == 200
     assert threads[0].startswith("serve-tokenizer") and not threads[1].startswith("serve-tokenizer")
+
+
+def test_the_server_waits_for_gpu_results_asleep_and_the_cpu_path_is_unchanged(served):
+    """On CUDA the server's QA backend waits on a blocking event instead of spinning a core (its
+    processes share the host's cores); on the CPU there is nothing to wait for."""
+    from bertrt.harness.loadgen.backends import PackedBackend
+
+    assert served._qa.blocking_sync is False  # this model is on the CPU
+    on_gpu = ServedModel(served.runner, served.tokenizer, name="gpu", device="cuda")  # nothing runs yet
+    assert on_gpu._qa.blocking_sync is True
+    assert PackedBackend(served.runner, torch.device("cuda"), "loadgen").blocking_sync is False  # LoadGen spins

@@ -79,7 +79,7 @@ class ServedModel:
         seq = min(384, max_seq)
         self.features = FeatureConfig(max_seq_length=seq, doc_stride=min(128, seq // 3),
                                       max_query_length=min(64, seq // 4))
-        self._qa = PackedBackend(runner, self.device, name) if "qa" in heads else None
+        self._qa = PackedBackend(runner, self.device, name, blocking_sync=True) if "qa" in heads else None
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, engine: str | Path | None = None,

@@ -112,3 +112,17 @@ def test_the_server_waits_for_gpu_results_asleep_and_the_cpu_path_is_unchanged(s
     on_gpu = ServedModel(served.runner, served.tokenizer, name="gpu", device="cuda")  # nothing runs yet
     assert on_gpu._qa.blocking_sync is True
     assert PackedBackend(served.runner, torch.device("cuda"), "loadgen").blocking_sync is False  # LoadGen spins
+
+
+def test_a_request_of_no_windows_is_answered_at_once(served):
+    import asyncio
+    import time
+
+    from bertrt.serve.metrics import Metrics
+    from bertrt.serve.worker import ModelBatcher, run_windows
+
+    batcher = ModelBatcher(served, Metrics(), max_batch_tokens=512, max_delay_s=0.0, max_queue_tokens=4096).start()
+    try:
+        assert asyncio.run(run_windows(batcher, "qa", [], time.perf_counter() + 5)) == []
+    finally:
+        batcher.stop()

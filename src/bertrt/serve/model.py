@@ -177,8 +177,9 @@ class ServedModel:
         lengths = [seq] * (tokens // seq) + ([tokens % seq] if tokens % seq else [])
         filler = self.tokenizer.encode("warm up").ids[0]
         ids = [np.full(n, filler, dtype=np.int32) for n in lengths]
-        for x in ids:
-            x[0] = self.tokenizer.cls_id
+        if self.tokenizer.cls_id is not None:
+            for x in ids:
+                x[0] = self.tokenizer.cls_id
         types = [np.zeros(n, dtype=np.int32) for n in lengths]
         return ids, types
 

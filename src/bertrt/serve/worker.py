@@ -162,6 +162,8 @@ async def run_windows(batcher: ModelBatcher, kind: str, sequences: list[tuple[li
         TimedOut: the deadline passed; the request's windows still queued are dropped.
         ModelFailure: the model raised on a batch holding one of the windows.
     """
+    if not sequences:
+        return []
     loop = asyncio.get_running_loop()
     now = time.perf_counter()
     outputs = Outputs(len(sequences), loop)

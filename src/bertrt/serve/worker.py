@@ -3,10 +3,9 @@
 A request turns into windows (one model sequence each) that are put into the batcher together;
 the request's coroutine then awaits one future for all of them. The batcher's worker thread packs
 the windows of many requests into one forward pass and hands a batch's results to each event loop
-in one call, which fills the windows' slots and settles each request whose windows are all done.
-(A future and a loop wake-up per window cost the event loop ~20 us per window, more than its
-answer extraction.) A request that gives up (timeout, client gone) takes its windows out of the
-queue, so work nobody waits for is not run.
+in one call (one wake-up of the loop per batch, not per window), which fills the windows' slots
+and settles each request whose windows are all done. A request that gives up (timeout, client
+gone) takes its windows out of the queue, so work nobody waits for is not run.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import numpy as np
 
 from bertrt.tasks.squad import (FeatureConfig, SquadExample, SquadFeature, make_features, postprocess,
                                 run_qa_model)
-from bertrt.tokenizer import BertTokenizer
+from bertrt.tokenizer import BertTokenizer, EncodingCache
 
 
 @dataclasses.dataclass
@@ -48,9 +48,10 @@ def qa_features(tokenizer: BertTokenizer, question: str, context: str, *,
 
 
 def qa_features_batch(tokenizer: BertTokenizer, pairs: Sequence[tuple[str, str]], *,
-                      config: FeatureConfig = FeatureConfig()) -> list[tuple[SquadExample, list[SquadFeature]]]:
+                      config: FeatureConfig = FeatureConfig(), contexts_cache: EncodingCache | None = None
+                      ) -> list[tuple[SquadExample, list[SquadFeature]]]:
     """``qa_features`` of several (question, context) pairs, in order, through one tokenizer call
-    (each distinct context tokenised once).
+    (each distinct context tokenised once, or taken from ``contexts_cache``).
 
     Raises:
         ValueError: a question or context is empty, whitespace, or has no tokens (the first such
@@ -63,7 +64,7 @@ def qa_features_batch(tokenizer: BertTokenizer, pairs: Sequence[tuple[str, str]]
     examples = [SquadExample(qid=str(i), title="", article_index=0, context=context, question=question, answers=[])
                 for i, (question, context) in enumerate(pairs)]
     grouped: list[list[SquadFeature]] = [[] for _ in examples]
-    for feature in make_features(examples, tokenizer, config):
+    for feature in make_features(examples, tokenizer, config, contexts_cache=contexts_cache):
         grouped[feature.example_index].append(feature)
     for features in grouped:
         if not features:

@@ -34,7 +34,7 @@ import torch
 
 from bertrt.errors import BertrtWarning
 from bertrt.packed import pack_sequences
-from bertrt.tokenizer import BertTokenizer
+from bertrt.tokenizer import BertTokenizer, EncodingCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +264,7 @@ def _window_start(tokenizer, query: list[int]) -> int:
 
 def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
                   config: FeatureConfig = FeatureConfig(), *, training: bool = False,
-                  progress: bool = False) -> list[SquadFeature]:
+                  progress: bool = False, contexts_cache: EncodingCache | None = None) -> list[SquadFeature]:
     """Cut every example into model windows (see the module docstring for the algorithm).
 
     Args:
@@ -273,6 +273,7 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
             index the original context); its ``pair`` lays out question and window.
         training: also fill ``start_position`` / ``end_position`` from the first gold answer.
         progress: show a tqdm bar.
+        contexts_cache: contexts' encodings to reuse, and to keep the new ones in.
 
     Questions longer than ``config.max_query_length`` tokens are cut to it, with a ``BertrtWarning``.
 
@@ -282,9 +283,16 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
     # Paragraphs carry several questions: tokenise each distinct context once.
     # Contexts and questions in one tokenizer call: each call has a cost of its own beside its texts.
     contexts = list(dict.fromkeys(ex.context for ex in examples))
-    encoded = tokenizer.encode_batch(contexts + [ex.question for ex in examples])
-    context_enc = dict(zip(contexts, encoded[:len(contexts)]))
-    question_enc = encoded[len(contexts):]
+    context_enc = {}
+    if contexts_cache is not None:
+        context_enc = {c: e for c in contexts if (e := contexts_cache.get(c)) is not None}
+    missing = [c for c in contexts if c not in context_enc]
+    encoded = tokenizer.encode_batch(missing + [ex.question for ex in examples])
+    for text, enc in zip(missing, encoded):
+        context_enc[text] = enc
+        if contexts_cache is not None:
+            contexts_cache.put(text, enc)
+    question_enc = encoded[len(missing):]
     specials = tokenizer.special_tokens(pair=True)
 
     items = enumerate(examples)

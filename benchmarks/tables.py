@@ -88,6 +88,8 @@ FILES = {
     "serve_load_past_capacity.json": "the same server offered 2,400 questions/s and more, and one worker with "
                                      "eight questions per request: past capacity",
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",
+    "serve_overhead.json": "`bertrt serve`'s own CPU per request over a stand-in model, sources in turn "
+                           "(`serve_overhead.py`)",
     "families.json": "every BERT family on the engine: numerics against HF fp32 and speed against the HF peers "
                      "(`device_families.py`)",
 }
@@ -362,6 +364,23 @@ def serving_section(report: dict) -> list[str]:
     return out + [""]
 
 
+def serve_overhead_section(report: dict) -> list[str]:
+    c = report.get("conditions", {})
+    out = ["## Server CPU per request", "",
+           f"One `bertrt serve` process over {c.get('model', 'a stand-in model')}; {c.get('client', '')}; "
+           f"{c.get('requests')} timed requests per row after {c.get('warm_requests')}, the median of "
+           f"{c.get('repeats')} servers ({conditions(report)}; `serve_overhead.json`). Requests/s per core "
+           "is 1000 / CPU ms; the batch figures come from the server's /metrics.", "",
+           "| source | forward | questions / request | CPU ms / request | CPU ms / question | requests/s per core "
+           "| questions/s per core | mean batch ms |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report.get("rows", []):
+        out.append(f"| {r['source']} | {r['runner']} | {r['questions_per_request']} | {r['cpu_ms_per_request']:.2f} "
+                   f"| {r['cpu_ms_per_question']:.2f} | {r['requests_per_s_per_core']:,.0f} "
+                   f"| {r['questions_per_s_per_core']:,.0f} | {r.get('mean_batch_ms', 0):.1f} |")
+    return out + [""]
+
+
 def readme(folder: Path) -> str:
     name = folder.name
     files = sorted(p.name for p in folder.iterdir() if p.name != "README.md")
@@ -414,6 +433,8 @@ def readme(folder: Path) -> str:
         out += ["## LoadGen: `loadgen_server_3650.json`", "", f"{report['what']} ({conditions(report)}).", ""]
         out += loadgen_log_table(report) + [""]
     out += lowprec_sections(folder)
+    if (folder / "serve_overhead.json").exists():
+        out += serve_overhead_section(read(folder / "serve_overhead.json"))
     if (folder / "families.json").exists():
         out += families_section(read(folder / "families.json"))
     if (folder / "serve_load.json").exists():

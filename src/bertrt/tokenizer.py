@@ -12,8 +12,10 @@ punctuation, lower-case and strip accents for uncased vocabularies.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import threading
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
@@ -44,6 +46,48 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
     while end > start and text[end - 1].isspace():
         end -= 1
     return start, end
+
+
+class EncodingCache:
+    """The encodings of recently tokenised texts, by text, least recently used dropped first: a
+    server's clients often ask several questions about one passage. Thread-safe.
+
+    Args:
+        max_texts: texts kept at most.
+        max_chars: characters of text kept at most (the encodings take ~50 bytes a character).
+    """
+
+    def __init__(self, *, max_texts: int = 256, max_chars: int = 1 << 20):
+        self.max_texts, self.max_chars = max_texts, max_chars
+        self._kept: collections.OrderedDict[str, Encoding] = collections.OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, text: str) -> Encoding | None:
+        with self._lock:
+            found = self._kept.get(text)
+            if found is None:
+                self.misses += 1
+                return None
+            self._kept.move_to_end(text)
+            self.hits += 1
+            return found
+
+    def put(self, text: str, encoding: Encoding) -> None:
+        if len(text) > self.max_chars:
+            return
+        with self._lock:
+            if text in self._kept:
+                return
+            self._kept[text] = encoding
+            self._chars += len(text)
+            while len(self._kept) > self.max_texts or self._chars > self.max_chars:
+                dropped, _ = self._kept.popitem(last=False)
+                self._chars -= len(dropped)
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
 
 class BertTokenizer:

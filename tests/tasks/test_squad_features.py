@@ -213,3 +213,21 @@ def test_parse_articles_says_what_it_expects(text):
 
     with pytest.raises(UserError, match="expected A:B"):
         parse_articles(text)
+
+
+def test_a_contexts_cache_gives_the_same_features_and_keeps_within_its_bounds(tokenizer):
+    from bertrt.tasks.squad import SquadExample, make_features
+    from bertrt.tokenizer import EncodingCache
+
+    contexts = [f"Passage {i} says the treaty was signed in Lisbon in {1800 + i}. " * (1 + i % 3) for i in range(6)]
+    examples = [SquadExample(qid=str(i), title="", article_index=0, context=contexts[i % 6],
+                             question=f"When was treaty {i} signed?", answers=[]) for i in range(12)]
+    cache = EncodingCache(max_texts=4)
+    plain = make_features(examples, tokenizer)
+    first = make_features(examples, tokenizer, contexts_cache=cache)
+    again = make_features(examples[8:], tokenizer, contexts_cache=cache)  # contexts 2..5: the kept four
+    assert first == plain and again == make_features(examples[8:], tokenizer)
+    assert len(cache) == 4 and cache.hits == 4 and cache.misses == 6
+    small = EncodingCache(max_chars=len(contexts[0]) + len(contexts[1]))
+    make_features(examples[:3], tokenizer, contexts_cache=small)
+    assert len(small) <= 2

@@ -167,3 +167,29 @@ def test_write_predictions_writes_both_files_atomically(tmp_path):
     assert json.loads(out.read_text(encoding="utf-8")) == {"q0": "Zürich", "q1": ""}
     assert json.loads((out.parent / "nbest_predictions.json").read_text(encoding="utf-8")) == nbest
     assert sorted(p.name for p in out.parent.iterdir()) == ["nbest_predictions.json", "predictions.json"]
+
+
+@pytest.mark.parametrize("n_best_size,max_answer_length,levels", [(20, 30, None), (5, 3, None), (20, 30, 4)])
+def test_postprocess_matches_the_original_loops(tokenizer, n_best_size, max_answer_length, levels):
+    """The vectorised candidate search gives what original BERT's nested loops give: the same
+    n-best lists, in the same order, ties (``levels``: logits rounded to a few values) included."""
+    from bertrt.tasks.squad import postprocess_ref
+
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "Müller", "1898,"]
+    rng = np.random.default_rng(3)
+    examples = [_example(" ".join(words[(i * k) % len(words)] + str(i % 3) for i in range(10 + 23 * k)),
+                         f"which {k}?", qid=f"q{k}") for k in range(6)]
+    config = FeatureConfig(max_seq_length=32, doc_stride=8, max_query_length=8)
+    features = make_features(examples, tokenizer, config)
+    assert len(features) > 2 * len(examples)  # several windows per example
+    starts, ends = [], []
+    for f in features:
+        s, e = rng.standard_normal((2, len(f.input_ids))).astype(np.float32)
+        if levels:
+            s, e = np.round(s * levels / 3), np.round(e * levels / 3)
+        starts.append(s.astype(np.float32))
+        ends.append(e.astype(np.float32))
+    got = postprocess(examples, features, starts, ends, n_best_size=n_best_size, max_answer_length=max_answer_length)
+    want = postprocess_ref(examples, features, starts, ends, n_best_size=n_best_size,
+                           max_answer_length=max_answer_length)
+    assert got == want

@@ -1,10 +1,11 @@
 """Requests' windows through the one token-budget batcher (``bertrt.batching``) onto the model.
 
 A request turns into windows (one model sequence each) that are put into the batcher together;
-the request's coroutine then awaits one future per window. The batcher's worker thread packs the
-windows of many requests into one forward pass and settles each future on the request's event
-loop. A request that gives up (timeout, client gone) takes its windows out of the queue, so work
-nobody waits for is not run.
+the request's coroutine then awaits one future for all of them. The batcher's worker thread packs
+the windows of many requests into one forward pass and hands a batch's results to each event loop
+in one call (one wake-up of the loop per batch, not per window), which fills the windows' slots
+and settles each request whose windows are all done. A request that gives up (timeout, client
+gone) takes its windows out of the queue, so work nobody waits for is not run.
 """
 
 from __future__ import annotations
@@ -40,27 +41,53 @@ class ModelFailure(Exception):
     """The model raised while running a batch that held this request's windows."""
 
 
+class Outputs:
+    """What one request waits for: a slot per window and one future, set once every slot is filled
+    (or failed with the first error). Only the request's event loop touches it."""
+
+    def __init__(self, count: int, loop: asyncio.AbstractEventLoop):
+        self.values: list = [None] * count
+        self.remaining = count
+        self.future = loop.create_future()
+        self.loop = loop
+
+    def fill(self, index: int, value=None, error: BaseException | None = None) -> None:
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+            return
+        self.values[index] = value
+        self.remaining -= 1
+        if not self.remaining:
+            self.future.set_result(self.values)
+
+
 @dataclasses.dataclass(eq=False)
 class Window:
-    """One model sequence of one request, and the future its result goes to."""
+    """One model sequence of one request, and where its result goes."""
 
     kind: str
     input_ids: np.ndarray  # (len,) int32
     token_type_ids: np.ndarray  # (len,) int32
     arrived: float  # perf_counter() when it was queued
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    outputs: Outputs
+    index: int  # its slot in ``outputs``
 
-    def settle(self, value=None, error: BaseException | None = None) -> None:
-        """Hand the result to the request's event loop (from the worker thread)."""
-        def apply():
-            if not self.future.done():
-                if error is not None:
-                    self.future.set_exception(error)
-                else:
-                    self.future.set_result(value)
+
+def settle(windows: list[Window], values=None, error: BaseException | None = None) -> None:
+    """Hand results (``values[i]`` for ``windows[i]``, or ``error`` for all) to the windows'
+    event loops from the worker thread: one call per loop, whatever the number of windows."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for i, w in enumerate(windows):
+        by_loop.setdefault(w.outputs.loop, []).append((w, None if values is None else values[i]))
+
+    def apply(items):
+        for w, value in items:
+            w.outputs.fill(w.index, value, error)
+    for loop, items in by_loop.items():
         try:
-            self.loop.call_soon_threadsafe(apply)
+            loop.call_soon_threadsafe(apply, items)
         except RuntimeError:  # the loop has closed: nobody is waiting any more
             pass
 
@@ -108,16 +135,13 @@ class ModelBatcher(TokenBatcher):
             log.exception("a %s batch of %d windows failed", kind, len(batch))
             self.metrics.batch_failures.labels(kind).inc()
             failure = ModelFailure(f"the model failed on this request's batch ({type(exc).__name__})")
-            for w in batch:
-                w.settle(error=failure)
+            settle(batch, error=failure)
             return
         self._observe(sum(lengths), start)
         self.metrics.inference_seconds.labels(kind).observe(time.perf_counter() - start)
         self.metrics.batch_sequences.labels(kind).observe(len(batch))
         self.metrics.batch_tokens.labels(kind).observe(sum(lengths))
-        parts = np.split(out, np.cumsum(lengths)[:-1]) if kind == "qa" else list(out)
-        for w, part in zip(batch, parts):
-            w.settle(part)
+        settle(batch, np.split(out, np.cumsum(lengths)[:-1]) if kind == "qa" else list(out))
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has drained at the measured rate (at least 1)."""
@@ -137,10 +161,13 @@ async def run_windows(batcher: ModelBatcher, kind: str, sequences: list[tuple[li
         TimedOut: the deadline passed; the request's windows still queued are dropped.
         ModelFailure: the model raised on a batch holding one of the windows.
     """
+    if not sequences:
+        return []
     loop = asyncio.get_running_loop()
     now = time.perf_counter()
-    windows = [Window(kind, np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int32), now,
-                      loop.create_future(), loop) for ids, types in sequences]
+    outputs = Outputs(len(sequences), loop)
+    windows = [Window(kind, np.asarray(ids, dtype=np.int32), np.asarray(types, dtype=np.int32), now, outputs, i)
+               for i, (ids, types) in enumerate(sequences)]
     try:
         batcher.put(windows)
     except QueueFull as exc:
@@ -148,10 +175,10 @@ async def run_windows(batcher: ModelBatcher, kind: str, sequences: list[tuple[li
     except RuntimeError:
         raise Overloaded("the server is shutting down", 1) from None
     try:
-        return await asyncio.wait_for(asyncio.gather(*(w.future for w in windows)),
-                                      timeout=max(0.0, deadline - time.perf_counter()))
+        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+            return await outputs.future
     except TimeoutError:
         raise TimedOut("the request took longer than the server's timeout") from None
     finally:
-        if not all(w.future.done() and not w.future.cancelled() for w in windows):
+        if not outputs.future.done() or outputs.future.cancelled():
             batcher.discard(windows)

@@ -18,7 +18,7 @@ import numpy as np
 
 from bertrt.tasks.squad import (FeatureConfig, SquadExample, SquadFeature, make_features, postprocess,
                                 run_qa_model)
-from bertrt.tokenizer import BertTokenizer
+from bertrt.tokenizer import BertTokenizer, EncodingCache
 
 
 @dataclasses.dataclass
@@ -44,17 +44,37 @@ def qa_features(tokenizer: BertTokenizer, question: str, context: str, *,
     Raises:
         ValueError: the question or context is empty, whitespace, or has no tokens.
     """
-    for name, text in (("question", question), ("context", context)):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{name} must be a non-empty string, got {text!r}")
-    example = SquadExample(qid="0", title="", article_index=0, context=context, question=question,
-                           answers=[])
-    features = make_features([example], tokenizer, config)
-    if not features:
-        raise ValueError("context has no tokens after tokenisation")
-    if features[0].input_ids[1] == tokenizer.sep_id:
-        raise ValueError("question has no tokens after tokenisation")
-    return example, features
+    return qa_features_batch(tokenizer, [(question, context)], config=config)[0]
+
+
+def qa_features_batch(tokenizer: BertTokenizer, pairs: Sequence[tuple[str, str]], *,
+                      config: FeatureConfig = FeatureConfig(), contexts_cache: EncodingCache | None = None
+                      ) -> list[tuple[SquadExample, list[SquadFeature]]]:
+    """``qa_features`` of several (question, context) pairs, in order, through one tokenizer call
+    (each distinct context tokenised once, or taken from ``contexts_cache``).
+
+    Raises:
+        ValueError: a question or context is empty, whitespace, or has no tokens (the first such
+            pair's).
+    """
+    for question, context in pairs:
+        for name, text in (("question", question), ("context", context)):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{name} must be a non-empty string, got {text!r}")
+    examples = [SquadExample(qid=str(i), title="", article_index=0, context=context, question=question, answers=[])
+                for i, (question, context) in enumerate(pairs)]
+    grouped: list[list[SquadFeature]] = [[] for _ in examples]
+    for feature in make_features(examples, tokenizer, config, contexts_cache=contexts_cache):
+        grouped[feature.example_index].append(feature)
+    for features in grouped:
+        if not features:
+            raise ValueError("context has no tokens after tokenisation")
+        if features[0].input_ids[1] == tokenizer.sep_id:
+            raise ValueError("question has no tokens after tokenisation")
+    for example, features in zip(examples, grouped):
+        for f in features:  # each pair's features index its own one-example list
+            f.example_index = 0
+    return list(zip(examples, grouped))
 
 
 def best_answer(example: SquadExample, features: Sequence[SquadFeature], start_logits: Sequence[np.ndarray],

@@ -34,7 +34,7 @@ import torch
 
 from bertrt.errors import BertrtWarning
 from bertrt.packed import pack_sequences
-from bertrt.tokenizer import BertTokenizer
+from bertrt.tokenizer import BertTokenizer, EncodingCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +264,7 @@ def _window_start(tokenizer, query: list[int]) -> int:
 
 def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
                   config: FeatureConfig = FeatureConfig(), *, training: bool = False,
-                  progress: bool = False) -> list[SquadFeature]:
+                  progress: bool = False, contexts_cache: EncodingCache | None = None) -> list[SquadFeature]:
     """Cut every example into model windows (see the module docstring for the algorithm).
 
     Args:
@@ -273,6 +273,7 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
             index the original context); its ``pair`` lays out question and window.
         training: also fill ``start_position`` / ``end_position`` from the first gold answer.
         progress: show a tqdm bar.
+        contexts_cache: contexts' encodings to reuse, and to keep the new ones in.
 
     Questions longer than ``config.max_query_length`` tokens are cut to it, with a ``BertrtWarning``.
 
@@ -280,9 +281,18 @@ def make_features(examples: Sequence[SquadExample], tokenizer: BertTokenizer,
         Features in example order, each example's windows in passage order.
     """
     # Paragraphs carry several questions: tokenise each distinct context once.
+    # Contexts and questions in one tokenizer call: each call has a cost of its own beside its texts.
     contexts = list(dict.fromkeys(ex.context for ex in examples))
-    context_enc = dict(zip(contexts, tokenizer.encode_batch(contexts)))
-    question_enc = tokenizer.encode_batch([ex.question for ex in examples])
+    context_enc = {}
+    if contexts_cache is not None:
+        context_enc = {c: e for c in contexts if (e := contexts_cache.get(c)) is not None}
+    missing = [c for c in contexts if c not in context_enc]
+    encoded = tokenizer.encode_batch(missing + [ex.question for ex in examples])
+    for text, enc in zip(missing, encoded):
+        context_enc[text] = enc
+        if contexts_cache is not None:
+            contexts_cache.put(text, enc)
+    question_enc = encoded[len(missing):]
     specials = tokenizer.special_tokens(pair=True)
 
     items = enumerate(examples)
@@ -412,6 +422,70 @@ def postprocess(examples: Sequence[SquadExample], features: Sequence[SquadFeatur
     for fi, feature in enumerate(features):
         by_example.setdefault(feature.example_index, []).append(fi)
 
+    predictions, nbest = {}, {}
+    for ex_index, ex in enumerate(examples):
+        # (score, start_logit, end_logit, char_start, char_end) of every valid pair, in the
+        # original's order (feature, then start rank, then end rank) before the stable sort.
+        parts = [_feature_candidates(features[fi], start_logits[fi], end_logits[fi], n_best_size, max_answer_length)
+                 for fi in by_example.get(ex_index, [])]
+        parts = [p for p in parts if p is not None]
+        entries, seen = [], set()
+        if parts:
+            score, *columns = (np.concatenate(column) for column in zip(*parts))
+            # Stable and descending, as the original's sort(reverse=True): ties keep their order.
+            order = np.argsort(-score, kind="stable")
+            for sl, el, cs, ce in zip(*(c[order].tolist() for c in columns)):
+                if len(entries) >= n_best_size:
+                    break
+                text = ex.context[cs:ce]
+                if text in seen:
+                    continue
+                seen.add(text)
+                entries.append({"text": text, "start_logit": sl, "end_logit": el, "start": cs, "end": ce})
+        if not entries:
+            entries = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "start": 0, "end": 0}]
+        for entry, p in zip(entries, _softmax([e["start_logit"] + e["end_logit"] for e in entries])):
+            entry["probability"] = p
+        nbest[ex.qid] = [{k: e[k] for k in ("text", "probability", "start_logit", "end_logit",
+                                            "start", "end")} for e in entries]
+        predictions[ex.qid] = entries[0]["text"]
+    return predictions, nbest
+
+
+def _feature_candidates(feature: SquadFeature, s_log: np.ndarray, e_log: np.ndarray, n_best_size: int,
+                        max_answer_length: int) -> tuple[np.ndarray, ...] | None:
+    """One window's valid (start, end) pairs among its ``n_best_size`` best starts and ends, as
+    arrays (score, start_logit, end_logit, char_start, char_end) in start-rank then end-rank order;
+    None when there is none. The pairs are judged on the (starts x ends) grid at once instead of a
+    Python loop over it: ``best_answer`` of a SQuAD question took 0.14 ms of an EPYC core with the
+    loop and 0.07 ms so."""
+    offsets, is_max = feature.token_offsets, feature.token_is_max_context
+    s_log, e_log = np.asarray(s_log), np.asarray(e_log)
+    starts, ends = _top_indices(s_log, n_best_size), _top_indices(e_log, n_best_size)
+    s_list, e_list = starts.tolist(), ends.tolist()
+    s_ok = np.array([offsets[s] is not None and bool(is_max[s]) for s in s_list], dtype=bool)
+    e_ok = np.array([offsets[e] is not None for e in e_list], dtype=bool)
+    span = ends[None, :] - starts[:, None]
+    valid = s_ok[:, None] & e_ok[None, :] & (span >= 0) & (span + 1 <= max_answer_length)
+    rows, cols = np.nonzero(valid)  # row-major: the original's nested loops
+    if not len(rows):
+        return None
+    sl = s_log[starts].astype(np.float64)[rows]
+    el = e_log[ends].astype(np.float64)[cols]
+    char_start = np.array([offsets[s][0] if offsets[s] is not None else 0 for s in s_list], dtype=np.int64)[rows]
+    char_end = np.array([offsets[e][1] if offsets[e] is not None else 0 for e in e_list], dtype=np.int64)[cols]
+    return sl + el, sl, el, char_start, char_end
+
+
+def postprocess_ref(examples: Sequence[SquadExample], features: Sequence[SquadFeature],
+                    start_logits: Sequence[np.ndarray], end_logits: Sequence[np.ndarray], *,
+                    n_best_size: int = 20, max_answer_length: int = 30
+                    ) -> tuple[dict[str, str], dict[str, list[dict]]]:
+    """``postprocess`` as original BERT's loops over start and end candidates: the oracle of its
+    vectorised search."""
+    by_example: dict[int, list[int]] = {}
+    for fi, feature in enumerate(features):
+        by_example.setdefault(feature.example_index, []).append(fi)
     predictions, nbest = {}, {}
     for ex_index, ex in enumerate(examples):
         candidates = []  # (score, start_logit, end_logit, char_start, char_end)

@@ -429,27 +429,35 @@ def postprocess(examples: Sequence[SquadExample], features: Sequence[SquadFeatur
         parts = [_feature_candidates(features[fi], start_logits[fi], end_logits[fi], n_best_size, max_answer_length)
                  for fi in by_example.get(ex_index, [])]
         parts = [p for p in parts if p is not None]
-        entries, seen = [], set()
+        ranked = []
         if parts:
             score, *columns = (np.concatenate(column) for column in zip(*parts))
             # Stable and descending, as the original's sort(reverse=True): ties keep their order.
             order = np.argsort(-score, kind="stable")
-            for sl, el, cs, ce in zip(*(c[order].tolist() for c in columns)):
-                if len(entries) >= n_best_size:
-                    break
-                text = ex.context[cs:ce]
-                if text in seen:
-                    continue
-                seen.add(text)
-                entries.append({"text": text, "start_logit": sl, "end_logit": el, "start": cs, "end": ce})
-        if not entries:
-            entries = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "start": 0, "end": 0}]
-        for entry, p in zip(entries, _softmax([e["start_logit"] + e["end_logit"] for e in entries])):
-            entry["probability"] = p
-        nbest[ex.qid] = [{k: e[k] for k in ("text", "probability", "start_logit", "end_logit",
-                                            "start", "end")} for e in entries]
-        predictions[ex.qid] = entries[0]["text"]
+            ranked = zip(*(c[order].tolist() for c in columns))
+        nbest[ex.qid] = _nbest(ex.context, ranked, n_best_size)
+        predictions[ex.qid] = nbest[ex.qid][0]["text"]
     return predictions, nbest
+
+
+def _nbest(context: str, ranked, n_best_size: int) -> list[dict]:
+    """The n-best list of one question from its candidates (start_logit, end_logit, char_start,
+    char_end), best first: the first ``n_best_size`` distinct texts (the empty answer when there is
+    none), each with its softmax probability over the list."""
+    entries, seen = [], set()
+    for sl, el, cs, ce in ranked:
+        if len(entries) >= n_best_size:
+            break
+        text = context[cs:ce]
+        if text in seen:
+            continue
+        seen.add(text)
+        entries.append({"text": text, "start_logit": sl, "end_logit": el, "start": cs, "end": ce})
+    if not entries:
+        entries = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "start": 0, "end": 0}]
+    for entry, p in zip(entries, _softmax([e["start_logit"] + e["end_logit"] for e in entries])):
+        entry["probability"] = p
+    return [{k: e[k] for k in ("text", "probability", "start_logit", "end_logit", "start", "end")} for e in entries]
 
 
 def _feature_candidates(feature: SquadFeature, s_log: np.ndarray, e_log: np.ndarray, n_best_size: int,
@@ -501,23 +509,8 @@ def postprocess_ref(examples: Sequence[SquadExample], features: Sequence[SquadFe
                     sl, el = float(s_log[s]), float(e_log[e])
                     candidates.append((sl + el, sl, el, offsets[s][0], offsets[e][1]))
         candidates.sort(key=lambda c: c[0], reverse=True)  # stable, as the original's sorted()
-
-        entries, seen = [], set()
-        for _, sl, el, cs, ce in candidates:
-            if len(entries) >= n_best_size:
-                break
-            text = ex.context[cs:ce]
-            if text in seen:
-                continue
-            seen.add(text)
-            entries.append({"text": text, "start_logit": sl, "end_logit": el, "start": cs, "end": ce})
-        if not entries:
-            entries = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "start": 0, "end": 0}]
-        for entry, p in zip(entries, _softmax([e["start_logit"] + e["end_logit"] for e in entries])):
-            entry["probability"] = p
-        nbest[ex.qid] = [{k: e[k] for k in ("text", "probability", "start_logit", "end_logit",
-                                            "start", "end")} for e in entries]
-        predictions[ex.qid] = entries[0]["text"]
+        nbest[ex.qid] = _nbest(ex.context, (c[1:] for c in candidates), n_best_size)
+        predictions[ex.qid] = nbest[ex.qid][0]["text"]
     return predictions, nbest
 
 

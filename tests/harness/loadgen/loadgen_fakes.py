@@ -1,4 +1,5 @@
-"""A QSL and a backend for the SUT's tests: fast, and exact about what comes back."""
+"""A QSL and a backend for the SUT's tests: fast, and exact about what comes back; and a plain
+LoadGen run against a started SUT (``drive``)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,19 @@ class FakeBackend:
         self.batches.append([len(x) for x in input_ids])
         time.sleep(self.delay_s)
         return np.stack([np.concatenate(input_ids), np.concatenate(token_type_ids)], axis=1).astype(np.float32)
+
+
+def drive(sut, qsl, options, out):
+    """LoadGen against the started ``sut`` as ``runner.run_test`` does, without its scoring and
+    interrupt handling; stops the SUT and returns it."""
+    from bertrt.harness.loadgen.settings import log_settings, loadgen_settings
+
+    sut_handle, qsl_handle = sut.construct(), qsl.construct()
+    try:
+        lg.StartTestWithLogSettings(sut_handle, qsl_handle, loadgen_settings(options, len(qsl)),
+                                    log_settings(out), str(out / "audit.config"))
+    finally:
+        sut.stop()
+        lg.DestroySUT(sut_handle)
+        lg.DestroyQSL(qsl_handle)
+    return sut

@@ -23,10 +23,9 @@ from bertrt.harness.loadgen import HarnessOptions, Mode, Scenario  # noqa: E402
 from bertrt.harness.loadgen.accuracy import read_accuracy_log  # noqa: E402
 from bertrt.harness.loadgen.backends import DeviceBackends  # noqa: E402
 from bertrt.harness.loadgen.runner import prepare, run_test  # noqa: E402
-from bertrt.harness.loadgen.settings import log_settings, loadgen_settings  # noqa: E402
 from bertrt.harness.loadgen.sut import BatchingSUT  # noqa: E402
 from bertrt.harness.loadgen.trace import COLUMNS  # noqa: E402
-from loadgen_fakes import FakeBackend, FakeQSL  # noqa: E402
+from loadgen_fakes import FakeBackend, FakeQSL, drive  # noqa: E402
 
 # Far longer than any of these runs takes on a loaded 2-core CI machine (a few seconds each).
 RUN_TIMEOUT_S = 120
@@ -87,15 +86,7 @@ def _drive(out, options: HarnessOptions, qsl, backend) -> BatchingSUT:
     """LoadGen against the SUT, as ``run_test`` does, without scoring (the fake QSL has no questions)."""
     sut = BatchingSUT(backend, qsl, scenario=options.scenario, max_batch_tokens=options.batch_tokens(),
                       latency_target_s=(options.target_latency_ms or 100) / 1000).start()
-    sut_handle, qsl_handle = sut.construct(), qsl.construct()
-    try:
-        lg.StartTestWithLogSettings(sut_handle, qsl_handle, loadgen_settings(options, len(qsl)),
-                                    log_settings(out), str(out / "audit.config"))
-    finally:
-        sut.stop()
-        lg.DestroySUT(sut_handle)
-        lg.DestroyQSL(qsl_handle)
-    return sut
+    return drive(sut, qsl, options, out)
 
 
 def _check_exact(out, qsl, completions) -> None:

@@ -12,9 +12,8 @@ lg = pytest.importorskip("mlperf_loadgen")
 
 from bertrt.harness.loadgen import HarnessOptions, Mode, Scenario  # noqa: E402
 from bertrt.harness.loadgen.accuracy import read_accuracy_log  # noqa: E402
-from bertrt.harness.loadgen.settings import log_settings, loadgen_settings  # noqa: E402
 from bertrt.harness.loadgen.sut import BatchingSUT  # noqa: E402
-from loadgen_fakes import FakeBackend, FakeQSL  # noqa: E402
+from loadgen_fakes import FakeBackend, FakeQSL, drive  # noqa: E402
 
 
 def _run(tmp_path: Path, qsl, backend, options: HarnessOptions, budget: int, issue_times=None) -> BatchingSUT:
@@ -29,15 +28,7 @@ def _run(tmp_path: Path, qsl, backend, options: HarnessOptions, budget: int, iss
             issue_times.append(time.perf_counter() - start)
 
         sut.issue_queries = timed
-    sut_handle, qsl_handle = sut.construct(), qsl.construct()
-    try:
-        lg.StartTestWithLogSettings(sut_handle, qsl_handle, loadgen_settings(options, len(qsl)),
-                                    log_settings(tmp_path), str(tmp_path / "audit.config"))
-    finally:
-        sut.stop()
-        lg.DestroySUT(sut_handle)
-        lg.DestroyQSL(qsl_handle)
-    return sut
+    return drive(sut, qsl, options, tmp_path)
 
 
 @pytest.mark.parametrize("padded", [False, True])

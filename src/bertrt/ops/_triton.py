@@ -123,6 +123,14 @@ def num_warps_for(elements: int) -> int:
     return min(max(next_pow2(elements) // 256, 1), 8)
 
 
+def row_tiles(n_tokens: int, width: int) -> tuple[int, int, tuple[int, int], int]:
+    """(BLOCK_T, BLOCK_I, grid, num_warps) of an elementwise kernel over (n_tokens, width): blocks of
+    up to 1,024 columns and about 4,096 values, a program per block."""
+    block_i = min(next_pow2(width), 1024)
+    block_t = max(1, 4096 // block_i)
+    return block_t, block_i, (cdiv(n_tokens, block_t), cdiv(width, block_i)), num_warps_for(block_t * block_i)
+
+
 def rows_contiguous(t: torch.Tensor) -> torch.Tensor:
     """The kernels index rows by stride(0) and need unit stride along the last dimension."""
     return t if t.stride(-1) == 1 else t.contiguous()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from bertrt.config import ENGINE_GATED_ACTIVATIONS
-from bertrt.ops._triton import cdiv, check_out, jit, next_pow2, num_warps_for, rows_contiguous, use_triton
+from bertrt.ops._triton import check_out, jit, row_tiles, rows_contiguous, use_triton
 
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
 
@@ -76,10 +76,8 @@ def gated_act(x: torch.Tensor, act: str = "gelu", *, out: torch.Tensor | None = 
     out = check_out(out, (n_tokens, width), x.dtype, x.device)
     if n_tokens == 0:
         return out
-    block_i = min(next_pow2(width), 1024)
-    block_t = max(1, 4096 // block_i)
-    grid = (cdiv(n_tokens, block_t), cdiv(width, block_i))
+    block_t, block_i, grid, num_warps = row_tiles(n_tokens, width)
     jit(_gated_act_kernel, per_request=("n_tokens",))[grid](
         out, x, n_tokens, width, out.stride(0), x.stride(0),
-        BLOCK_T=block_t, BLOCK_I=block_i, ACT=GATED_ACTIVATIONS[act], num_warps=num_warps_for(block_t * block_i))
+        BLOCK_T=block_t, BLOCK_I=block_i, ACT=GATED_ACTIVATIONS[act], num_warps=num_warps)
     return out

@@ -11,10 +11,11 @@ Per layer, on (T, H) packed tokens, with every projection quantised::
     qkv   = Q(xq) @ Q(W_qkv).T + b              fp16 out (cuBLASLt fp8, or the int8 GEMM)
     ctxq  = attention(q, k, v)                  fp16 math (or fp8 products), the output written in e4m3/int8
     x, xq = LayerNorm(ctxq @ W_out.T + b + x)   the projection's fp16 out, bias + residual + LN + quantise
-    upq   = GELU(xq @ W_in.T + b)               rounded to e4m3/int8 in the GEMM's epilogue
+    upq   = GELU(xq @ W_in.T + b)               rounded to e4m3/int8 in the GEMM's epilogue (or, with
+                                                ``epilogue_rounding=False``, fp8's default, by a pass)
     x, xq = LayerNorm(upq @ W_ffn_out.T + b + x)
 
-so no quantisation costs a pass of its own. A projection left out of the recipe runs in the
+so no other quantisation costs a pass of its own. A projection left out of the recipe runs in the
 engine's precision, and its producer writes no quantised copy. Off the GPU every op runs its
 plain-PyTorch reference, which rounds exactly as the kernels do: the CPU simulation of the engine.
 """
@@ -172,10 +173,10 @@ class QuantizedForward:
         eps, heads, head_dim, hidden = c.layer_norm_eps, c.num_attention_heads, c.head_dim, c.hidden_size
         tokens = input_ids.shape[0]
         dev, dtype = e.device, e.dtype
-        attend = attention_for(gemm_choice(e.spec.gemm_choices, "attention", tokens))
-        if self.recipe.attention == "fp8":
-            attend = functools.partial(attention_for(gemm_choice(e.spec.gemm_choices, "attention", tokens),
-                                                     triton_only=True), fp8=True)
+        fp8_attention = self.recipe.attention == "fp8"
+        attend = attention_for(gemm_choice(e.spec.gemm_choices, "attention", tokens), triton_only=fp8_attention)
+        if fp8_attention:
+            attend = functools.partial(attend, fp8=True)
         inv = self._input_inv(0, "attn.qkv")
         xq = self._quant_buffer(inv, (tokens, hidden), dev)
         x = e.embed(input_ids, token_type_ids, position_ids, quant_out=xq, quant_inv_scale=inv)

@@ -75,6 +75,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from bertrt.cli import UserError
     from bertrt.config import STANDARD_CONFIGS
     from bertrt.engine import build
@@ -117,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{', '.join(fp8_flags)} apply to --precision fp8, not {args.precision}")
     recipe = None
     if fp8_flags:
-        import dataclasses
-
         from bertrt.quant.recipe import QuantRecipe
 
         recipe = QuantRecipe.default("fp8")
@@ -143,8 +143,6 @@ def run(args: argparse.Namespace) -> int:
     if args.random and low and args.calib_data is not None:
         # Random weights have no vocabulary of their own; the calibration windows are tokenised
         # with the embedded default model's (BERT uncased, the standard configs' 30,522 words).
-        import dataclasses
-
         from bertrt.weights import load_checkpoint
 
         model = dataclasses.replace(model, vocab_file=load_checkpoint(None).vocab_file)

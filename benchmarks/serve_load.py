@@ -5,8 +5,8 @@ Servers and load generator run on one machine's loopback. Steps:
 1. Per engine precision, the engine's own SQuAD-workload throughput: every question's windows
    through the same engine in the server's token-budget batches, in this process, no HTTP
    (questions/s): the ceiling the server is held to (the summary's ``share_of_engine``).
-2. Per ``--sweep PRECISION/wWORKERS/kQUESTIONS=RATE,RATE,...``: ``bertrt serve --workers WORKERS`` on
-   that engine, and for each offered rate (questions/s) an open-loop load for ``--duration-s``:
+2. Per ``--sweep PRECISION/wWORKERS/kQUESTIONS[/MODE]=RATE,RATE,...``: ``bertrt serve --workers
+   WORKERS [--model-process MODE]`` on that engine, and for each offered rate (questions/s) an open-loop load for ``--duration-s``:
    ``--processes`` client processes (``serve_client.py``, asyncio + aiohttp) send requests on a fixed
    schedule, each carrying QUESTIONS questions (``{"inputs": [...]}`` past one), and latency runs
    from each request's due time, so a slow server is charged for the queue it causes. A rate whose
@@ -52,8 +52,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 P99_TARGET_MS = 130.0
-SWEEP = re.compile(r"^(?P<precision>fp32|fp16|bf16|fp8|int8)/w(?P<workers>\d+)/k(?P<per_request>\d+)="
-                   r"(?P<rates>[\d.]+(,[\d.]+)*)$")
+SWEEP = re.compile(r"^(?P<precision>fp32|fp16|bf16|fp8|int8)/w(?P<workers>\d+)/k(?P<per_request>\d+)"
+                   r"(/(?P<mode>shared|per-worker))?=(?P<rates>[\d.]+(,[\d.]+)*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,19 +64,22 @@ class Sweep:
     workers: int
     per_request: int
     rates: tuple[float, ...]
+    model_process: str | None = None  # serve's --model-process (None: its default)
 
     @classmethod
     def parse(cls, text: str) -> "Sweep":
         m = SWEEP.match(text.strip())
         if m is None or int(m["workers"]) < 1 or int(m["per_request"]) < 1:
             raise argparse.ArgumentTypeError(f"{text!r}: expected PRECISION/wWORKERS/kQUESTIONS=RATE,RATE,... "
-                                             "(e.g. fp16/w4/k1=1000,2000)")
+                                             "(e.g. fp16/w4/k1=1000,2000; "
+                                             "fp16/w4/k1/per-worker=... picks serve's --model-process)")
         return cls(m["precision"], int(m["workers"]), int(m["per_request"]),
-                   tuple(float(r) for r in m["rates"].split(",")))
+                   tuple(float(r) for r in m["rates"].split(",")), m["mode"])
 
     @property
     def name(self) -> str:
-        return f"{self.precision}/w{self.workers}/k{self.per_request}"
+        mode = f"/{self.model_process}" if self.model_process else ""
+        return f"{self.precision}/w{self.workers}/k{self.per_request}{mode}"
 
 
 class Clock:
@@ -621,9 +624,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def serve(sweep: Sweep) -> None:
         entry = {"name": sweep.name, "precision": sweep.precision, "workers": sweep.workers,
+                 "model_process": sweep.model_process,
                  "questions_per_request": sweep.per_request, "rows": []}
         report["sweeps"].append(entry)
-        key = (sweep.precision, sweep.workers)
+        key = (sweep.precision, sweep.workers, sweep.model_process)
         if running.get("key") != key:
             if running:
                 stop_running()
@@ -639,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, "-m", "bertrt.cli", "serve", "--port", str(port), "--device", device,
                        "--max-batch-tokens", str(args.max_batch_tokens), "--max-delay-ms", str(args.max_delay_ms),
                        "--workers", str(sweep.workers), "--log-level", "info",
+                       *(["--model-process", sweep.model_process] if sweep.model_process else []),
                        *(["--engine", str(engine)] if engine else ["--model", str(model)])]
             print(f"bertrt serve {sweep.precision}, {sweep.workers} worker(s) ...", flush=True)
             server = Server(command, port, log, f"bertrt serve {sweep.name}", workers=sweep.workers,

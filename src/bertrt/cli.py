@@ -10,14 +10,14 @@ followed by a line asking to report it. ``BERTRT_DEBUG=1`` shows the traceback o
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import os
 import sys
 import traceback
 import warnings
 
-from bertrt.errors import BertrtError, BertrtWarning, UserError  # noqa: F401  (UserError re-exported)
+from bertrt.errors import EXIT_INPUT, EXIT_SYSTEM, BertrtError, BertrtWarning, UserError  # noqa: F401
+from bertrt.errors import describe, exit_code
 
 # Each module has ``register(subparsers)`` which adds its parser and sets ``func`` (args -> exit code).
 COMMANDS = (
@@ -34,8 +34,6 @@ COMMANDS = (
     "tag",
 )
 
-EXIT_INPUT = 2  # bad arguments or input files
-EXIT_SYSTEM = 1  # the machine's errors (disk full, permissions) and bugs
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
@@ -109,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_SYSTEM
     except Exception as exc:  # noqa: BLE001  (the one net: classify, then one line or a bug report)
-        code = _expected(exc)
+        code = exit_code(exc)
         if code is None or os.environ.get("BERTRT_DEBUG"):
             if code is None:
                 traceback.print_exc()
@@ -129,39 +127,6 @@ def _one_line_warnings(command: str, default):
         else:
             default(message, category, filename, lineno, file, line)
     return show
-
-
-def _expected(exc: BaseException) -> int | None:
-    """The exit code of an expected error, or None for a bug."""
-    if isinstance(exc, (BertrtError, UnicodeDecodeError, ValueError, RecursionError)):
-        return EXIT_INPUT
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError)):
-        return EXIT_INPUT
-    if isinstance(exc, (OSError, MemoryError)):
-        return EXIT_SYSTEM
-    if isinstance(exc, ImportError) and exc.name and exc.name.split(".")[0] != "bertrt":
-        return EXIT_SYSTEM  # an optional package that is not installed (bertrt's own imports failing are bugs)
-    return None
-
-
-def describe(exc: BaseException) -> str:
-    """One line for an expected error."""
-    if isinstance(exc, UnicodeDecodeError):
-        return f"input is not UTF-8 text ({exc.reason} at byte {exc.start})"
-    if isinstance(exc, RecursionError):
-        return "the input is nested too deeply to read"
-    if isinstance(exc, MemoryError):
-        return "out of memory: try a smaller batch or model"
-    if isinstance(exc, ImportError):
-        return f"the optional package {exc.name!r} is not installed (pip install it, or the bertrt extra that needs it)"
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f": {exc.filename}" if exc.filename else ""
-        advice = {errno.ENOSPC: " (free some space or write elsewhere)",
-                  errno.EACCES: " (choose a folder you can write to)",
-                  errno.EROFS: " (choose a writable folder)"}.get(exc.errno, "")
-        return f"{exc.strerror}{where}{advice}"
-    text = str(exc).strip().replace("\n", " ")
-    return text or type(exc).__name__
 
 
 def _silence_stdout() -> None:

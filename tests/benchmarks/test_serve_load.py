@@ -90,7 +90,9 @@ def test_sweeps_are_parsed_and_bad_ones_refused():
         del sys.modules["serve_load"]
     sweep = serve_load.Sweep.parse("fp8/w4/k2=1000,2500.5")
     assert (sweep.precision, sweep.workers, sweep.per_request, sweep.rates) == ("fp8", 4, 2, (1000.0, 2500.5))
-    assert sweep.name == "fp8/w4/k2"
-    for bad in ("fp16/w0/k1=10", "fp16/w1/k1=", "fp16=10", "fp4/w1/k1=10"):
+    assert sweep.name == "fp8/w4/k2" and sweep.model_process is None
+    shared = serve_load.Sweep.parse("fp16/w4/k1/per-worker=800")
+    assert shared.model_process == "per-worker" and shared.name == "fp16/w4/k1/per-worker"
+    for bad in ("fp16/w0/k1=10", "fp16/w1/k1=", "fp16=10", "fp4/w1/k1=10", "fp16/w2/k1/both=10"):
         with pytest.raises(Exception, match="expected PRECISION"):
             serve_load.Sweep.parse(bad)

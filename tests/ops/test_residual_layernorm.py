@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bertrt.ops.residual_layernorm import bias_residual_layernorm, bias_residual_layernorm_ref
+from bertrt.ops.residual_layernorm import (LayerNormConfig, bias_residual_layernorm, bias_residual_layernorm_ref,
+                                           default_config)
 from ops_testing import ATOL, DTYPES, assert_like_torch, gen, poisoned, randn
 
 EPS = 1e-12
@@ -117,6 +118,35 @@ def test_ref_sums_the_partials(no_interpret):
     got = bias_residual_layernorm(split(x, 3), bias, residual, gamma, beta, EPS)
     assert got.dtype == torch.float16
     torch.testing.assert_close(got, bias_residual_layernorm(x, bias, residual, gamma, beta, EPS), rtol=0, atol=2e-3)
+
+
+# Tilings beside the default: one row per program on one warp, more rows than 7 or 97 tokens fill
+# evenly, and rows spread over fewer warps than the default gives them.
+TILINGS = [LayerNormConfig(1, 1), LayerNormConfig(4, 4), LayerNormConfig(8, 2), LayerNormConfig(16, 8)]
+
+
+@pytest.mark.parametrize("config", TILINGS, ids=lambda c: f"{c.block_t}x{c.num_warps}w")
+@pytest.mark.parametrize("tokens,hidden", [(1, 48), (7, 100), (97, 96)])
+def test_every_tiling_matches_the_ref(interpret, tokens, hidden, config):
+    # Token counts that leave every BLOCK_T a partial last block, widths that are no power of two;
+    # with a residual, with it already in x (written over x), and as split-K partials.
+    x, bias, residual, gamma, beta = make_inputs(tokens, hidden, dtype=torch.float16)
+    summed = (x.float() + residual.float()).half()
+    for args in ((x, bias, residual), (summed.clone(), bias, None), (split(x, 3), bias, residual)):
+        expected = bias_residual_layernorm_ref(*args, gamma, beta, EPS)
+        out = args[0] if args[2] is None else poisoned((tokens, hidden), torch.float16)
+        got = bias_residual_layernorm(*args, gamma, beta, EPS, out=out, config=config)
+        assert got is out
+        torch.testing.assert_close(got, expected, rtol=2 * torch.finfo(torch.float16).eps, atol=ATOL[torch.float16])
+
+
+def test_default_tiling_and_bad_tilings(no_interpret):
+    assert default_config(768) == LayerNormConfig(2, 8)  # BERT-Base: 2 rows of 1,024 on 8 warps
+    assert default_config(96) == LayerNormConfig(4, 2)
+    inputs = make_inputs(5, 48)
+    for bad in (LayerNormConfig(3, 4), LayerNormConfig(2, 0), LayerNormConfig(0, 4)):
+        with pytest.raises(ValueError, match="powers of two"):
+            bias_residual_layernorm(*inputs, EPS, config=bad)
 
 
 def test_rejects_mismatched_shapes(no_interpret):

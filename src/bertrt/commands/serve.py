@@ -42,9 +42,14 @@ def register(subparsers) -> None:
     p.add_argument("--max-connections", type=int, default=4096, metavar="N",
                    help="open connections at most; past it uvicorn answers 503 (default 4096)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="server processes sharing the port, each with its own copy of the model and its own "
-                        "batcher (on one GPU they take turns on it); more than one when the host's Python work "
-                        "per request, not the model, bounds the throughput; /metrics is per process (default 1)")
+                   help="HTTP server processes sharing the port (validating, tokenising, answering); more than "
+                        "one when the host's Python work per request, not the model, bounds the throughput; "
+                        "/metrics is per process (default 1)")
+    p.add_argument("--model-process", choices=("shared", "per-worker"), default=None,
+                   help="with --workers N: one process holds the model and the one batcher, fed by every worker "
+                        "('shared': one CUDA context, batches N times fuller), or each worker loads its own copy "
+                        "('per-worker'). Default: shared on a GPU, per-worker on the CPU (where each copy "
+                        "computes on cores of its own)")
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     ray = p.add_argument_group("Ray Serve")
     ray.add_argument("--ray", action="store_true",
@@ -80,20 +85,13 @@ def run(args: argparse.Namespace) -> int:
         return _run_ray(args, settings)
     import uvicorn
 
-    from bertrt.serve.app import ENVIRONMENT_KEY, create_app, environment_options
+    from bertrt.serve.app import create_app
     from bertrt.serve.model import ServedModel
 
     options = dict(log_level=args.log_level, timeout_graceful_shutdown=int(settings.timeout_s) + 5,
                    access_log=False, limit_concurrency=args.max_connections)
     if args.workers > 1:
-        # uvicorn's supervisor binds the port and starts the workers; each builds its app from the
-        # environment (model, engine, device, settings) and drains on the SIGTERM passed on to it.
-        os.environ[ENVIRONMENT_KEY] = environment_options(args.model, args.engine, args.device, settings)
-        # A worker answers the supervisor's health pings from a thread of its own, also while it loads
-        # and warms the model, which can take minutes on a GPU.
-        uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                    port=args.port, timeout_worker_healthcheck=120, **options)
-        return 0
+        return _run_workers(args, settings, options)
     model = ServedModel.load(args.model, engine=args.engine, device=args.device)
     app = create_app(model, settings)
     # On SIGTERM uvicorn closes the listening socket, waits for the accepted requests (each ends
@@ -106,6 +104,51 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.Server(config).run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _run_workers(args: argparse.Namespace, settings, options: dict) -> int:
+    """uvicorn's supervisor binds the port and starts the workers; each builds its app from the
+    environment and drains on the SIGTERM passed on to it. With a shared model process, that
+    process is started and warm first, and stopped (drained) after the workers."""
+    import threading
+
+    import uvicorn
+
+    from bertrt.device import resolve_device
+    from bertrt.serve.app import ENVIRONMENT_KEY, environment_options
+    from bertrt.serve.model_process import ModelProcess
+
+    mode = args.model_process or ("shared" if resolve_device(args.device).type == "cuda" else "per-worker")
+    host = None
+    if mode == "shared":
+        limits = {"max_batch_tokens": settings.max_batch_tokens, "max_delay_s": settings.max_delay_ms / 1000,
+                  "max_queue_tokens": settings.max_queue_tokens}
+        host = ModelProcess(args.model, args.engine, args.device, limits)
+        _, pid, name, device = host.wait_ready()  # a model that fails to load: one line, as without workers
+        print(f"bertrt serve: model process [{pid}] ready: {name} on {device}, shared by {args.workers} workers",
+              flush=True)
+    os.environ[ENVIRONMENT_KEY] = environment_options(args.model, args.engine, args.device, settings,
+                                                      host.worker_options() if host else None)
+    lost, stopping = threading.Event(), threading.Event()
+    if host is not None:
+        def watch():  # the workers cannot answer without it: stop them, and exit with an error
+            host.process.join()
+            if not stopping.is_set():
+                lost.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+        threading.Thread(target=watch, name="model-process-watch", daemon=True).start()
+    try:
+        # A worker answers the supervisor's health pings from a thread of its own, also while it loads
+        # and warms the model, which can take minutes on a GPU.
+        uvicorn.run("bertrt.serve.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
+                    port=args.port, timeout_worker_healthcheck=120, **options)
+    finally:
+        stopping.set()
+        if host is not None:
+            host.stop()
+    if lost.is_set():
+        raise UserError(f"the model process exited (code {host.process.exitcode}); the workers were stopped")
     return 0
 
 

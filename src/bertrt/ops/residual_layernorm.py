@@ -9,6 +9,8 @@ with beta = 1) spares this kernel one (T, H) read. ``bias_residual_layernorm`` r
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +23,24 @@ _layernorm_rows = None  # _triton.layernorm_rows_impl, bound by jit() with the k
 _quantize = None  # _triton.QUANT_HELPERS, likewise
 _HELPERS = {"_layernorm_rows": layernorm_rows_impl, **QUANT_HELPERS}
 tl = None  # triton.language, bound by jit() on first use: importing this module never imports triton
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormConfig:
+    """BLOCK_T tokens per program (a power of two) and the launch's warps; each program holds
+    BLOCK_T rows of next_pow2(hidden) fp32 values in registers."""
+
+    block_t: int
+    num_warps: int
+
+
+def default_config(hidden: int) -> LayerNormConfig:
+    """The tiling ``bias_residual_layernorm`` uses for rows of ``hidden`` when given none: several
+    tokens per program for small hidden sizes (about 2,048 values a program), and about 256 values
+    per warp."""
+    block_h = next_pow2(hidden)
+    block_t = max(1, min(4, 2048 // block_h))
+    return LayerNormConfig(block_t, num_warps_for(block_t * block_h))
 
 
 def bias_residual_layernorm_ref(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
@@ -77,7 +97,8 @@ def _bias_residual_layernorm_kernel(
 def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor | None,
                             gamma: torch.Tensor, beta: torch.Tensor, eps: float, *,
                             out: torch.Tensor | None = None, quant_out: torch.Tensor | None = None,
-                            quant_inv_scale: torch.Tensor | None = None) -> torch.Tensor:
+                            quant_inv_scale: torch.Tensor | None = None,
+                            config: LayerNormConfig | None = None) -> torch.Tensor:
     """LayerNorm(x + bias + residual) over the last dimension, optionally also rounded to fp8/int8.
 
     Args:
@@ -93,6 +114,8 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
         quant_out: optional (T, H) float8_e4m3fn or int8 tensor that also receives the result,
             quantised from its fp32 value (``bertrt.quant.numerics.quantize_ref``).
         quant_inv_scale: () fp32, the inverse scale of ``quant_out``.
+        config: a tiling to use instead of ``default_config``'s (benchmarks); any tiling still
+            reduces each row within one program, only the order of its sums may change.
 
     Returns:
         (T, H) in ``x``'s dtype for a 2-D ``x``, in ``residual``'s dtype for (S, T, H) partials
@@ -108,6 +131,8 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
     tensors = (x, bias, gamma, beta) if residual is None else (x, bias, residual, gamma, beta)
     if (quant_out is None) != (quant_inv_scale is None):
         raise ValueError("quant_out and quant_inv_scale go together")
+    if config is not None and not all(n >= 1 and n & (n - 1) == 0 for n in (config.block_t, config.num_warps)):
+        raise ValueError(f"block_t and num_warps must be powers of two, got {config}")
     if not use_triton(*tensors):
         result = bias_residual_layernorm_ref(x, bias, residual, gamma, beta, eps, quant_out=quant_out,
                                              quant_inv_scale=quant_inv_scale)
@@ -122,14 +147,14 @@ def bias_residual_layernorm(x: torch.Tensor, bias: torch.Tensor, residual: torch
     if n_tokens == 0:
         return out
     block_h = next_pow2(hidden)
-    block_t = max(1, min(4, 2048 // block_h))  # small hidden sizes: several tokens per program
+    cfg = config or default_config(hidden)
     quant = quant_code(quant_out)
     if quant:
         quant_out = check_out(quant_out, (n_tokens, hidden), quant_out.dtype, x.device)
-    jit(_bias_residual_layernorm_kernel, helpers=_HELPERS, per_request=("n_tokens",))[(cdiv(n_tokens, block_t),)](
+    jit(_bias_residual_layernorm_kernel, helpers=_HELPERS, per_request=("n_tokens",))[(cdiv(n_tokens, cfg.block_t),)](
         out, x, bias, residual, gamma, beta, quant_out if quant else out, quant_inv_scale if quant else bias,
         n_tokens, hidden, out.stride(0), x.stride(-2), x.stride(0) if has_splits else 0, residual.stride(0),
         quant_out.stride(0) if quant else 0, eps,
-        BLOCK_T=block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1, HAS_RESIDUAL=has_residual,
-        QUANT=quant, num_warps=num_warps_for(block_t * block_h))
+        BLOCK_T=cfg.block_t, BLOCK_H=block_h, SPLITS=x.shape[0] if has_splits else 1, HAS_RESIDUAL=has_residual,
+        QUANT=quant, num_warps=cfg.num_warps)
     return out

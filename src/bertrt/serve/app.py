@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bertrt.serve.metrics import Metrics
 from bertrt.serve.model import MissingHead, ServedModel
+from bertrt.serve.model_process import RemoteBatcher, RemoteModel
 from bertrt.serve.schemas import (Classification, Classifications, ClassifyRequest, EmbedRequest, Embeddings,
                                   ErrorBody, Health, Info, QAAnswer, QARequest, QAResults)
 from bertrt.serve.worker import ModelBatcher, ModelFailure, Overloaded, TimedOut, run_windows
@@ -185,9 +186,11 @@ def page_html() -> str:
     return resources.files("bertrt.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *, warm_up: bool = True) -> FastAPI:
-    """The API over ``model``. Its lifespan starts the batcher's worker, warms the model (``/ready``
-    turns 200), and at shutdown finishes what is queued before the worker ends."""
+def create_app(model: ServedModel | RemoteModel, settings: ServeSettings = ServeSettings(), *,
+               warm_up: bool = True) -> FastAPI:
+    """The API over ``model`` (loaded here, or a ``RemoteModel`` run by a model process). Its lifespan
+    starts the batcher's worker, warms the model (``/ready`` turns 200), and at shutdown finishes
+    what is queued before the worker ends."""
     from bertrt import __version__
     from bertrt.tasks.qa import best_answer, qa_features_batch
 
@@ -199,8 +202,12 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = ModelBatcher(model, metrics, max_batch_tokens=settings.max_batch_tokens,
-                               max_delay_s=settings.max_delay_ms / 1000, max_queue_tokens=settings.max_queue_tokens)
+        if isinstance(model, RemoteModel):  # the model runs in a process shared by several workers
+            batcher = RemoteBatcher(model, metrics, drain_timeout_s=settings.timeout_s)
+        else:
+            batcher = ModelBatcher(model, metrics, max_batch_tokens=settings.max_batch_tokens,
+                                   max_delay_s=settings.max_delay_ms / 1000,
+                                   max_queue_tokens=settings.max_queue_tokens)
         metrics.watch_queue(batcher)
         app.state.batcher = batcher.start()
         app.state.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="serve-tokenizer")
@@ -251,11 +258,14 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
 
     # --- shared by the routes ----------------------------------------------------------------
 
-    def batcher_for(request: Request) -> ModelBatcher:
+    def batcher_for(request: Request) -> ModelBatcher | RemoteBatcher:
         if not app.state.ready:
             raise ApiError(503, "not_ready", "the model is loading or the server is stopping",
                            {"Retry-After": "1"})
         batcher = app.state.batcher
+        if not batcher.alive:
+            raise ApiError(503, "not_ready", "the model's batcher has stopped (the model process is gone)",
+                           {"Retry-After": "1"})
         # A full queue refuses before tokenising: overload must not be paid for in host time.
         if batcher.queued_tokens >= settings.max_queue_tokens:
             raise ApiError(503, "overloaded", f"the server is busy ({batcher.queued_tokens} tokens queued)",
@@ -404,7 +414,7 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
     @app.get("/ready", response_model=Health, tags=["service"], responses={503: {"model": Health}},
              summary="The model is loaded and warm, and the server is not stopping")
     async def ready():
-        if app.state.ready:
+        if app.state.ready and app.state.batcher.alive:
             return Health(status="ready")
         return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": "1"})
 
@@ -434,19 +444,26 @@ def create_app(model: ServedModel, settings: ServeSettings = ServeSettings(), *,
 ENVIRONMENT_KEY = "BERTRT_SERVE_OPTIONS"
 
 
-def environment_options(model: str | None, engine: str | None, device: str, settings: ServeSettings) -> str:
-    """What ``app_from_environment`` reads from ``ENVIRONMENT_KEY``: the model to load and the settings."""
-    return json.dumps({"model": model, "engine": engine, "device": device, "settings": dataclasses.asdict(settings)})
+def environment_options(model: str | None, engine: str | None, device: str, settings: ServeSettings,
+                        model_process: dict | None = None) -> str:
+    """What ``app_from_environment`` reads from ``ENVIRONMENT_KEY``: the model to load (or the model
+    process to connect to, ``ModelProcess.worker_options``) and the settings."""
+    return json.dumps({"model": model, "engine": engine, "device": device, "settings": dataclasses.asdict(settings),
+                       "model_process": model_process})
 
 
 def app_from_environment() -> FastAPI:
-    """The app of one of ``bertrt serve --workers N``'s processes: it loads the model and settings
-    that ``environment_options`` wrote into ``ENVIRONMENT_KEY``."""
+    """The app of one of ``bertrt serve --workers N``'s processes: it loads the model, or connects
+    to the model process, that ``environment_options`` wrote into ``ENVIRONMENT_KEY``."""
     try:
         options = json.loads(os.environ[ENVIRONMENT_KEY])
     except KeyError:
         raise RuntimeError(f"{ENVIRONMENT_KEY} is not set: start the workers with `bertrt serve --workers N`") from None
-    model = ServedModel.load(options["model"], engine=options["engine"], device=options["device"])
+    shared = options.get("model_process")
+    if shared:
+        model = RemoteModel.connect(shared["address"], bytes.fromhex(shared["authkey"]))
+    else:
+        model = ServedModel.load(options["model"], engine=options["engine"], device=options["device"])
     return create_app(model, ServeSettings(**options["settings"]))
 
 

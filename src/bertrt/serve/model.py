@@ -51,7 +51,28 @@ def mean_pool(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
     return sums / lengths.to(hidden.dtype)[:, None]
 
 
-class ServedModel:
+class ModelFront:
+    """What the HTTP side needs of a model: its description, tokenizer and window geometry, and
+    which kinds of work it answers. Plain data, so a model process can send it to its HTTP workers."""
+
+    def __init__(self, info: ModelInfo, tokenizer: BertTokenizer, features: FeatureConfig):
+        self.info, self.tokenizer, self.features = info, tokenizer, features
+
+    def supports(self, kind: str) -> bool:
+        """Embeddings need only the encoder; the other kinds need their head."""
+        return kind == "embed" or {"qa": "qa", "classify": "classifier"}[kind] in self.info.heads
+
+    def require(self, kind: str) -> None:
+        if not self.supports(kind):
+            what = {"qa": "question-answering head (qa_outputs)",
+                    "classify": "sequence-classification head (classifier)"}[kind]
+            raise MissingHead(f"the loaded model ({self.info.name}) has no {what}; serve a model that has one")
+
+    def front(self) -> "ModelFront":
+        return ModelFront(self.info, self.tokenizer, self.features)
+
+
+class ServedModel(ModelFront):
     """A runner and its tokenizer, with the window geometry the server uses.
 
     Args:
@@ -65,20 +86,20 @@ class ServedModel:
     def __init__(self, runner, tokenizer: BertTokenizer, *, name: str, device: torch.device):
         from bertrt.harness.loadgen.backends import PackedBackend
 
-        self.runner, self.tokenizer, self.device = runner, tokenizer, torch.device(device)
+        self.runner, self.device = runner, torch.device(device)
         config = runner.config
         heads = tuple(getattr(runner, "heads", ()))
         max_seq = min(config.max_position_embeddings, getattr(runner, "max_seq_length", 512))
         precision = getattr(runner, "precision", None)
-        self.info = ModelInfo(
+        info = ModelInfo(
             name=name, device=str(self.device),
             precision=precision.value if precision is not None else _dtype_name(runner),
             heads=heads, hidden_size=config.hidden_size,
             num_labels=config.num_labels if "classifier" in heads else None, max_seq_length=max_seq)
         # BERT's SQuAD windows (384 / 128 / 64), narrowed for models with shorter positions.
         seq = min(384, max_seq)
-        self.features = FeatureConfig(max_seq_length=seq, doc_stride=min(128, seq // 3),
-                                      max_query_length=min(64, seq // 4))
+        super().__init__(info, tokenizer, FeatureConfig(max_seq_length=seq, doc_stride=min(128, seq // 3),
+                                                        max_query_length=min(64, seq // 4)))
         self._qa = PackedBackend(runner, self.device, name, blocking_sync=True) if "qa" in heads else None
 
     @classmethod
@@ -118,16 +139,6 @@ class ServedModel:
 
             runner = ReferenceBert.from_checkpoint(checkpoint, device=dev)
         return cls(runner, tokenizer, name=str(checkpoint.source), device=dev)
-
-    def supports(self, kind: str) -> bool:
-        """Embeddings need only the encoder; the other kinds need their head."""
-        return kind == "embed" or {"qa": "qa", "classify": "classifier"}[kind] in self.info.heads
-
-    def require(self, kind: str) -> None:
-        if not self.supports(kind):
-            what = {"qa": "question-answering head (qa_outputs)",
-                    "classify": "sequence-classification head (classifier)"}[kind]
-            raise MissingHead(f"the loaded model ({self.info.name}) has no {what}; serve a model that has one")
 
     def run(self, kind: str, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]):
         """Launch one packed batch of ``kind``; ``.result()`` gives its float32 numpy output."""

@@ -41,15 +41,34 @@ class ModelFailure(Exception):
     """The model raised while running a batch that held this request's windows."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopSink:
+    """Where a request's results go when it waits on an event loop: the batcher's thread hands a
+    batch's results to the loop in one call, whatever the number of windows."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def deliver(self, items: list, error: BaseException | None = None, stats: dict | None = None) -> None:
+        def apply():
+            for w, value in items:
+                w.outputs.fill(w.index, value, error)
+        try:
+            self.loop.call_soon_threadsafe(apply)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+
 class Outputs:
     """What one request waits for: a slot per window and one future, set once every slot is filled
-    (or failed with the first error). Only the request's event loop touches it."""
+    (or failed with the first error). Only the request's event loop touches it; ``tag`` is free for
+    whoever queues its windows (the model process's client keys requests by it)."""
 
     def __init__(self, count: int, loop: asyncio.AbstractEventLoop):
         self.values: list = [None] * count
         self.remaining = count
         self.future = loop.create_future()
-        self.loop = loop
+        self.sink = LoopSink(loop)
+        self.tag: int | None = None
 
     def fill(self, index: int, value=None, error: BaseException | None = None) -> None:
         if self.future.done():
@@ -65,7 +84,7 @@ class Outputs:
 
 @dataclasses.dataclass(eq=False)
 class Window:
-    """One model sequence of one request, and where its result goes."""
+    """One model sequence of one request, and where its result goes (``outputs.sink``)."""
 
     kind: str
     input_ids: np.ndarray  # (len,) int32
@@ -75,21 +94,15 @@ class Window:
     index: int  # its slot in ``outputs``
 
 
-def settle(windows: list[Window], values=None, error: BaseException | None = None) -> None:
-    """Hand results (``values[i]`` for ``windows[i]``, or ``error`` for all) to the windows'
-    event loops from the worker thread: one call per loop, whatever the number of windows."""
-    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+def settle(windows: list[Window], values=None, error: BaseException | None = None, stats: dict | None = None) -> None:
+    """Hand results (``values[i]`` for ``windows[i]``, or ``error`` for all) to the windows' sinks
+    from the batcher's thread: one hand-off per sink (an event loop, or a connection to an HTTP
+    worker), with the batch's ``stats`` (queue and inference seconds, sizes) for sinks that report them."""
+    by_sink: dict = {}
     for i, w in enumerate(windows):
-        by_loop.setdefault(w.outputs.loop, []).append((w, None if values is None else values[i]))
-
-    def apply(items):
-        for w, value in items:
-            w.outputs.fill(w.index, value, error)
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(apply, items)
-        except RuntimeError:  # the loop has closed: nobody is waiting any more
-            pass
+        by_sink.setdefault(w.outputs.sink, []).append((w, None if values is None else values[i]))
+    for sink, items in by_sink.items():
+        sink.deliver(items, error, stats)
 
 
 class ModelBatcher(TokenBatcher):
@@ -138,10 +151,13 @@ class ModelBatcher(TokenBatcher):
             settle(batch, error=failure)
             return
         self._observe(sum(lengths), start)
-        self.metrics.inference_seconds.labels(kind).observe(time.perf_counter() - start)
+        inference_s = time.perf_counter() - start
+        self.metrics.inference_seconds.labels(kind).observe(inference_s)
         self.metrics.batch_sequences.labels(kind).observe(len(batch))
         self.metrics.batch_tokens.labels(kind).observe(sum(lengths))
-        settle(batch, np.split(out, np.cumsum(lengths)[:-1]) if kind == "qa" else list(out))
+        stats = {"kind": kind, "started": start, "inference_s": inference_s, "windows": len(batch),
+                 "tokens": sum(lengths)}
+        settle(batch, np.split(out, np.cumsum(lengths)[:-1]) if kind == "qa" else list(out), stats=stats)
 
     def retry_after_s(self) -> int:
         """Seconds until the queue has drained at the measured rate (at least 1)."""

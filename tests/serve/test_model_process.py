@@ -1,0 +1,196 @@
+"""One model process shared by several HTTP workers: the same answers as a model of the worker's own,
+one batcher for every worker's windows, and the queue bound, timeouts, model failures and a lost
+model process answered as the server answers them with its own model."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from bertrt.serve import ServeSettings, create_app
+from bertrt.serve.model_process import ModelHost, RemoteModel
+from bertrt.tasks.qa import answer_question
+
+from serve_testing import free_port, running
+
+CONTEXT = "The cat sat on the mat in the kitchen of the old house."
+QUESTION = "Where did the cat sit?"
+ASK = {"question": QUESTION, "context": CONTEXT}
+
+
+@contextlib.contextmanager
+def hosted(model, tmp_path, *, warm_up: bool = True, **limits):
+    """``model`` behind a ModelHost on a socket in ``tmp_path``; yields (host, connect), where
+    ``connect(settings)`` gives a client of a worker app connected to it."""
+    options = {"max_batch_tokens": 8192, "max_delay_s": 0.0, "max_queue_tokens": 100_000, **limits}
+    key = secrets.token_bytes(16)
+    host = ModelHost(model, str(tmp_path / "model.sock"), key, **options).start(warm_up=warm_up)
+    with contextlib.ExitStack() as workers:
+        def connect(settings: ServeSettings = ServeSettings()):
+            remote = RemoteModel.connect(host.address, key)
+            return workers.enter_context(running(create_app(remote, settings)))
+        try:
+            yield host, connect
+        finally:
+            workers.close()
+            host.stop()
+
+
+def _error(r: httpx.Response, status: int, code: str) -> str:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["error"]["code"] == code and body["request_id"] == r.headers["x-request-id"]
+    return body["error"]["message"]
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
+
+
+def test_workers_answer_as_the_model_itself(served, tmp_path):
+    expected = answer_question(served.runner, served.tokenizer, QUESTION, CONTEXT)
+    with hosted(served, tmp_path) as (_, connect):
+        client = connect()
+        one = client.post("/v1/qa", json=ASK).json()
+        many = client.post("/v1/qa", json={"inputs": [ASK, {"question": "What sat on the mat?",
+                                                            "context": CONTEXT}]}).json()["results"]
+        info = client.get("/v1/info").json()
+        assert client.get("/ready").status_code == 200
+    assert one["answer"] == expected.text and CONTEXT[one["start"]:one["end"]] == expected.text
+    assert many[0] == one and many[1]["answer"] in CONTEXT
+    assert info["device"] == "cpu" and info["precision"] == served.info.precision
+
+
+def test_one_batch_takes_windows_of_several_workers(gated, tmp_path):
+    runner = gated.runner
+    runner.gate.clear()
+    with hosted(gated, tmp_path, warm_up=False) as (host, connect), \
+            concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first, second = connect(), connect()
+        held = pool.submit(first.post, "/v1/qa", json=ASK)  # runs alone, held at the gate
+        assert runner.entered.wait(10)
+        queued = [pool.submit(c.post, "/v1/qa", json=ASK) for c in (first, second)]
+        _wait_for(lambda: host.batcher.pending_items == 2)
+        runner.gate.set()
+        replies = [f.result() for f in (held, *queued)]
+        # Each worker's /metrics counts the batches its windows were in, sizes as the model saw them.
+        text = second.get("/metrics").text
+    assert [r.status_code for r in replies] == [200, 200, 200]
+    assert len({r.json()["answer"] for r in replies}) == 1
+    window = runner.batches[0][0]
+    assert runner.batches == [[window], [window, window]]
+    assert 'bertrt_batch_sequences_sum{kind="qa"} 2.0' in text
+
+
+def test_full_queue_of_the_model_process_answers_503_with_retry_after(gated, tmp_path):
+    runner, tok = gated.runner, gated.tokenizer
+    window = len(tok.pair(tok.encode(QUESTION).ids, tok.encode(CONTEXT).ids)[0])
+    runner.gate.clear()
+    with hosted(gated, tmp_path, warm_up=False, max_queue_tokens=window) as (host, connect), \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        client = connect()
+        first = pool.submit(client.post, "/v1/qa", json=ASK)
+        assert runner.entered.wait(10)
+        second = pool.submit(client.post, "/v1/qa", json=ASK)  # fills the queue
+        _wait_for(lambda: host.batcher.queued_tokens == window)
+        other = connect()  # a worker that has not yet heard the queue's depth: the model process refuses
+        r = other.post("/v1/qa", json={"question": "What sat on the mat?", "context": CONTEXT})
+        assert "busy" in _error(r, 503, "overloaded") and int(r.headers["retry-after"]) >= 1
+        runner.gate.set()
+        assert first.result().status_code == 200 and second.result().status_code == 200
+        assert other.post("/v1/qa", json=ASK).status_code == 200
+
+
+def test_timeout_answers_504_and_the_model_process_drops_the_work(gated, tmp_path):
+    runner = gated.runner
+    runner.gate.clear()
+    with hosted(gated, tmp_path, warm_up=False) as (host, connect), \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        client = connect(ServeSettings(timeout_s=1.0, max_delay_ms=0))
+        first = pool.submit(client.post, "/v1/qa", json=ASK)
+        assert runner.entered.wait(10)
+        late = client.post("/v1/qa", json={"question": "Where is the mat?", "context": CONTEXT + " Really."})
+        _error(late, 504, "timeout")
+        _wait_for(lambda: host.batcher.queued_tokens == 0)  # its window left the model's queue
+        runner.gate.set()
+        _error(first.result(), 504, "timeout")
+        assert client.post("/v1/qa", json=ASK).status_code == 200
+    tok = gated.tokenizer
+    ask_tokens = len(tok.pair(tok.encode(QUESTION).ids, tok.encode(CONTEXT).ids)[0])
+    assert runner.batches == [[ask_tokens], [ask_tokens]]  # never the dropped, longer window
+
+
+def test_model_failure_answers_500_with_request_id_and_serving_goes_on(gated, tmp_path):
+    gated.runner.fail_next = True
+    with hosted(gated, tmp_path, warm_up=False) as (_, connect):
+        client = connect()
+        r = client.post("/v1/qa", json=ASK, headers={"x-request-id": "trace-7"})
+        assert "trace-7" in _error(r, 500, "model_error")
+        assert client.post("/v1/qa", json=ASK).status_code == 200
+
+
+def test_a_lost_model_process_fails_what_waits_and_turns_the_worker_unready(gated, tmp_path):
+    runner = gated.runner
+    runner.gate.clear()
+    with hosted(gated, tmp_path, warm_up=False) as (host, connect), \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        client = connect()
+        waiting = pool.submit(client.post, "/v1/qa", json=ASK)
+        assert runner.entered.wait(10)
+        for sink in host._sinks:  # every connection is cut, as when the model process dies
+            with socket.socket(fileno=os.dup(sink.conn.fileno())) as end:
+                end.shutdown(socket.SHUT_RDWR)
+        _error(waiting.result(), 500, "model_error")
+        runner.gate.set()
+        _error(client.post("/v1/qa", json=ASK), 503, "not_ready")
+        assert client.get("/ready").status_code == 503
+        assert client.get("/health").status_code == 200
+
+
+@pytest.mark.slow
+def test_serve_with_a_shared_model_process_answers_and_stops_on_sigterm(tmp_path):
+    port, log = free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bertrt.cli", "serve", "--device", "cpu", "--port", str(port),
+                                 "--workers", "2", "--model-process", "shared"], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while log.read_text().count("Application startup complete") < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        model_pid = int(re.search(r"model process \[(\d+)\] ready", log.read_text()).group(1))
+        answers = {httpx.post(f"{base}/v1/qa", json=ASK, timeout=30).json()["answer"] for _ in range(6)}
+        assert len(answers) == 1 and answers.pop() in CONTEXT
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert not os.path.exists(f"/proc/{model_pid}") or "zombie" in open(f"/proc/{model_pid}/status").read().lower()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_with_a_bad_model_path_fails_in_one_line_before_the_workers(tmp_path, capsys):
+    from bertrt.cli import main
+
+    assert main(["serve", "--device", "cpu", "--workers", "2", "--model-process", "shared",
+                 "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bertrt serve: error:") and "missing" in err and len(err.strip().splitlines()) == 1

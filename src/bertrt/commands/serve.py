@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                    access_log=False, limit_concurrency=args.max_connections)
     if args.workers > 1:
         return _run_workers(args, settings, options)
-    model = ServedModel.load(args.model, engine=args.engine, device=args.device)
+    model = ServedModel.load(args.model, engine=args.engine, device=args.device,
+                             graph_max_tokens=settings.max_batch_tokens)
     app = create_app(model, settings)
     # On SIGTERM uvicorn closes the listening socket, waits for the accepted requests (each ends
     # by its own timeout at the latest), then runs the app's shutdown, which drains the batcher.

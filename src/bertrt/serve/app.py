@@ -463,7 +463,8 @@ def app_from_environment() -> FastAPI:
     if shared:
         model = RemoteModel.connect(shared["address"], bytes.fromhex(shared["authkey"]))
     else:
-        model = ServedModel.load(options["model"], engine=options["engine"], device=options["device"])
+        model = ServedModel.load(options["model"], engine=options["engine"], device=options["device"],
+                                 graph_max_tokens=options["settings"]["max_batch_tokens"])
     return create_app(model, ServeSettings(**options["settings"]))
 
 

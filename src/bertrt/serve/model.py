@@ -81,10 +81,16 @@ class ServedModel(ModelFront):
         tokenizer: the model's ``BertTokenizer``.
         name: what ``/v1/info`` calls the model.
         device: where the runner's inputs go.
+        graph_max_tokens: question-answering batches up to this many tokens replay the engine's
+            CUDA graphs (None: the LoadGen backend's default); ``bertrt serve`` sets it to the
+            batcher's budget, so no batch runs eagerly: an eager pass launches hundreds of kernels,
+            each giving up the interpreter lock (an eager fp8 BERT-Large pass costs 10-18 ms of
+            host time on an H200 host, as long as the GPU takes for it).
     """
 
-    def __init__(self, runner, tokenizer: BertTokenizer, *, name: str, device: torch.device):
-        from bertrt.harness.loadgen.backends import PackedBackend
+    def __init__(self, runner, tokenizer: BertTokenizer, *, name: str, device: torch.device,
+                 graph_max_tokens: int | None = None):
+        from bertrt.harness.loadgen.backends import GRAPH_MAX_TOKENS, PackedBackend
 
         self.runner, self.device = runner, torch.device(device)
         config = runner.config
@@ -100,11 +106,14 @@ class ServedModel(ModelFront):
         seq = min(384, max_seq)
         super().__init__(info, tokenizer, FeatureConfig(max_seq_length=seq, doc_stride=min(128, seq // 3),
                                                         max_query_length=min(64, seq // 4)))
-        self._qa = PackedBackend(runner, self.device, name, blocking_sync=True) if "qa" in heads else None
+        self._qa = None
+        if "qa" in heads:
+            limit = min(graph_max_tokens or GRAPH_MAX_TOKENS, getattr(runner, "max_tokens", None) or GRAPH_MAX_TOKENS)
+            self._qa = PackedBackend(runner, self.device, name, graph_max_tokens=limit, blocking_sync=True)
 
     @classmethod
     def load(cls, model: str | Path | None = None, *, engine: str | Path | None = None,
-             device: str | None = "auto") -> "ServedModel":
+             device: str | None = "auto", graph_max_tokens: int | None = None) -> "ServedModel":
         """The checkpoint ``model`` (default: the embedded model) or the saved ``engine``, on the
         GPU engine when there is a GPU and the CPU reference otherwise."""
         from bertrt.device import resolve_device
@@ -120,7 +129,7 @@ class ServedModel(ModelFront):
                 raise CheckpointError(f"{engine}: the engine has no vocab.txt")
             tokenizer = tokenizer_from_files(runner.vocab_file, runner.config, str(engine),
                                              folder=runner.tokenizer_dir)
-            return cls(runner, tokenizer, name=str(engine), device=dev)
+            return cls(runner, tokenizer, name=str(engine), device=dev, graph_max_tokens=graph_max_tokens)
         checkpoint = load_checkpoint(model)
         # Without a vocab.txt, the checkpoint's own tokenizer files (ModernBERT's tokenizer.json).
         folder = checkpoint.tokenizer_dir if checkpoint.vocab_file is None else None
@@ -138,7 +147,7 @@ class ServedModel(ModelFront):
             from bertrt.reference import ReferenceBert
 
             runner = ReferenceBert.from_checkpoint(checkpoint, device=dev)
-        return cls(runner, tokenizer, name=str(checkpoint.source), device=dev)
+        return cls(runner, tokenizer, name=str(checkpoint.source), device=dev, graph_max_tokens=graph_max_tokens)
 
     def run(self, kind: str, input_ids: list[np.ndarray], token_type_ids: list[np.ndarray]):
         """Launch one packed batch of ``kind``; ``.result()`` gives its float32 numpy output."""

@@ -224,7 +224,8 @@ def host_main(model: str | None, engine: str | None, device: str, limits: dict, 
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     parent = os.getppid()
     try:
-        host = ModelHost(ServedModel.load(model, engine=engine, device=device), address, authkey, **limits).start()
+        served = ServedModel.load(model, engine=engine, device=device, graph_max_tokens=limits["max_batch_tokens"])
+        host = ModelHost(served, address, authkey, **limits).start()
     except Exception as exc:  # noqa: BLE001 - told to the supervisor, which prints it
         code = exit_code(exc)
         if code is None:  # a bug: its traceback goes to the log

@@ -1,5 +1,4 @@
-"""BERT-Base A/B on the lent GPU: attention tilings, the LayerNorm's row tiling, and the engine with
-each promising choice forced.
+"""BERT-Base A/B on the lent GPU: attention tilings, LayerNorm row tilings, the engine with each forced.
 
     PYTHONPATH=src python3 benchmarks/device_base_ab.py --out $OUT --commit SHA
     TRITON_INTERPRET=1 PYTHONPATH=src python3 benchmarks/device_base_ab.py --dry-run --out /tmp/ab
@@ -73,16 +72,17 @@ ENGINE_TIMING = {"reps": 10, "rounds": 5}
 
 
 def _cfg(block_m: int, block_n: int, num_warps: int, num_stages: int) -> tuple[str, AttentionConfig]:
-    return f"ab-{block_m}x{block_n}-w{num_warps}-s{num_stages}", AttentionConfig(block_m, block_n, num_warps, num_stages)
+    name = f"ab-{block_m}x{block_n}-w{num_warps}-s{num_stages}"
+    return name, AttentionConfig(block_m, block_n, num_warps, num_stages)
 
 
 # Variants beside TILINGS: at s128 a 128-key block holds a whole sequence (one step, nothing to
 # pipeline), 128 x 128 gives one program per sequence and head, and the warps and pipeline depth of
 # the shapes TILINGS already has.
 EXTRA_TILINGS = dict(_cfg(*c) for c in (
-    (128, 128, 8, 1), (128, 128, 8, 2), (128, 128, 4, 1),
+    (128, 128, 8, 1), (128, 128, 8, 2),
     (64, 128, 4, 1), (64, 128, 4, 3), (64, 128, 8, 1), (64, 128, 8, 2), (64, 128, 8, 3),
-    (128, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 3), (32, 128, 4, 2)))
+    (128, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 2), (32, 128, 4, 2)))
 EXTRA_TILINGS = {name: cfg for name, cfg in EXTRA_TILINGS.items() if cfg not in TILINGS.values()}
 
 # (BLOCK_T rows a program, num_warps); the default for hidden 768 is (2, 8).
@@ -99,7 +99,7 @@ class AttentionCase:
     name: str
     heads: int
     lengths: tuple[int, ...]
-    graph: bool = False  # laid out as a CUDA graph of the engine passes it
+    graph: bool = False  # laid out as the engine's CUDA graphs pass it
 
 
 def attention_cases(dry_run: bool) -> list[AttentionCase]:
@@ -160,7 +160,7 @@ def measured(fn: Callable[[], torch.Tensor], expected: torch.Tensor, time_fn: Ca
             return {"error": f"relative error {error:.2e} against the default", "rel_err": error}
         return {"ms": time_fn(fn), "rel_err": error}
     except Exception as exc:  # noqa: BLE001  (a tiling that fails to compile or launch keeps the others)
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+        return {"error": error_line(exc)}
 
 
 def error_line(exc: BaseException) -> str:
@@ -208,8 +208,8 @@ def attention_section(device: torch.device, timer: Timer, dry_run: bool) -> dict
             def unpadded(out: torch.Tensor) -> torch.Tensor:
                 return out.transpose(1, 2).reshape(total, heads, head_dim)
 
-            backends = {"sdpa": None, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION,
-                        "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
+            backends = {"sdpa": None, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+                        "sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
             for name, backend in backends.items():
                 def sdpa(backend=backend):
                     with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
@@ -221,7 +221,6 @@ def attention_section(device: torch.device, timer: Timer, dry_run: bool) -> dict
                 result["tflops"] = round(flops / (result["ms"] * 1e-3) / 1e12, 1)
         section["cases"][case.name] = row
         print(f"attention {case.name}: done", flush=True)
-        del qkv, q, k, v, expected
     return section
 
 
@@ -260,10 +259,12 @@ def layernorm_section(device: torch.device, timer: Timer, dry_run: bool) -> dict
             results = {"default": {"ms": timer.kernel_ms(run), "rel_err": 0.0}}
             for name, cfg in configs.items():
                 results[name] = measured(lambda cfg=cfg: run(cfg), expected, timer.kernel_ms)
-            peer = (lambda: F.layer_norm(x + bias + residual, (hidden,), gamma, beta, eps)) if form == "residual" else (
-                (lambda: F.layer_norm(summed + bias, (hidden,), gamma, beta, eps)) if form == "accumulated" else None)
-            if peer is not None:
-                results["torch-unfused"] = measured(peer, expected, timer.kernel_ms)
+            if res is None or res.dim() == inputs.dim():  # PyTorch's unfused sum and LayerNorm, in fp16
+                def unfused(inputs=inputs, res=res):
+                    total = inputs + bias if res is None else inputs + bias + res
+                    return F.layer_norm(total, (hidden,), gamma, beta, eps)
+
+                results["torch-unfused"] = measured(unfused, expected, timer.kernel_ms)
             for result in results.values():
                 if "ms" in result:
                     result["tb_s"] = round(FORM_BYTES[form] * tokens * hidden / (result["ms"] * 1e-3) / 1e12, 3)
@@ -331,6 +332,24 @@ def time_engine(engine: Engine, batches: dict[str, object], expected: dict[str, 
     return rows
 
 
+def fastest_layernorm(report: dict, runs_at: dict) -> dict[str, LayerNormConfig]:
+    """Per engine shape, the LayerNorm tiling fastest over the two calls a layer makes at its token
+    count, each in the form its projection's recorded backend gives it (``FORMS``)."""
+    shapes = report.get("sections", {}).get("layernorm", {}).get("shapes", {})
+    best = {}
+    for name, info in runs_at.items():
+        ln = shapes.get(str(info["tokens"]), {})
+        forms = [FORMS.get(info[op], "residual") for op in ("attn_out", "ffn_out")]
+        totals = {}
+        for cfg in LAYERNORM_TILINGS:
+            times = [ln.get(f, {}).get(f"{cfg.block_t}x{cfg.num_warps}w", {}).get("ms") for f in forms]
+            if all(t is not None for t in times):
+                totals[cfg] = sum(times)
+        if totals:
+            best[name] = min(totals, key=totals.get)
+    return best
+
+
 def engine_section(device: torch.device, timer: Timer, dry_run: bool, report: dict, deadline: float) -> dict:
     """The tuned engine and its variants; variants not started by ``deadline`` (perf_counter) are skipped."""
     config = engine_config(dry_run)
@@ -392,49 +411,33 @@ def engine_section(device: torch.device, timer: Timer, dry_run: bool, report: di
                                      "shapes": rows}
         print(f"engine {name}: done", flush=True)
 
-    # Attention: the fastest extra tilings of the BERT-Base cases the attention section timed (two
-    # at b32 s128, one at b1 s128), every named tiling, then PyTorch's varlen kernel.
+    # In order of interest, so that a --budget-s cut-off drops the least: per shape, the fastest
+    # Triton tiling of the attention section with the fastest LayerNorm tiling; the fastest extra
+    # tilings alone (two at b32 s128, one at b1 s128); the LayerNorm tilings alone; every named
+    # tiling; PyTorch's varlen kernel.
     cases = report.get("sections", {}).get("attention", {}).get("cases", {})
-    extras = []
-    for case, count in (("b32s128", 2), ("b1s128", 1)):
+    tilings = {**TILINGS, **EXTRA_TILINGS}
+
+    def ranked(case: str, names) -> list[str]:
         results = cases.get(case, {}).get("results", {})
-        ranked = sorted((r["ms"], n) for n, r in results.items() if n in EXTRA_TILINGS and "ms" in r)
-        extras += [n for _, n in ranked if n not in extras][:count]
-    for name in extras:
-        variant(f"attention={name}", name, {name: EXTRA_TILINGS[name]}, None)
-    for name in (*TILINGS, "torch"):
-        variant(f"attention={name}", name, {}, None)
+        return [n for _, n in sorted((r["ms"], n) for n, r in results.items() if n in names and "ms" in r)]
 
-    # LayerNorm: per shape, the tiling fastest over the two calls a layer makes at that token count,
-    # in the forms its projection backends give them.
-    shapes_ln = report.get("sections", {}).get("layernorm", {}).get("shapes", {})
-    ln_best = {}
-    for name, info in runs_at.items():
-        ln = shapes_ln.get(str(info["tokens"]), {})
-        forms = [FORMS.get(info[op], "residual") for op in ("attn_out", "ffn_out")]
-        totals = {}
-        for cfg in LAYERNORM_TILINGS:
-            key = f"{cfg.block_t}x{cfg.num_warps}w"
-            times = [ln.get(f, {}).get(key, {}).get("ms") for f in forms]
-            if all(t is not None for t in times):
-                totals[cfg] = sum(times)
-        if totals:
-            ln_best[name] = min(totals, key=totals.get)
+    ln_best = fastest_layernorm(report, runs_at)
+    plans: dict[str, tuple[str | None, LayerNormConfig | None]] = {}
+    for shape in shapes:
+        best = ranked(shape, tilings)[:1]
+        if best and shape in ln_best:
+            cfg = ln_best[shape]
+            plans[f"attention={best[0]},layernorm={cfg.block_t}x{cfg.num_warps}w"] = (best[0], cfg)
+    for shape, count in (("b32s128", 2), ("b1s128", 1)):
+        for name in [n for n in ranked(shape, EXTRA_TILINGS) if f"attention={n}" not in plans][:count]:
+            plans[f"attention={name}"] = (name, None)
     for cfg in dict.fromkeys(ln_best.values()):
-        variant(f"layernorm={cfg.block_t}x{cfg.num_warps}w", None, {}, cfg)
-
-    # Both: per shape, the fastest attention variant with that shape's fastest LayerNorm tiling.
-    for name, cfg in ln_best.items():
-        timed = [(v["shapes"][name]["graphs_ms"], v["attention"]) for v in section["variants"].values()
-                 if isinstance(v["shapes"].get(name), dict) and "graphs_ms" in v["shapes"][name]
-                 and v["layernorm"] == "default"]
-        if not timed:
-            continue
-        best = min(timed)[1]
-        label = f"attention={best},layernorm={cfg.block_t}x{cfg.num_warps}w"
-        if label not in section["variants"]:
-            variant(label, None if best == "tuned" else best,
-                    {best: EXTRA_TILINGS[best]} if best in EXTRA_TILINGS else {}, cfg)
+        plans[f"layernorm={cfg.block_t}x{cfg.num_warps}w"] = (None, cfg)
+    for name in (*TILINGS, "torch"):
+        plans.setdefault(f"attention={name}", (name, None))
+    for label, (attention, cfg) in plans.items():
+        variant(label, attention, {attention: EXTRA_TILINGS[attention]} if attention in EXTRA_TILINGS else {}, cfg)
     return section
 
 
@@ -493,12 +496,14 @@ def summary(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="where base_ab.json goes (default $OUT)")
+    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"),
+                        help="where base_ab.json goes (default $OUT)")
     parser.add_argument("--commit", default=None, help="the commit measured (the device's .git is stale)")
     parser.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU under Triton's interpreter")
     parser.add_argument("--sections", default="attention,layernorm,engine", help="comma-separated, in this order")
     parser.add_argument("--budget-s", type=float, default=150.0,
-                        help="engine variants not started this many seconds after the start are skipped (not in a dry run)")
+                        help="engine variants not started this many seconds after the start are skipped "
+                             "(not in a dry run)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.out is None:

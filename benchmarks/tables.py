@@ -35,6 +35,10 @@ FILES = {
     "floors.png": "bertrt's speed-up over HF beside the fp16 bound (`plot_floors.py`)",
     "matmul_ceiling.json": "the 8192^3 fp16 matmul rate over 0.05 s and over 4 s (`floors.py --ceiling`)",
     "profile_large.json": "where BERT-Large's time goes, per kernel kind (`device_profile.py`)",
+    "profile_base.json": "where BERT-Base's time goes at b32 and b1 s128, beside the HF peer's kernels "
+                         "(`device_profile.py --config base --hf`)",
+    "base_ab.json": "BERT-Base at s128: attention and LayerNorm tilings alone and forced through the engine "
+                    "(`device_base_ab.py`)",
     "loadgen.json.gz": "MLPerf LoadGen: every scenario and backend of one run, with per-batch traces (`device_loadgen.py`)",
     "loadgen_summaries.txt": "LoadGen's own summaries of the `loadgen.json.gz` run",
     "loadgen_server_4200.json.gz": "Server at 4,200 qps: the first rate over capacity",
@@ -85,6 +89,8 @@ FILES = {
     "serve_load.json": "`bertrt serve` under open-loop load at rising rates, beside the engine alone and the HF "
                        "baseline (`serve_load.py`)",
     "serve_load_p99.png": "that run's p99 and achieved rate against offered load",
+    "serve_load_per_worker.json": "`bertrt serve --workers 4` with a copy of the model per worker, one and eight "
+                                  "questions per request (`serve_load.py`, no baseline)",
     "serve_load_past_capacity.json": "the same server offered 2,400 questions/s and more, and one worker with "
                                      "eight questions per request: past capacity",
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",

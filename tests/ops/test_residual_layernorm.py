@@ -141,8 +141,10 @@ def test_every_tiling_matches_the_ref(interpret, tokens, hidden, config):
 
 
 def test_default_tiling_and_bad_tilings(no_interpret):
-    assert default_config(768) == LayerNormConfig(2, 8)  # BERT-Base: 2 rows of 1,024 on 8 warps
-    assert default_config(96) == LayerNormConfig(4, 2)
+    assert default_config(768) == LayerNormConfig(2, 4)  # BERT-Base: 2 rows of 1,024 on 4 warps
+    assert default_config(1024) == LayerNormConfig(2, 4)
+    assert default_config(96) == LayerNormConfig(4, 1)
+    assert default_config(4096) == LayerNormConfig(1, 8)
     inputs = make_inputs(5, 48)
     for bad in (LayerNormConfig(3, 4), LayerNormConfig(2, 0), LayerNormConfig(0, 4)):
         with pytest.raises(ValueError, match="powers of two"):

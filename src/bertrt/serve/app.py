@@ -41,7 +41,7 @@ from bertrt.serve.model import MissingHead, ServedModel
 from bertrt.serve.model_process import RemoteBatcher, RemoteModel
 from bertrt.serve.schemas import (Classification, Classifications, ClassifyRequest, EmbedRequest, Embeddings,
                                   ErrorBody, Health, Info, QAAnswer, QARequest, QAResults)
-from bertrt.serve.worker import ModelBatcher, ModelFailure, Overloaded, TimedOut, run_windows
+from bertrt.serve.worker import ModelBatcher, ModelFailure, Overloaded, TimedOut, freeze_heap, run_windows, thaw_heap
 from bertrt.tokenizer import EncodingCache
 
 log = logging.getLogger("bertrt.serve")
@@ -213,6 +213,7 @@ def create_app(model: ServedModel | RemoteModel, settings: ServeSettings = Serve
         app.state.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="serve-tokenizer")
         if warm_up:
             await run_in_threadpool(model.warm_up, batcher.max_batch_tokens)
+        freeze_heap()
         app.state.ready = True
         metrics.ready.set(1)
         try:
@@ -222,6 +223,7 @@ def create_app(model: ServedModel | RemoteModel, settings: ServeSettings = Serve
             metrics.ready.set(0)
             await run_in_threadpool(batcher.stop)
             app.state.tokenizer_thread.shutdown(wait=False)
+            thaw_heap()
 
     app = FastAPI(title="bertrt", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="BERT encoders behind HTTP: extractive question answering, sentence "

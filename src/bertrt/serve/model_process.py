@@ -42,7 +42,7 @@ from bertrt.batching import QueueFull
 from bertrt.errors import EXIT_SYSTEM, BertrtError, describe, exit_code
 from bertrt.serve.metrics import Metrics
 from bertrt.serve.model import ModelFront, ServedModel
-from bertrt.serve.worker import ModelBatcher, ModelFailure, Overloaded, Window, settle
+from bertrt.serve.worker import ModelBatcher, ModelFailure, Overloaded, Window, freeze_heap, settle, thaw_heap
 
 log = logging.getLogger("bertrt.serve")
 
@@ -163,6 +163,7 @@ class ModelHost:
         self.batcher.start()
         if warm_up:
             self.model.warm_up(self.batcher.max_batch_tokens)
+        freeze_heap()
         self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
         thread = threading.Thread(target=self._accept, name="model-host-accept", daemon=True)
         thread.start()
@@ -212,6 +213,7 @@ class ModelHost:
         for sink in self._sinks:
             with contextlib.suppress(OSError):
                 sink.conn.close()
+        thaw_heap()
 
 
 def host_main(model: str | None, engine: str | None, device: str, limits: dict, address: str, authkey: bytes,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import math
 import time
@@ -23,6 +24,20 @@ from bertrt.serve.metrics import Metrics
 from bertrt.serve.model import ServedModel
 
 log = logging.getLogger("bertrt.serve")
+
+
+def freeze_heap() -> None:
+    """Move everything alive now (the model, torch, the app: ~200k objects) out of the garbage
+    collector's reach. A full collection over them takes ~100 ms on an EPYC core, a pause every
+    request in flight would wait through; after the freeze one takes well under a millisecond.
+    Called once the model is loaded and warm; ``thaw_heap`` at shutdown gives them back, so that
+    extension types see their objects freed at exit (nanobind reports leaks otherwise)."""
+    gc.collect()
+    gc.freeze()
+
+
+def thaw_heap() -> None:
+    gc.unfreeze()
 
 
 class Overloaded(Exception):

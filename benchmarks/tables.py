@@ -39,6 +39,8 @@ FILES = {
                          "(`device_profile.py --config base --hf`)",
     "base_ab.json": "BERT-Base at s128: attention and LayerNorm tilings alone and forced through the engine "
                     "(`device_base_ab.py`)",
+    "layernorm_tilings.json": "the LayerNorm's tilings at BERT-Base's and BERT-Large's widths, with the default "
+                              "of 2 rows on 4 warps (`device_base_ab.py --sections layernorm`)",
     "loadgen.json.gz": "MLPerf LoadGen: every scenario and backend of one run, with per-batch traces (`device_loadgen.py`)",
     "loadgen_summaries.txt": "LoadGen's own summaries of the `loadgen.json.gz` run",
     "loadgen_server_4200.json.gz": "Server at 4,200 qps: the first rate over capacity",
@@ -89,8 +91,6 @@ FILES = {
     "serve_load.json": "`bertrt serve` under open-loop load at rising rates, beside the engine alone and the HF "
                        "baseline (`serve_load.py`)",
     "serve_load_p99.png": "that run's p99 and achieved rate against offered load",
-    "serve_load_per_worker.json": "`bertrt serve --workers 4` with a copy of the model per worker, one and eight "
-                                  "questions per request (`serve_load.py`, no baseline)",
     "serve_load_past_capacity.json": "the same server offered 2,400 questions/s and more, and one worker with "
                                      "eight questions per request: past capacity",
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",

@@ -192,8 +192,10 @@ def engine_throughput(model: Path, engine: Path | None, device: str, questions: 
     in arrival order, packed into the server's token-budget batches; no HTTP, no tokenising timed."""
     from bertrt.serve.model import ServedModel
 
-    served = ServedModel.load(None if engine else model, engine=engine, device=device)
-    served.warm_up()
+    # As the server runs it: every batch up to the budget replays a CUDA graph.
+    served = ServedModel.load(None if engine else model, engine=engine, device=device,
+                              graph_max_tokens=max_batch_tokens)
+    served.warm_up(max_batch_tokens)
     if windows is None:
         windows = question_windows(questions, served.tokenizer, served.features)
     budget = min(max_batch_tokens, getattr(served.runner, "max_tokens", None) or max_batch_tokens)
@@ -340,27 +342,9 @@ def offer_rate(server: Server, rate: float, per_request: int, args, questions_fi
         if c.returncode != 0 or not out.is_file():
             raise RuntimeError(f"a load client failed ({c.returncode}) at {rate:g} questions/s:\n{log[-2000:]}")
         results.append(json.loads(out.read_text()))
-    latencies = sorted(x for r in results for x in r["latencies_ms"])
-    statuses, errors = {}, {}
-    for r in results:
-        for k, v in r["statuses"].items():
-            statuses[k] = statuses.get(k, 0) + v
-        for k, v in r["errors"].items():
-            errors[k] = errors.get(k, 0) + v
-    sent = sum(r["sent"] for r in results)
-    span = max(r["span_s"] for r in results) or float(args.duration_s)
-    row = {"offered_qps": rate, "offered_rps": requests_per_s, "questions_per_request": per_request,
-           "client_processes": processes, "requests": sent, "ok": len(latencies), "failures": sent - len(latencies),
-           "statuses": statuses, "errors": errors,
-           # Answered questions over the time from the first due request to the last answer: a server
-           # that falls behind stretches the span, so this is below the offered rate.
-           "achieved_qps": len(latencies) * per_request / span, "achieved_rps": len(latencies) / span,
-           "span_s": span, "p50_ms": _percentile(latencies, 50), "p90_ms": _percentile(latencies, 90),
-           "p99_ms": _percentile(latencies, 99), "max_ms": latencies[-1] if latencies else None,
-           "mean_ms": sum(latencies) / len(latencies) if latencies else None,
-           "client_send_lag_p99_ms": max(r["send_lag_ms"]["p99"] for r in results)}
+    row = merge_clients(results, rate, per_request, float(args.duration_s))
     if cpu_before is not None and cpu_after is not None:
-        row["server_cpu_cores"] = (cpu_after - cpu_before) / span  # CPU-seconds per second, all workers
+        row["server_cpu_cores"] = (cpu_after - cpu_before) / row["span_s"]  # CPU-seconds per second, all workers
     # Batch sizes from /metrics: one process's counts, so only for a server of one worker.
     after = _metric_sums(server.url) if server.workers == 1 else {}
     batches = after.get("bertrt_batch_sequences_count", 0) - before.get("bertrt_batch_sequences_count", 0)
@@ -370,6 +354,30 @@ def offer_rate(server: Server, rate: float, per_request: int, args, questions_fi
             row[key] = (after[name] - before.get(name, 0)) / batches
     _print_row(row)
     return row
+
+
+def merge_clients(results: list[dict], rate: float, per_request: int, duration_s: float) -> dict:
+    """One offered rate's row from its client processes' result files (``serve_client.py --out``)."""
+    requests_per_s = rate / per_request
+    latencies = sorted(x for r in results for x in r["latencies_ms"])
+    statuses, errors = {}, {}
+    for r in results:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    sent = sum(r["sent"] for r in results)
+    span = max(r["span_s"] for r in results) or duration_s
+    return {"offered_qps": rate, "offered_rps": requests_per_s, "questions_per_request": per_request,
+            "client_processes": len(results), "requests": sent, "ok": len(latencies), "failures": sent - len(latencies),
+            "statuses": statuses, "errors": errors,
+            # Answered questions over the time from the first due request to the last answer: a server
+            # that falls behind stretches the span, so this is below the offered rate.
+            "achieved_qps": len(latencies) * per_request / span, "achieved_rps": len(latencies) / span,
+            "span_s": span, "p50_ms": _percentile(latencies, 50), "p90_ms": _percentile(latencies, 90),
+            "p99_ms": _percentile(latencies, 99), "max_ms": latencies[-1] if latencies else None,
+            "mean_ms": sum(latencies) / len(latencies) if latencies else None,
+            "client_send_lag_p99_ms": max(r["send_lag_ms"]["p99"] for r in results)}
 
 
 def offer_rate_locust(server: Server, rate: float, args, questions_file: Path, work: Path) -> dict:

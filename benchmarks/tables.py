@@ -91,6 +91,11 @@ FILES = {
     "serve_load.json": "`bertrt serve` under open-loop load at rising rates, beside the engine alone and the HF "
                        "baseline (`serve_load.py`)",
     "serve_load_p99.png": "that run's p99 and achieved rate against offered load",
+    "serve_load_fp8.json": "`bertrt serve --workers 8` on the fp8 engine, one and eight questions per request "
+                           "(rows rebuilt from the run's client files, `serve_fp8_clients.tar.gz`)",
+    "serve_fp8_clients.tar.gz": "the raw per-client latencies of the fp8 serving run",
+    "loadgen_one_gpu_devices.json": "LoadGen Offline through `--devices cuda:0` (the several-GPU path) beside "
+                                    "`--device cuda:0`, same engine, same run",
     "serve_load_past_capacity.json": "the same server offered 2,400 questions/s and more, and one worker with "
                                      "eight questions per request: past capacity",
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",
@@ -367,6 +372,8 @@ def serving_section(report: dict) -> list[str]:
             out += [f"{name}: {s['qps_within_p99_target']:.0f} questions/s within p99 {summary['p99_target_ms']:g} ms, "
                     f"{100 * s['share_of_engine']:.0f}% of the engine alone ({s['engine_alone_qps']:.0f}/s), "
                     f"{s['times_baseline']:.0f}x the HF baseline's {summary['baseline_qps_within_p99_target']:g}/s."]
+    for note in report.get("notes", []):
+        out += ["", note]
     return out + [""]
 
 

@@ -17,7 +17,6 @@ import collections
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -16,7 +16,7 @@ import sys
 import traceback
 import warnings
 
-from bertrt.errors import EXIT_INPUT, EXIT_SYSTEM, BertrtError, BertrtWarning, UserError  # noqa: F401
+from bertrt.errors import EXIT_INPUT, EXIT_SYSTEM, BertrtWarning, UserError  # noqa: F401  (UserError re-exported)
 from bertrt.errors import describe, exit_code
 
 # Each module has ``register(subparsers)`` which adds its parser and sets ``func`` (args -> exit code).

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
@@ -37,6 +41,28 @@ def running(app, *, timeout_s: float = 30.0):
     finally:
         server.should_exit = True
         thread.join(timeout_s)
+
+
+@contextlib.contextmanager
+def serve_command(log: Path, *args: str, workers: int = 1, timeout_s: float = 120.0):
+    """``bertrt serve --device cpu --port P ARGS`` in a child process logging to ``log``, awaited
+    until ``workers`` workers have started; yields (process, base URL). Killed on the way out if
+    the test left it running."""
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bertrt.cli", "serve", "--device", "cpu", "--port", str(port),
+                                 *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while log.read_text().count("Application startup complete") < workers:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class GatedRunner:

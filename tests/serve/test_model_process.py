@@ -11,8 +11,6 @@ import re
 import secrets
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -22,7 +20,7 @@ from bertrt.serve import ServeSettings, create_app
 from bertrt.serve.model_process import ModelHost, RemoteModel
 from bertrt.tasks.qa import answer_question
 
-from serve_testing import free_port, running
+from serve_testing import running, serve_command
 
 CONTEXT = "The cat sat on the mat in the kitchen of the old house."
 QUESTION = "Where did the cat sit?"
@@ -163,28 +161,14 @@ def test_a_lost_model_process_fails_what_waits_and_turns_the_worker_unready(gate
 
 @pytest.mark.slow
 def test_serve_with_a_shared_model_process_answers_and_stops_on_sigterm(tmp_path):
-    port, log = free_port(), tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bertrt.cli", "serve", "--device", "cpu", "--port", str(port),
-                                 "--workers", "2", "--model-process", "shared"], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while log.read_text().count("Application startup complete") < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+    log = tmp_path / "serve.log"
+    with serve_command(log, "--workers", "2", "--model-process", "shared", workers=2) as (proc, base):
         model_pid = int(re.search(r"model process \[(\d+)\] ready", log.read_text()).group(1))
         answers = {httpx.post(f"{base}/v1/qa", json=ASK, timeout=30).json()["answer"] for _ in range(6)}
         assert len(answers) == 1 and answers.pop() in CONTEXT
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        assert not os.path.exists(f"/proc/{model_pid}") or "zombie" in open(f"/proc/{model_pid}/status").read().lower()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert not os.path.exists(f"/proc/{model_pid}") or "zombie" in open(f"/proc/{model_pid}/status").read().lower()
 
 
 def test_serve_with_a_bad_model_path_fails_in_one_line_before_the_workers(tmp_path, capsys):

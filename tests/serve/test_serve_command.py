@@ -6,16 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
 from bertrt.cli import main
 
-from serve_testing import free_port
+from serve_testing import serve_command
 
 CONTEXT = "The cat sat on the mat in the kitchen of the old house."
 QUESTION = "Where did the cat sit?"
@@ -40,18 +37,8 @@ def test_non_positive_limits_are_refused(flag, capsys):
 
 @pytest.mark.slow
 def test_workers_share_the_port_answer_alike_and_stop_on_sigterm(tmp_path):
-    port, log = free_port(), tmp_path / "serve.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bertrt.cli", "serve", "--device", "cpu", "--port", str(port),
-                                 "--workers", "2", "--log-level", "info"], stdout=out, stderr=subprocess.STDOUT,
-                                env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while log.read_text().count("Application startup complete") < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+    log = tmp_path / "serve.log"
+    with serve_command(log, "--workers", "2", "--log-level", "info", workers=2) as (proc, base):
         workers = set(re.findall(r"Started server process \[(\d+)\]", log.read_text()))
         assert len(workers) == 2 and str(proc.pid) not in workers
         answers = set()
@@ -63,11 +50,7 @@ def test_workers_share_the_port_answer_alike_and_stop_on_sigterm(tmp_path):
         assert httpx.get(f"{base}/ready", timeout=5).status_code == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        for pid in workers:  # the workers drained and exited with the supervisor
-            assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
-        with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{base}/health", timeout=2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    for pid in workers:  # the workers drained and exited with the supervisor
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/health", timeout=2)

@@ -254,25 +254,33 @@ class Server:
                 raise RuntimeError(f"{what} did not become ready; see {log}")
             time.sleep(0.5)
         self.ready_s = time.monotonic() - self.started
+        # With a shared model process (``--model-process shared``) the supervisor names its pid.
+        with open(log, errors="replace") as f:
+            f.seek(self.offset)
+            found = re.search(r"model process \[(\d+)\] ready", f.read())
+        self.model_pid = int(found.group(1)) if found else None
 
     def _started_workers(self) -> int:
         with open(self.log_path, errors="replace") as f:
             f.seek(self.offset)
             return f.read().count("Application startup complete")
 
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the server and its worker processes so far."""
+    def cpu_seconds(self) -> dict[str, float] | None:
+        """User + system CPU time so far of the server and all its processes ("total") and, with a
+        shared model process, of that process alone ("model_process")."""
         try:
             import psutil
         except ImportError:
             return None
         try:
             root = psutil.Process(self.proc.pid)
-            total = 0.0
+            seconds = {"total": 0.0}
             for p in [root, *root.children(recursive=True)]:
                 t = p.cpu_times()
-                total += t.user + t.system
-            return total
+                seconds["total"] += t.user + t.system
+                if p.pid == self.model_pid:
+                    seconds["model_process"] = t.user + t.system
+            return seconds
         except psutil.Error:
             return None
 
@@ -344,7 +352,10 @@ def offer_rate(server: Server, rate: float, per_request: int, args, questions_fi
         results.append(json.loads(out.read_text()))
     row = merge_clients(results, rate, per_request, float(args.duration_s))
     if cpu_before is not None and cpu_after is not None:
-        row["server_cpu_cores"] = (cpu_after - cpu_before) / row["span_s"]  # CPU-seconds per second, all workers
+        # CPU-seconds per second: every process of the server, then the shared model process's share.
+        row["server_cpu_cores"] = (cpu_after["total"] - cpu_before["total"]) / row["span_s"]
+        if "model_process" in cpu_before and "model_process" in cpu_after:
+            row["model_process_cpu_cores"] = (cpu_after["model_process"] - cpu_before["model_process"]) / row["span_s"]
     # Batch sizes from /metrics: one process's counts, so only for a server of one worker.
     after = _metric_sums(server.url) if server.workers == 1 else {}
     batches = after.get("bertrt_batch_sequences_count", 0) - before.get("bertrt_batch_sequences_count", 0)
@@ -408,8 +419,13 @@ def offer_rate_locust(server: Server, rate: float, args, questions_file: Path, w
 def _print_row(row: dict) -> None:
     p50 = f"{row['p50_ms']:7.1f}" if row["p50_ms"] is not None else "      -"
     p99 = f"{row['p99_ms']:7.1f}" if row["p99_ms"] is not None else "      -"
+    cpu = ""
+    if row.get("server_cpu_cores") is not None:
+        cpu = f", server CPU {row['server_cpu_cores']:.1f} cores"
+        if row.get("model_process_cpu_cores") is not None:
+            cpu += f" (model process {row['model_process_cpu_cores']:.1f})"
     print(f"  {row['offered_qps']:8.1f} q/s offered: {row['achieved_qps']:8.1f} achieved, p50 {p50} ms, "
-          f"p99 {p99} ms, {row['failures']} failures {row['errors'] or ''}", flush=True)
+          f"p99 {p99} ms, {row['failures']} failures {row['errors'] or ''}{cpu}", flush=True)
 
 
 def _aggregated(path: Path) -> dict | None:

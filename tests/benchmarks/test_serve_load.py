@@ -36,11 +36,11 @@ def _run(args: list[str], out: Path) -> dict:
 def test_load_report_for_bertrt_and_the_baseline(tmp_path, tiny_qa, squad_dev):
     out = tmp_path / "load"
     report = _run(["--model", str(tiny_qa), "--device", "cpu", "--data", str(squad_dev), "--count", "40",
-                   "--sweep", "fp16/w1/k1=4,8", "--sweep", "fp16/w1/k2=8", "--sweep", "fp16/w2/k1=4",
+                   "--sweep", "fp16/w1/k1=4,8", "--sweep", "fp16/w1/k2=8", "--sweep", "fp16/w2/k1/shared=4",
                    "--baseline-rates", "4",
                    "--duration-s", "3", "--grace-s", "5", "--processes", "2", "--commit", "abc123"], out)
     # The CPU serves the fp32 reference: the sweeps say so; one server serves both (same workers).
-    assert [s["name"] for s in report["sweeps"]] == ["fp32/w1/k1", "fp32/w1/k2", "fp32/w2/k1"]
+    assert [s["name"] for s in report["sweeps"]] == ["fp32/w1/k1", "fp32/w1/k2", "fp32/w2/k1/shared"]
     assert [r["offered_qps"] for r in report["sweeps"][0]["rows"]] == [4, 8]
     assert report["sweeps"][1]["rows"][0]["offered_rps"] == 4  # 8 questions/s, 2 per request
     assert [r["offered_qps"] for r in report["baseline"]] == [4]
@@ -50,7 +50,11 @@ def test_load_report_for_bertrt_and_the_baseline(tmp_path, tiny_qa, squad_dev):
         # Open loop: what was answered is what was offered, within the schedule's rounding.
         assert abs(row["achieved_qps"] - row["offered_qps"]) <= 0.25 * row["offered_qps"], row
     assert report["sweeps"][0]["rows"][0]["mean_batch_windows"] >= 1
-    assert "mean_batch_windows" not in report["sweeps"][2]["rows"][0]  # /metrics is per worker
+    shared = report["sweeps"][2]["rows"][0]
+    assert "mean_batch_windows" not in shared  # /metrics is per worker
+    # Two workers in front of one model process, whose own CPU use is reported beside the total.
+    assert report["sweeps"][2]["model_process"] == "shared"
+    assert 0 <= shared["model_process_cpu_cores"] <= shared["server_cpu_cores"]
     assert report["sweeps"][1]["exit_code"] == 0 and report["sweeps"][2]["exit_code"] == 0
     assert all(s["server_5xx"] == 0 for s in report["summary"]["sweeps"].values())
     assert report["engine_alone"]["fp32"]["questions"] == 40 and report["engine_alone"]["fp32"]["questions_per_s"] > 0

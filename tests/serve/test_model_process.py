@@ -178,3 +178,15 @@ def test_serve_with_a_bad_model_path_fails_in_one_line_before_the_workers(tmp_pa
                  "--model", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bertrt serve: error:") and "missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_failed_request_s_queued_windows_are_dropped(gated, tmp_path):
+    runner = gated.runner
+    long_context = " ".join(f"word{i}" for i in range(900))  # 20 windows of the default model
+    runner.fail_next = True
+    # One window per batch: the first fails, and the request's other windows leave the queue.
+    with hosted(gated, tmp_path, warm_up=False, max_batch_tokens=gated.features.max_seq_length) as (host, connect):
+        r = connect().post("/v1/qa", json={"question": QUESTION, "context": long_context})
+        _error(r, 500, "model_error")
+        _wait_for(lambda: host.batcher.queued_tokens == 0)
+    assert 1 <= len(runner.batches) <= 2  # the failed batch, and at most the one launched behind it

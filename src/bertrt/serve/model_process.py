@@ -118,7 +118,7 @@ class _WorkerSink:
 
     def deliver(self, items: list, error: BaseException | None = None, stats: dict | None = None) -> None:
         """``settle``'s hand-off: one message with this worker's part of the batch."""
-        answered, queue_s = [], []
+        answered, queue_s, dropped = [], [], []
         with self._lock:
             for w, value in items:
                 tag = w.outputs.tag
@@ -129,8 +129,10 @@ class _WorkerSink:
                     queue_s.append(stats["started"] - w.arrived)
                 self._left[tag] -= 1
                 if error is not None or not self._left[tag]:
-                    self._queued.pop(tag, None)
+                    dropped += self._queued.pop(tag, [])
                     del self._left[tag]
+        if error is not None and dropped:  # a failed request's windows still queued would run for nobody
+            self.batcher.discard(dropped)
         if not answered:
             return
         code = None if error is None else ("model", str(error), 0)

@@ -135,6 +135,19 @@ def test_model_failure_answers_500_with_request_id_and_the_server_goes_on(serve,
     assert 'bertrt_batch_failures_total{kind="qa"} 1.0' in text
 
 
+def test_a_failed_request_s_queued_windows_are_dropped(serve, gated):
+    runner = gated.runner
+    long_context = " ".join(f"word{i}" for i in range(900))  # 20 windows of the default model
+    runner.fail_next = True
+    # One window per batch: the first fails, and the request's other windows leave the queue.
+    settings = ServeSettings(max_batch_tokens=gated.features.max_seq_length, max_delay_ms=0)
+    with serve(settings, model=gated, warm_up=False) as client:
+        _error(client.post("/v1/qa", json={"question": QUESTION, "context": long_context}), 500, "model_error")
+        _wait_for(lambda: _queued_tokens(client) == 0)
+    # The failed batch and the few that ran before the request's coroutine woke, not all 20.
+    assert 1 <= len(runner.batches) < 10
+
+
 def test_sigterm_finishes_accepted_requests_then_exits(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

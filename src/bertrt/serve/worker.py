@@ -211,5 +211,7 @@ async def run_windows(batcher: ModelBatcher, kind: str, sequences: list[tuple[li
     except TimeoutError:
         raise TimedOut("the request took longer than the server's timeout") from None
     finally:
-        if not outputs.future.done() or outputs.future.cancelled():
+        future = outputs.future
+        # Unless every window was answered, those still queued would run for nobody.
+        if not future.done() or future.cancelled() or future.exception() is not None:
             batcher.discard(windows)

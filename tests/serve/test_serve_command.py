@@ -24,7 +24,7 @@ def test_help_names_the_routes_and_options(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     for text in ("/v1/qa", "--max-batch-tokens", "--max-delay-ms", "--max-queue-tokens", "--timeout-s", "--ray",
-                 "--replicas", "--num-gpus-per-replica", "--workers", "SIGTERM"):
+                 "--replicas", "--num-gpus-per-replica", "--workers", "--model-process", "SIGTERM"):
         assert text in out
 
 

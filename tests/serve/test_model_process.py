@@ -149,7 +149,7 @@ def test_a_lost_model_process_fails_what_waits_and_turns_the_worker_unready(gate
         client = connect()
         waiting = pool.submit(client.post, "/v1/qa", json=ASK)
         assert runner.entered.wait(10)
-        for sink in host._sinks:  # every connection is cut, as when the model process dies
+        for sink in list(host._sinks):  # every connection is cut, as when the model process dies
             with socket.socket(fileno=os.dup(sink.conn.fileno())) as end:
                 end.shutdown(socket.SHUT_RDWR)
         _error(waiting.result(), 500, "model_error")

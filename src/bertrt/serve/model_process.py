@@ -157,8 +157,7 @@ class ModelHost:
                                     max_queue_tokens=max_queue_tokens)
         self.address, self.authkey = address, authkey
         self._listener: Listener | None = None
-        self._sinks: list[_WorkerSink] = []
-        self._threads: list[threading.Thread] = []
+        self._sinks: list[_WorkerSink] = []  # the workers connected now
 
     def start(self, *, warm_up: bool = True) -> "ModelHost":
         """Start the batcher, warm the model, then listen (a worker that connects finds it warm)."""
@@ -167,9 +166,7 @@ class ModelHost:
             self.model.warm_up(self.batcher.max_batch_tokens)
         freeze_heap()
         self._listener = Listener(self.address, family="AF_UNIX", authkey=self.authkey)
-        thread = threading.Thread(target=self._accept, name="model-host-accept", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        threading.Thread(target=self._accept, name="model-host-accept", daemon=True).start()
         return self
 
     def _accept(self) -> None:
@@ -183,9 +180,7 @@ class ModelHost:
                 continue
             sink = _WorkerSink(conn, self.batcher)
             self._sinks.append(sink)
-            thread = threading.Thread(target=self._serve, args=(sink,), name="model-host-worker", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=self._serve, args=(sink,), name="model-host-worker", daemon=True).start()
 
     def _serve(self, sink: _WorkerSink) -> None:
         if not sink.send(("front", self.model.front(), self.batcher.max_batch_tokens)):
@@ -206,13 +201,14 @@ class ModelHost:
             sink.discard_all()
             with contextlib.suppress(OSError):
                 sink.conn.close()
+            self._sinks.remove(sink)
 
     def stop(self) -> None:
         """Stop listening, finish every queued window (their workers get the outputs), then close."""
         if self._listener is not None:
             self._listener.close()
         self.batcher.stop()
-        for sink in self._sinks:
+        for sink in list(self._sinks):
             with contextlib.suppress(OSError):
                 sink.conn.close()
         thaw_heap()
@@ -332,7 +328,7 @@ class RemoteBatcher:
     the model process: what ``run_windows`` and the app need of a ``ModelBatcher``."""
 
     def __init__(self, model: RemoteModel, metrics: Metrics, *, drain_timeout_s: float = 60.0):
-        self.model, self.metrics, self.conn = model, metrics, model.conn
+        self.metrics, self.conn = metrics, model.conn
         self.max_batch_tokens = model.max_batch_tokens
         self.drain_timeout_s = drain_timeout_s
         self.queued_tokens, self.pending_items, self._retry_after_s = 0, 0, 1

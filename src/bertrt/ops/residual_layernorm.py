@@ -10,6 +10,7 @@ with beta = 1) spares this kernel one (T, H) read. ``bias_residual_layernorm`` r
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ class LayerNormConfig:
     num_warps: int
 
 
+@functools.cache  # one per width: eager passes call it 48 times
 def default_config(hidden: int) -> LayerNormConfig:
     """The tiling ``bias_residual_layernorm`` uses for rows of ``hidden`` when given none: several
     tokens per program for small hidden sizes (about 2,048 values a program), and about 512 values

@@ -91,6 +91,8 @@ FILES = {
     "serve_load.json": "`bertrt serve` under open-loop load at rising rates, beside the engine alone and the HF "
                        "baseline (`serve_load.py`)",
     "serve_load_p99.png": "that run's p99 and achieved rate against offered load",
+    "serve_load_before_heap_freeze.json": "the shared model process before servers froze their heap once warm: "
+                                          "four workers, one and eight questions per request",
     "serve_load_fp8.json": "`bertrt serve --workers 8` on the fp8 engine, one and eight questions per request "
                            "(rows rebuilt from the run's client files, `serve_fp8_clients.tar.gz`)",
     "serve_fp8_clients.tar.gz": "the raw per-client latencies of the fp8 serving run",

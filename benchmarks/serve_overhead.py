@@ -4,6 +4,7 @@
         --out benchmarks/results/cpu/serve_overhead.json
         [--source before=/tmp/before/src --source after=src] [--repeats 3] [--runner instant launch-bound]
         [--requests 3000] [--concurrency 32] [--per-request 1 8] [--profile FILE]
+        [--workers N]
 
 The server runs in a child process (``bertrt serve``'s uvicorn options, the embedded model's
 tokenizer and window geometry) over a stand-in runner that returns seeded random start/end logits
@@ -14,6 +15,12 @@ questions (``{"inputs": [...]}`` past one), after a warm-up. The server process'
 system, from psutil) over the timed requests gives CPU ms per request and per question, and
 requests/s per core (1000 / CPU ms). Client and server share the machine's cores, so wall-clock
 requests/s is recorded but is not the figure to compare.
+
+``--workers N`` serves as ``bertrt serve --workers N`` does on a GPU: the stand-in model in one
+model process (``serve.model_process.ModelHost``, here the server child itself) fed over its Unix
+socket by N uvicorn worker processes; the model process's CPU and the workers' are then reported
+apart, per request and per window, since the model process's one interpreter is what every
+worker's windows pass through.
 
 ``--source LABEL=SRC`` (repeatable) measures bertrt from each ``src`` folder in turn, for example
 the parent commit's (``git archive HEAD~1 src | tar -x -C /tmp/before``) against the work tree's.
@@ -38,7 +45,13 @@ HERE = Path(__file__).resolve().parent
 
 class InstantRunner:
     """The embedded model's config and heads, with a forward that costs nothing: seeded random
-    (total_tokens, 2) logits, so answer extraction sees spans of every shape."""
+    (total_tokens, 2) logits, so answer extraction sees spans of every shape. It says it has CUDA
+    graphs, so that batches reach it as they reach a GPU engine's graphs (laid out on the host in
+    numpy, no torch ops): the host's work per batch is then what it is on a GPU server, less the
+    graph's replay."""
+
+    graphs = True
+    graph_max_tokens = None  # set by the backend
 
     def __init__(self, runner):
         import torch
@@ -46,6 +59,9 @@ class InstantRunner:
         self.config, self.heads = runner.config, tuple(runner.heads)
         self.max_seq_length = getattr(runner, "max_seq_length", 512)
         self._generator = torch.Generator().manual_seed(0)
+
+    def capture(self, buckets):
+        del buckets
 
     def parameters(self):
         return iter(())
@@ -81,8 +97,9 @@ class LaunchBoundRunner(InstantRunner):
 RUNNERS = {"instant": InstantRunner, "launch-bound": LaunchBoundRunner}
 
 
-def serve_child(port: int, profile: str | None, runner: str = "instant") -> None:
-    """The server process: the app over an ``InstantRunner`` (or ``runner``) on 127.0.0.1:``port``."""
+def serve_child(port: int, profile: str | None, runner: str = "instant", workers: int = 0) -> None:
+    """The server process: the app over an ``InstantRunner`` (or ``runner``) on 127.0.0.1:``port``;
+    with ``workers``, that model behind a ``ModelHost`` here and the app in ``workers`` processes."""
     import uvicorn
 
     from bertrt.serve import ServedModel, ServeSettings, create_app
@@ -94,24 +111,86 @@ def serve_child(port: int, profile: str | None, runner: str = "instant") -> None
     torch.set_num_threads(1)
     real = ServedModel.load(device="cpu")
     model = ServedModel(RUNNERS[runner](real.runner), real.tokenizer, name=runner, device="cpu")
-    app = create_app(model, ServeSettings())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+    settings = ServeSettings()
+    host = None
+    profiler = None
+    if profile is not None:
+        import cProfile
+        import threading
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        if workers:  # the model process's work is in its threads: a profiler for each
+            thread_profilers = [profiler]
+
+            def profile_thread(*_):
+                thread_profilers.append(cProfile.Profile())
+                thread_profilers[-1].enable()  # replaces this hook in the thread
+            threading.setprofile(profile_thread)
+    if workers:
+        import secrets
+        import tempfile
+
+        from bertrt.serve.app import ENVIRONMENT_KEY, environment_options
+        from bertrt.serve.model_process import ModelHost
+
+        key = secrets.token_bytes(16)
+        address = str(Path(tempfile.mkdtemp(prefix="serve-overhead-")) / "model.sock")
+        host = ModelHost(model, address, key, max_batch_tokens=settings.max_batch_tokens,
+                         max_delay_s=settings.max_delay_ms / 1000, max_queue_tokens=settings.max_queue_tokens).start()
+        _write_thread_names()
+        os.environ[ENVIRONMENT_KEY] = environment_options(None, None, "cpu", settings,
+                                                          {"address": address, "authkey": key.hex()})
+        config = uvicorn.Config("bertrt.serve.app:app_from_environment", factory=True, workers=workers,
+                                host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    else:
+        config = uvicorn.Config(create_app(model, settings), host="127.0.0.1", port=port, log_level="warning",
+                                access_log=False)
     # uvicorn raises the SIGTERM that stopped it again once it has drained: ignore it, so a
     # profiled run returns here and writes its stats.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    if profile is None:
-        server.run()
-        return
-    import cProfile
-
-    profiler = cProfile.Profile()
-    profiler.enable()
     try:
-        server.run()
+        if workers:
+            # uvicorn's own supervisor, as `uvicorn.run(workers=N)` starts it (that one runs a single
+            # worker in-process, where this keeps even one apart from the model process).
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            uvicorn.Server(config).run()
     finally:
-        profiler.disable()
-        profiler.dump_stats(profile)
+        if profiler is not None:
+            profiler.disable()
+            if workers:
+                import pstats
+
+                pstats.Stats(*thread_profilers).dump_stats(profile)
+            else:
+                profiler.dump_stats(profile)
+        if host is not None:
+            host.stop()
+
+
+def _thread_names_file(pid: int) -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"serve-overhead-threads-{pid}.json"
+
+
+def _write_thread_names() -> None:
+    """Every second, this process's Python threads' names by native id, for ``_per_thread``
+    (Python 3.11 does not name the OS threads)."""
+    import threading
+
+    path = _thread_names_file(os.getpid())
+
+    def loop():
+        while True:
+            names = {t.native_id: t.name.split("-")[0] if t.name.startswith("Thread-") else t.name
+                     for t in threading.enumerate()}
+            path.write_text(json.dumps(names))
+            time.sleep(1.0)
+    threading.Thread(target=loop, name="thread-names", daemon=True).start()
 
 
 def _free_port() -> int:
@@ -154,9 +233,11 @@ def measure(url: str, proc, questions: list[dict], *, per_request: int, requests
         bodies.append(json.dumps(group[0] if per_request == 1 else {"inputs": group}).encode())
     server = psutil.Process(proc.pid)
     asyncio.run(_drive(url, bodies, warm_requests, concurrency))
-    before, threads_before = server.cpu_times(), _thread_times(server)
+    workers = [c for c in server.children(recursive=True)  # with --workers: uvicorn's worker processes
+               if not any("resource_tracker" in part for part in _cmdline(c))]
+    before, threads_before, workers_before = server.cpu_times(), _thread_times(server), _cpu_s(workers)
     run = asyncio.run(_drive(url, bodies[warm_requests:] + bodies[:warm_requests], requests, concurrency))
-    after, threads_after = server.cpu_times(), _thread_times(server)
+    after, threads_after, workers_after = server.cpu_times(), _thread_times(server), _cpu_s(workers)
     # The event loop's thread (the process's main thread) against every other thread (the
     # batcher's worker, any thread pool), in ms per request.
     main = threads_after.get(server.pid, 0.0) - threads_before.get(server.pid, 0.0)
@@ -165,17 +246,64 @@ def measure(url: str, proc, questions: list[dict], *, per_request: int, requests
     ok = run["statuses"].get(200, 0)
     if ok != requests:  # a figure over refused or failed requests would not be the server's cost
         raise RuntimeError(f"{requests - ok} of {requests} requests were not answered 200: {run['statuses']}")
+    row = {"questions_per_request": per_request, "requests": requests, "concurrency": concurrency,
+           "statuses": {str(k): v for k, v in sorted(run["statuses"].items())}, "wall_s": round(run["seconds"], 3)}
+    if workers:
+        # The server process is the model process (and uvicorn's idle supervisor); its threads are
+        # the connections' readers and the batcher's worker, which also sends each batch's outputs.
+        workers_s = workers_after - workers_before
+        total = cpu_s + workers_s
+        row |= {"workers": len(workers), "server_cpu_s": round(total, 3),
+                "cpu_ms_per_request": round(1e3 * total / requests, 4),
+                "cpu_ms_per_question": round(1e3 * total / (requests * per_request), 4),
+                "workers_cpu_ms_per_request": round(1e3 * workers_s / requests, 4),
+                "model_process_cpu_ms_per_request": round(1e3 * cpu_s / requests, 4),
+                "model_process_threads_cpu_ms_per_request": _per_thread(server, threads_before, threads_after,
+                                                                         requests),
+                "model_process_requests_per_s_per_core": round(requests / cpu_s, 1),
+                "requests_per_s_per_core": round(requests / total, 1),
+                "questions_per_s_per_core": round(requests * per_request / total, 1)}
+        return row | {"wall_requests_per_s": round(ok / run["seconds"], 1)}
     batches = _batch_stats(url.rsplit("/v1/", 1)[0])
-    return {"questions_per_request": per_request, "requests": requests, "concurrency": concurrency,
-            "statuses": {str(k): v for k, v in sorted(run["statuses"].items())},
-            "server_cpu_s": round(cpu_s, 3), "wall_s": round(run["seconds"], 3),
-            "cpu_ms_per_request": round(1e3 * cpu_s / requests, 4),
-            "cpu_ms_per_question": round(1e3 * cpu_s / (requests * per_request), 4),
-            "cpu_ms_per_request_event_loop": round(1e3 * main / requests, 4),
-            "cpu_ms_per_request_other_threads": round(1e3 * others / requests, 4),
-            "requests_per_s_per_core": round(requests / cpu_s, 1),
-            "questions_per_s_per_core": round(requests * per_request / cpu_s, 1),
-            "wall_requests_per_s": round(ok / run["seconds"], 1), **batches}
+    return row | {"server_cpu_s": round(cpu_s, 3), "cpu_ms_per_request": round(1e3 * cpu_s / requests, 4),
+                  "cpu_ms_per_question": round(1e3 * cpu_s / (requests * per_request), 4),
+                  "cpu_ms_per_request_event_loop": round(1e3 * main / requests, 4),
+                  "cpu_ms_per_request_other_threads": round(1e3 * others / requests, 4),
+                  "requests_per_s_per_core": round(requests / cpu_s, 1),
+                  "questions_per_s_per_core": round(requests * per_request / cpu_s, 1),
+                  "wall_requests_per_s": round(ok / run["seconds"], 1), **batches}
+
+
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except Exception:  # noqa: BLE001 - gone already
+        return []
+
+
+def _cpu_s(processes) -> float:
+    total = 0.0
+    for p in processes:
+        try:
+            t = p.cpu_times()
+        except Exception:  # noqa: BLE001 - a process that has exited (uvicorn restarts none here)
+            continue
+        total += t.user + t.system
+    return total
+
+
+def _per_thread(server, before: dict, after: dict, requests: int) -> dict:
+    """The model process's CPU by Python thread name (ms per request), busiest first: the child
+    writes its threads' names by native id (``_write_thread_names``)."""
+    try:
+        names = {int(k): v for k, v in json.loads(_thread_names_file(server.pid).read_text()).items()}
+    except (OSError, ValueError):
+        names = {}
+    names = {tid: names.get(tid, "unnamed") for tid in after}
+    by_name: dict[str, float] = {}
+    for tid, v in after.items():
+        by_name[names[tid]] = by_name.get(names[tid], 0.0) + v - before.get(tid, 0.0)
+    return {k: round(1e3 * v / requests, 4) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1]) if v > 0}
 
 
 def _batch_stats(base: str) -> dict:
@@ -231,7 +359,7 @@ def run_server(source: str | None, runner: str, args, questions: list[dict]) -> 
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, str(Path(__file__).resolve()), "--data", str(args.data), "--serve-child", str(port),
-               "--runner", runner]
+               "--runner", runner, "--workers", str(args.workers)]
     if args.profile:
         command += ["--profile", args.profile]
     env = dict(os.environ)
@@ -271,10 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runner", choices=sorted(RUNNERS), nargs="+", default=["instant"],
                    help="the stand-in forward: instant, or launch-bound (releases the lock 600 times a batch)")
     p.add_argument("--profile", default=None, help="cProfile the server into this file")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="serve from N uvicorn workers over one shared model process (the server child), as "
+                        "`bertrt serve --workers N` does on a GPU; 0: one process with the model in it")
     p.add_argument("--serve-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_child is not None:
-        serve_child(args.serve_child, args.profile, args.runner[0])
+        serve_child(args.serve_child, args.profile, args.runner[0], args.workers)
         return 0
 
     import psutil
@@ -303,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
               "conditions": {"model": "the embedded model's tokenizer and windows; a stand-in forward returning "
                                       "seeded random logits (instant, or launch-bound: 600 lock-releasing calls "
                                       "of ~10 us per batch)",
-                             "server": "one uvicorn process per source and repeat, bertrt serve's defaults",
+                             "server": (f"{args.workers} uvicorn workers over one shared model process"
+                                        if args.workers else "one uvicorn process") +
+                                       " per source and repeat, bertrt serve's defaults",
+                             "workers": args.workers,
                              "client": f"aiohttp in the parent process, closed loop, {args.concurrency} in flight, "
                                        "on the same cores",
                              "requests": args.requests, "warm_requests": args.warm_requests,

@@ -103,6 +103,9 @@ FILES = {
     "server_gc_replay.json": "a Server replay with a sleeping backend: no full garbage collection in 20 s",
     "serve_overhead.json": "`bertrt serve`'s own CPU per request over a stand-in model, sources in turn "
                            "(`serve_overhead.py`)",
+    "serve_overhead_model_process.json": "`bertrt serve --workers`'s shared model process: its CPU per request "
+                                         "apart from the workers', over a stand-in model, sources in turn "
+                                         "(`serve_overhead.py --workers 1`)",
     "families.json": "every BERT family on the engine: numerics against HF fp32 and speed against the HF peers "
                      "(`device_families.py`)",
 }
@@ -396,6 +399,25 @@ def serve_overhead_section(report: dict) -> list[str]:
     return out + [""]
 
 
+def model_process_overhead_section(report: dict) -> list[str]:
+    c = report.get("conditions", {})
+    out = ["## Shared model process CPU per request", "",
+           f"{c.get('server', '')}; {c.get('model', 'a stand-in model')}; {c.get('client', '')}; "
+           f"{c.get('requests')} timed requests per row after {c.get('warm_requests')}, the median of "
+           f"{c.get('repeats')} servers ({conditions(report)}; `serve_overhead_model_process.json`). Every "
+           "worker's windows pass through the model process's one interpreter, so its requests/s per core "
+           "bounds the server's whatever the number of workers; the busiest thread is named.", "",
+           "| source | questions / request | model process CPU ms / request | its requests/s per core "
+           "| batcher thread ms | workers' CPU ms / request |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for r in report.get("rows", []):
+        threads = r.get("model_process_threads_cpu_ms_per_request", {})
+        out.append(f"| {r['source']} | {r['questions_per_request']} | {r['model_process_cpu_ms_per_request']:.3f} "
+                   f"| {r['model_process_requests_per_s_per_core']:,.0f} | {threads.get('serve-worker-0', 0):.3f} "
+                   f"| {r['workers_cpu_ms_per_request']:.2f} |")
+    return out + [""]
+
+
 def readme(folder: Path) -> str:
     name = folder.name
     files = sorted(p.name for p in folder.iterdir() if p.name != "README.md")
@@ -450,6 +472,8 @@ def readme(folder: Path) -> str:
     out += lowprec_sections(folder)
     if (folder / "serve_overhead.json").exists():
         out += serve_overhead_section(read(folder / "serve_overhead.json"))
+    if (folder / "serve_overhead_model_process.json").exists():
+        out += model_process_overhead_section(read(folder / "serve_overhead_model_process.json"))
     if (folder / "families.json").exists():
         out += families_section(read(folder / "families.json"))
     if (folder / "serve_load.json").exists():

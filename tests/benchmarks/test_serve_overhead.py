@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_overhead.py"
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -27,3 +29,18 @@ def test_overhead_report_for_each_source_runner_and_size(tmp_path, squad_dev):
         assert row["cpu_ms_per_request"] > 0 and row["requests_per_s_per_core"] > 0
         assert row["batches"] >= 1 and row["mean_batch_windows"] >= 1
     assert report["conditions"]["sources"] == {"a": str(SRC), "b": str(SRC)}
+
+
+def test_overhead_report_splits_the_model_process_from_its_workers(tmp_path, squad_dev):
+    out = tmp_path / "overhead.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(squad_dev), "--requests", "300",
+                           "--warm-requests", "50", "--concurrency", "8", "--per-request", "2", "--workers", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["statuses"] == {"200": 300} and row["workers"] == 1 and report["conditions"]["workers"] == 1
+    assert row["model_process_cpu_ms_per_request"] > 0 and row["workers_cpu_ms_per_request"] > 0
+    assert row["cpu_ms_per_request"] == pytest.approx(
+        row["model_process_cpu_ms_per_request"] + row["workers_cpu_ms_per_request"], abs=0.01)
+    assert "serve-worker-0" in row["model_process_threads_cpu_ms_per_request"]  # the batcher's thread

@@ -4,20 +4,26 @@ model process answered as the server answers them with its own model."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 import re
 import secrets
 import signal
 import socket
+import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from bertrt.serve import ServeSettings, create_app
-from bertrt.serve.model_process import ModelHost, RemoteModel
+from bertrt.serve.metrics import Metrics
+from bertrt.serve.model_process import ModelHost, RemoteBatcher, RemoteModel
+from bertrt.serve.worker import Outputs, Overloaded, Window
 from bertrt.tasks.qa import answer_question
 
 from serve_testing import running, serve_command
@@ -71,6 +77,80 @@ def test_workers_answer_as_the_model_itself(served, tmp_path):
     assert one["answer"] == expected.text and CONTEXT[one["start"]:one["end"]] == expected.text
     assert many[0] == one and many[1]["answer"] in CONTEXT
     assert info["device"] == "cpu" and info["precision"] == served.info.precision
+
+
+def test_embeddings_through_the_model_process_are_the_model_s_own(served, tmp_path, serve):
+    texts = ["A cat sat on the mat.", "Stocks fell sharply on Monday."]
+    with serve() as own:
+        expected = own.post("/v1/embed", json={"inputs": texts}).json()
+    with hosted(served, tmp_path) as (_, connect):
+        got = connect().post("/v1/embed", json={"inputs": texts}).json()
+    assert len(got["embeddings"]) == 2
+    np.testing.assert_allclose(got["embeddings"], expected["embeddings"], atol=1e-6)
+
+
+class _Front:
+    def __init__(self, conn):
+        self.conn, self.max_batch_tokens = conn, 4096
+
+
+def _windows(loop, *lengths):
+    outputs = Outputs(len(lengths), loop)
+    return [Window("qa", np.arange(n, dtype=np.int32), np.zeros(n, dtype=np.int32), 0.0, outputs, i)
+            for i, n in enumerate(lengths)]
+
+
+def test_requests_put_in_one_turn_of_the_loop_go_in_one_message():
+    worker_end, host_end = multiprocessing.Pipe()
+    batcher = RemoteBatcher(_Front(worker_end), Metrics()).start()
+
+    async def turn():
+        loop = asyncio.get_running_loop()
+        first, second, dropped = _windows(loop, 3, 2), _windows(loop, 4), _windows(loop, 5)
+        for windows in (first, second, dropped):
+            batcher.put(windows)
+        batcher.discard(dropped)  # before the turn ends: never sent
+        await asyncio.sleep(0)
+        return first, second
+
+    first, second = asyncio.run(turn())
+    message = host_end.recv()
+    assert not host_end.poll(0.2)  # nothing else: one message, no discard for what was never sent
+    tag, table, ids, types = message
+    assert tag == "put" and table == [(first[0].outputs.tag, "qa", [3, 2]), (second[0].outputs.tag, "qa", [4])]
+    assert np.frombuffer(ids, dtype=np.int32).tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
+    assert np.frombuffer(types, dtype=np.int32).tolist() == [0] * 9
+    host_end.send(("closed",))
+    batcher._reader.join(5)
+
+
+class _CutConnection:
+    """A connection whose sends fail and whose reads wait until it is closed."""
+
+    def __init__(self):
+        self.closed = threading.Event()
+
+    def send(self, message):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def recv(self):
+        self.closed.wait(10)
+        raise EOFError
+
+
+def test_requests_that_cannot_be_sent_fail_as_overloaded():
+    conn = _CutConnection()
+    batcher = RemoteBatcher(_Front(conn), Metrics()).start()
+
+    async def turn():
+        windows = _windows(asyncio.get_running_loop(), 3)
+        batcher.put(windows)  # the send at the turn's end fails
+        with pytest.raises(Overloaded, match="model process is gone"):
+            await asyncio.wait_for(windows[0].outputs.future, 5)
+
+    asyncio.run(turn())
+    conn.closed.set()
+    batcher._reader.join(5)
 
 
 def test_one_batch_takes_windows_of_several_workers(gated, tmp_path):

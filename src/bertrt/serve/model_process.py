@@ -9,13 +9,17 @@ stay in the workers; the queue bound (503), a timed-out request's discard (504) 
 (500) travel as messages, and every reply carries the queue depth, which the workers' 503 check,
 ``Retry-After`` and ``/metrics`` read.
 
-Messages (``multiprocessing.connection``, authenticated by a random key; tuples of plain values
-and numpy arrays):
+Messages (``multiprocessing.connection``, authenticated by a random key; tuples of plain values,
+with each message's token ids and outputs in one buffer, since pickling an array per window
+would cost more than the rest of the message):
 
 - model process -> worker, once: ``("front", ModelFront, max_batch_tokens)``;
-- worker -> model process: ``("put", request, kind, [ids], [types])``, ``("discard", request)``,
-  and ``("close",)``, answered by ``("closed",)``;
-- model process -> worker: ``("done", [(request, index, output)], error, stats, queue)``, where
+- worker -> model process: ``("put", [(request, kind, [window lengths])], ids, types)``, where
+  ``ids`` and ``types`` are the bytes of every window's int32 tokens in order (a worker sends the
+  requests of one turn of its event loop together); ``("discard", request)``; and ``("close",)``,
+  answered by ``("closed",)``;
+- model process -> worker: ``("done", [(request, index, rows)], outputs, error, stats, queue)``:
+  ``outputs`` stacks the windows' outputs (``rows`` of it each, or -1 for one vector) or is None,
   ``error`` is None or ``(code, message, retry_after_s)`` for every request named, ``stats`` the
   batch's ``{"queue_s": [...], "inference_s", "windows", "tokens", "kind"}`` and ``queue``
   ``(queued_tokens, queued_windows, retry_after_s)``.
@@ -23,6 +27,7 @@ and numpy arrays):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -37,6 +42,8 @@ import time
 import traceback
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
+
+import numpy as np
 
 from bertrt.batching import QueueFull
 from bertrt.errors import EXIT_SYSTEM, BertrtError, describe, exit_code
@@ -82,24 +89,33 @@ class _WorkerSink:
     def queue_state(self) -> tuple[int, int, int]:
         return self.batcher.queued_tokens, self.batcher.pending_items, self.batcher.retry_after_s()
 
-    def put(self, request: int, kind: str, ids: list, types: list) -> None:
+    def put(self, requests: list, ids: bytes, types: bytes) -> None:
+        """Queue each request's windows (``ids``/``types``: their tokens back to back), refusing
+        those the queue cannot take."""
         now = time.perf_counter()
-        owner = _Request(self, request)
-        windows = [Window(kind, i, t, now, owner, n) for n, (i, t) in enumerate(zip(ids, types))]
-        with self._lock:
-            self._queued[request], self._left[request] = windows, len(windows)
-        try:
-            self.batcher.put(windows)
-        except QueueFull as exc:
-            self._refuse(request, f"the server is busy ({exc})", self.batcher.retry_after_s())
-        except RuntimeError:
-            self._refuse(request, "the server is shutting down", 1)
+        ids, types = np.frombuffer(ids, dtype=np.int32), np.frombuffer(types, dtype=np.int32)
+        start = 0
+        for request, kind, lengths in requests:
+            owner = _Request(self, request)
+            windows = []
+            for n, length in enumerate(lengths):
+                end = start + length
+                windows.append(Window(kind, ids[start:end], types[start:end], now, owner, n))
+                start = end
+            with self._lock:
+                self._queued[request], self._left[request] = windows, len(windows)
+            try:
+                self.batcher.put(windows)
+            except QueueFull as exc:
+                self._refuse(request, f"the server is busy ({exc})", self.batcher.retry_after_s())
+            except RuntimeError:
+                self._refuse(request, "the server is shutting down", 1)
 
     def _refuse(self, request: int, message: str, retry_after_s: int) -> None:
         with self._lock:
             self._queued.pop(request, None)
             self._left.pop(request, None)
-        self.send(("done", [(request, -1, None)], ("overloaded", message, retry_after_s), None, self.queue_state()))
+        self.send(("done", [(request, -1, 0)], None, ("overloaded", message, retry_after_s), None, self.queue_state()))
 
     def discard(self, request: int) -> None:
         with self._lock:
@@ -118,13 +134,20 @@ class _WorkerSink:
 
     def deliver(self, items: list, error: BaseException | None = None, stats: dict | None = None) -> None:
         """``settle``'s hand-off: one message with this worker's part of the batch."""
-        answered, queue_s, dropped = [], [], []
+        answered, outputs, queue_s, dropped = [], [], [], []
         with self._lock:
             for w, value in items:
                 tag = w.outputs.tag
                 if tag not in self._left:
                     continue  # discarded, or already failed
-                answered.append((tag, w.index, value))
+                if value is None:
+                    answered.append((tag, w.index, 0))
+                elif value.ndim == 1:  # one vector (an embedding, a pair's logits)
+                    answered.append((tag, w.index, -1))
+                    outputs.append(value[None])
+                else:  # rows (a window's start/end logits)
+                    answered.append((tag, w.index, value.shape[0]))
+                    outputs.append(value)
                 if stats is not None:
                     queue_s.append(stats["started"] - w.arrived)
                 self._left[tag] -= 1
@@ -138,7 +161,8 @@ class _WorkerSink:
         code = None if error is None else ("model", str(error), 0)
         summary = None if stats is None else {"queue_s": queue_s, **{k: stats[k] for k in
                                                                      ("kind", "inference_s", "windows", "tokens")}}
-        self.send(("done", answered, code, summary, self.queue_state()))
+        self.send(("done", answered, np.concatenate(outputs) if outputs else None, code, summary,
+                   self.queue_state()))
 
 
 class ModelHost:
@@ -153,7 +177,8 @@ class ModelHost:
     def __init__(self, model: ServedModel, address: str, authkey: bytes, *, max_batch_tokens: int,
                  max_delay_s: float, max_queue_tokens: int):
         self.model = model
-        self.batcher = ModelBatcher(model, Metrics(), max_batch_tokens=max_batch_tokens, max_delay_s=max_delay_s,
+        # No metrics here: each worker observes the batches its windows were in (the stats of "done").
+        self.batcher = ModelBatcher(model, None, max_batch_tokens=max_batch_tokens, max_delay_s=max_delay_s,
                                     max_queue_tokens=max_queue_tokens)
         self.address, self.authkey = address, authkey
         self._listener: Listener | None = None
@@ -325,7 +350,12 @@ class RemoteModel(ModelFront):
 
 class RemoteBatcher:
     """The batcher as an HTTP worker sees it (``put``, ``discard``, the queue's depth), run by
-    the model process: what ``run_windows`` and the app need of a ``ModelBatcher``."""
+    the model process: what ``run_windows`` and the app need of a ``ModelBatcher``.
+
+    Requests put during one turn of the event loop go to the model process in one message, sent
+    at the end of that turn: under load a turn starts many requests, and the model process's one
+    interpreter, which every worker's messages pass through, pays per message as well as per window.
+    """
 
     def __init__(self, model: RemoteModel, metrics: Metrics, *, drain_timeout_s: float = 60.0):
         self.metrics, self.conn = metrics, model.conn
@@ -337,6 +367,7 @@ class RemoteBatcher:
         self._send_lock = threading.Lock()
         self._requests: dict[int, list[Window]] = {}
         self._left: dict[int, int] = {}
+        self._outbox: dict[int, None] = {}  # requests put and not yet sent, in order
         self._idle = threading.Condition(self._lock)
         self._stopping = False
         self._reader = threading.Thread(target=self._read, name="model-client", daemon=True)
@@ -361,26 +392,49 @@ class RemoteBatcher:
         windows[0].outputs.tag = request
         with self._lock:
             self._requests[request], self._left[request] = windows, len(windows)
+            self._outbox[request] = None
+            first = len(self._outbox) == 1
+        if first:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush)
+            except RuntimeError:  # not on an event loop: nothing to gather it with
+                self._flush()
+
+    def _flush(self) -> None:
+        """Send the requests put since the last flush (those not discarded meanwhile)."""
+        with self._lock:
+            live = [(r, self._requests[r]) for r in self._outbox]
+            self._outbox = {}
+        if not live:
+            return
+        table = [(r, ws[0].kind, [len(w.input_ids) for w in ws]) for r, ws in live]
+        ids = np.concatenate([w.input_ids for _, ws in live for w in ws]).astype(np.int32, copy=False)
+        types = np.concatenate([w.token_type_ids for _, ws in live for w in ws]).astype(np.int32, copy=False)
         try:
             with self._send_lock:
-                self.conn.send(("put", request, windows[0].kind, [w.input_ids for w in windows],
-                                [w.token_type_ids for w in windows]))
+                self.conn.send(("put", table, ids.tobytes(), types.tobytes()))
         except (OSError, ValueError):
-            self._forget(request)
-            raise Overloaded("the model process is gone", 1) from None
+            failed = [w for r, ws in live if self._forget(r) for w in ws]
+            settle(failed, error=Overloaded("the model process is gone", 1))
 
     def discard(self, windows: list[Window]) -> int:
         request = windows[0].outputs.tag
-        if request is None or not self._forget(request):
+        if request is None:
             return 0
-        with contextlib.suppress(OSError, ValueError), self._send_lock:
-            self.conn.send(("discard", request))
+        with self._lock:
+            unsent = request in self._outbox
+        if not self._forget(request):
+            return 0
+        if not unsent:  # the model process has it
+            with contextlib.suppress(OSError, ValueError), self._send_lock:
+                self.conn.send(("discard", request))
         return len(windows)
 
     def _forget(self, request: int) -> bool:
         with self._lock:
             known = self._requests.pop(request, None) is not None
             self._left.pop(request, None)
+            self._outbox.pop(request, None)
             self._idle.notify_all()
         return known
 
@@ -390,9 +444,9 @@ class RemoteBatcher:
                 message = self.conn.recv()
                 if message[0] == "closed":
                     break
-                _, answered, error, stats, queue = message
+                _, answered, outputs, error, stats, queue = message
                 self.queued_tokens, self.pending_items, self._retry_after_s = queue
-                self._settle(answered, error, stats)
+                self._settle(answered, outputs, error, stats)
         except (EOFError, OSError):
             pass
         finally:
@@ -405,10 +459,15 @@ class RemoteBatcher:
                 log.error("the model process closed the connection with %d windows unanswered", len(windows))
                 settle(windows, error=ModelFailure("the model process exited"))
 
-    def _settle(self, answered: list, error, stats: dict | None) -> None:
+    def _settle(self, answered: list, outputs, error, stats: dict | None) -> None:
         windows, values, failed = [], [], []
+        start = 0
         with self._lock:
-            for request, index, value in answered:
+            for request, index, rows in answered:
+                if rows < 0:
+                    value, start = outputs[start], start + 1
+                else:
+                    value, start = (outputs[start:start + rows] if rows else None), start + rows
                 queued = self._requests.get(request)
                 if queued is None:
                     continue  # discarded here after the batch had started
@@ -424,8 +483,9 @@ class RemoteBatcher:
             self._idle.notify_all()
         if stats is not None:
             kind = stats["kind"]
+            queue_seconds = self.metrics.queue_seconds.labels(kind)
             for seconds in stats["queue_s"]:
-                self.metrics.queue_seconds.labels(kind).observe(seconds)
+                queue_seconds.observe(seconds)
             self.metrics.inference_seconds.labels(kind).observe(stats["inference_s"])
             self.metrics.batch_sequences.labels(kind).observe(stats["windows"])
             self.metrics.batch_tokens.labels(kind).observe(stats["tokens"])
@@ -438,6 +498,7 @@ class RemoteBatcher:
     def stop(self) -> None:
         """Refuse new requests, wait (up to ``drain_timeout_s``) for those in flight, then close."""
         self._stopping = True
+        self._flush()
         deadline = time.monotonic() + self.drain_timeout_s
         with self._lock:
             while self._requests and self.alive and time.monotonic() < deadline:

@@ -121,9 +121,11 @@ def settle(windows: list[Window], values=None, error: BaseException | None = Non
 
 
 class ModelBatcher(TokenBatcher):
-    """The batcher of ``bertrt.batching`` running ``ServedModel`` batches, one kind per batch."""
+    """The batcher of ``bertrt.batching`` running ``ServedModel`` batches, one kind per batch.
+    ``metrics`` None: nothing observed here (a model process, whose workers observe each batch
+    from the stats its sinks are handed)."""
 
-    def __init__(self, model: ServedModel, metrics: Metrics, *, max_batch_tokens: int, max_delay_s: float,
+    def __init__(self, model: ServedModel, metrics: Metrics | None, *, max_batch_tokens: int, max_delay_s: float,
                  max_queue_tokens: int):
         engine_tokens = getattr(model.runner, "max_tokens", None)
         super().__init__(max_batch_tokens=min(max_batch_tokens, engine_tokens or max_batch_tokens),
@@ -143,8 +145,10 @@ class ModelBatcher(TokenBatcher):
     def _launch(self, batch: list[Window], waiting: int = 0, worker: int = 0):
         start = time.perf_counter()
         kind = batch[0].kind
-        for w in batch:
-            self.metrics.queue_seconds.labels(kind).observe(start - w.arrived)
+        if self.metrics is not None:
+            queue_seconds = self.metrics.queue_seconds.labels(kind)
+            for w in batch:
+                queue_seconds.observe(start - w.arrived)
         try:
             pending = self.model.run(kind, [w.input_ids for w in batch], [w.token_type_ids for w in batch])
         except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, the worker goes on
@@ -161,17 +165,19 @@ class ModelBatcher(TokenBatcher):
                 raise RuntimeError(f"the model returned {out.shape[0]} rows for {rows}")
         except Exception as exc:  # noqa: BLE001
             log.exception("a %s batch of %d windows failed", kind, len(batch))
-            self.metrics.batch_failures.labels(kind).inc()
+            if self.metrics is not None:
+                self.metrics.batch_failures.labels(kind).inc()
             failure = ModelFailure(f"the model failed on this request's batch ({type(exc).__name__})")
             settle(batch, error=failure)
             return
-        self._observe(sum(lengths), start)
+        tokens = sum(lengths)
+        self._observe(tokens, start)
         inference_s = time.perf_counter() - start
-        self.metrics.inference_seconds.labels(kind).observe(inference_s)
-        self.metrics.batch_sequences.labels(kind).observe(len(batch))
-        self.metrics.batch_tokens.labels(kind).observe(sum(lengths))
-        stats = {"kind": kind, "started": start, "inference_s": inference_s, "windows": len(batch),
-                 "tokens": sum(lengths)}
+        if self.metrics is not None:
+            self.metrics.inference_seconds.labels(kind).observe(inference_s)
+            self.metrics.batch_sequences.labels(kind).observe(len(batch))
+            self.metrics.batch_tokens.labels(kind).observe(tokens)
+        stats = {"kind": kind, "started": start, "inference_s": inference_s, "windows": len(batch), "tokens": tokens}
         settle(batch, np.split(out, np.cumsum(lengths)[:-1]) if kind == "qa" else list(out), stats=stats)
 
     def retry_after_s(self) -> int:

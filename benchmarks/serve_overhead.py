@@ -95,6 +95,8 @@ class LaunchBoundRunner(InstantRunner):
 
 
 RUNNERS = {"instant": InstantRunner, "launch-bound": LaunchBoundRunner}
+RUNNER_WORDS = {"instant": "at once (instant)",
+                "launch-bound": "after 600 lock-releasing calls of ~10 us per batch (launch-bound)"}
 
 
 def serve_child(port: int, profile: str | None, runner: str = "instant", workers: int = 0) -> None:
@@ -432,9 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                               "python": platform.python_version(), "bertrt": bertrt.__version__,
                               "git_sha": _git_sha()},
               "conditions": {"model": "the embedded model's tokenizer and windows; a stand-in forward returning "
-                                      "seeded random logits (instant, or launch-bound: 600 lock-releasing calls "
-                                      "of ~10 us per batch)",
-                             "server": (f"{args.workers} uvicorn workers over one shared model process"
+                                      "seeded random logits " + " or ".join(RUNNER_WORDS[r] for r in args.runner),
+                             "server": (f"{args.workers} uvicorn worker{'s' if args.workers > 1 else ''} over "
+                                        "one shared model process"
                                         if args.workers else "one uvicorn process") +
                                        " per source and repeat, bertrt serve's defaults",
                              "workers": args.workers,

@@ -406,7 +406,8 @@ def model_process_overhead_section(report: dict) -> list[str]:
            f"{c.get('requests')} timed requests per row after {c.get('warm_requests')}, the median of "
            f"{c.get('repeats')} servers ({conditions(report)}; `serve_overhead_model_process.json`). Every "
            "worker's windows pass through the model process's one interpreter, so its requests/s per core "
-           "bounds the server's whatever the number of workers; the busiest thread is named.", "",
+           "bounds the server's whatever the number of workers. Its batcher thread (which also sends each "
+           "batch's outputs) is shown apart; the rest is the connections' readers.", "",
            "| source | questions / request | model process CPU ms / request | its requests/s per core "
            "| batcher thread ms | workers' CPU ms / request |",
            "| --- | --- | --- | --- | --- | --- |"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 
 import httpx
 import pytest
@@ -33,6 +34,41 @@ def test_non_positive_limits_are_refused(flag, capsys):
     assert main(["serve", flag, "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bertrt serve: error:") and "must be positive" in err and len(err.splitlines()) == 1
+
+
+def test_a_negative_batching_delay_is_refused(capsys):
+    assert main(["serve", "--max-delay-ms", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "max_delay_ms must not be negative, got -1" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("port", ["65536", "-1", "http"])
+def test_a_port_out_of_range_is_refused_by_the_arguments(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", port])
+    assert exit_info.value.code == 2
+    assert "--port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_refused_before_the_model_loads(workers, capsys, monkeypatch):
+    import bertrt.serve.model
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(bertrt.serve.model.ServedModel, "load", no_loading)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--workers", workers, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"bertrt serve: error: 127.0.0.1:{port} is in use (another server?): stop it, or pick another --port"
+
+
+def test_a_host_that_is_not_this_machine_s_is_refused(capsys):
+    assert main(["serve", "--host", "192.0.2.1", "--device", "cpu"]) == 2  # TEST-NET-1: never local
+    assert "--host 192.0.2.1 is not an address of this machine" in capsys.readouterr().err
 
 
 @pytest.mark.slow

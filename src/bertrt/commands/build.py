@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from bertrt.errors import UserError
+
 
 def register(subparsers) -> None:
     from bertrt.config import STANDARD_CONFIGS
@@ -77,7 +79,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from bertrt.cli import UserError
     from bertrt.config import STANDARD_CONFIGS
     from bertrt.engine import build
     from bertrt.engine.format import read_spec

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from bertrt.errors import UserError
+
 
 def register(subparsers) -> None:
     from bertrt.commands._common import add_model_args
@@ -51,7 +53,6 @@ def _print_prediction(pred, args, **extra) -> None:
 
 
 def _rerank(task_model, args) -> int:
-    from bertrt.cli import UserError
     from bertrt.tasks.classification import rerank
 
     if args.text is not None:
@@ -75,7 +76,6 @@ def _rerank(task_model, args) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
     from bertrt.tasks.classification import classify, evaluate_pairs
     from bertrt.tasks.loading import load_for_task
     from bertrt.tasks.train import read_pair_tsv

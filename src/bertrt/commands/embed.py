@@ -6,6 +6,7 @@ import argparse
 import json
 
 from bertrt.commands._common import add_model_args
+from bertrt.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -34,8 +35,6 @@ def read_lines(path: str) -> list[str]:
     import sys
     from pathlib import Path
 
-    from bertrt.cli import UserError
-
     if path == "-":
         return sys.stdin.read().splitlines()
     file = Path(path)
@@ -45,7 +44,6 @@ def read_lines(path: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
     from bertrt.tasks.embeddings import embed
     from bertrt.tasks.loading import load_for_task
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 
 from bertrt.commands._common import add_model_args
 from bertrt.errors import UserError
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N",
                    help="real tokens per packed batch at most (default 16384)")
     p.add_argument("--max-delay-ms", type=float, default=2.0, metavar="MS",
@@ -64,6 +66,42 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 1-65535, or 0 for a free one")
+    return port
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, in one line, an address this machine cannot listen on (a port in use, a host that
+    is not one of its addresses), before the model loads: on a GPU loading and warming up take
+    minutes, after which uvicorn would only log the error. Binds as uvicorn does (SO_REUSEADDR),
+    then lets go."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            where = f"{host}:{port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"{where} is in use (another server?): stop it, or pick another --port") from None
+            if exc.errno == errno.EACCES:
+                raise UserError(f"{where}: permission denied (ports below 1024 need privileges): "
+                                "pick another --port") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host} is not an address of this machine") from None
+            raise UserError(f"cannot listen on {where}: {exc.strerror}") from None
+
+
 def _settings(args: argparse.Namespace):
     from bertrt.serve.app import ServeSettings
 
@@ -76,13 +114,12 @@ def _settings(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
-
     settings = _settings(args)
     if args.workers < 1:
         raise UserError(f"--workers must be positive, got {args.workers}")
     if args.ray:
         return _run_ray(args, settings)
+    check_listen(args.host, args.port)
     import uvicorn
 
     from bertrt.serve.app import create_app

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from bertrt.commands._common import add_model_args
+from bertrt.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -24,7 +25,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bertrt.cli import UserError
     from bertrt.commands.qa import read_text_arg
     from bertrt.tasks.loading import load_for_task
     from bertrt.tasks.tagging import tag

@@ -77,8 +77,10 @@ class ServeSettings:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value < 0 or (value == 0 and f.name != "max_delay_ms"):
-                raise ValueError(f"{f.name} must be positive, got {value}")
+            if f.name == "max_delay_ms" and value < 0:
+                raise ValueError(f"{f.name} must not be negative, got {value:g}")
+            if value <= 0 and f.name != "max_delay_ms":
+                raise ValueError(f"{f.name} must be positive, got {value:g}")
 
 
 class ApiError(Exception):

@@ -382,12 +382,17 @@ def serving_section(report: dict) -> list[str]:
     return out + [""]
 
 
-def serve_overhead_section(report: dict) -> list[str]:
+def _overhead_run(report: dict, file: str) -> str:
+    """What a serve_overhead.py report measured: model, client, requests and repeats."""
     c = report.get("conditions", {})
+    return (f"{c.get('model', 'a stand-in model')}; {c.get('client', '')}; {c.get('requests')} timed requests "
+            f"per row after {c.get('warm_requests')}, the median of {c.get('repeats')} servers "
+            f"({conditions(report)}; `{file}`)")
+
+
+def serve_overhead_section(report: dict) -> list[str]:
     out = ["## Server CPU per request", "",
-           f"One `bertrt serve` process over {c.get('model', 'a stand-in model')}; {c.get('client', '')}; "
-           f"{c.get('requests')} timed requests per row after {c.get('warm_requests')}, the median of "
-           f"{c.get('repeats')} servers ({conditions(report)}; `serve_overhead.json`). Requests/s per core "
+           f"One `bertrt serve` process over {_overhead_run(report, 'serve_overhead.json')}. Requests/s per core "
            "is 1000 / CPU ms; the batch figures come from the server's /metrics.", "",
            "| source | forward | questions / request | CPU ms / request | CPU ms / question | requests/s per core "
            "| questions/s per core | mean batch ms |",
@@ -400,12 +405,9 @@ def serve_overhead_section(report: dict) -> list[str]:
 
 
 def model_process_overhead_section(report: dict) -> list[str]:
-    c = report.get("conditions", {})
+    server = report.get("conditions", {}).get("server", "")
     out = ["## Shared model process CPU per request", "",
-           f"{c.get('server', '')}; {c.get('model', 'a stand-in model')}; {c.get('client', '')}; "
-           f"{c.get('requests')} timed requests per row after {c.get('warm_requests')}, the median of "
-           f"{c.get('repeats')} servers ({conditions(report)}; `serve_overhead_model_process.json`). Every "
-           "worker's windows pass through the model process's one interpreter, so its requests/s per core "
+           f"{server}; {_overhead_run(report, 'serve_overhead_model_process.json')}. Every worker's windows pass through the model process's one interpreter, so its requests/s per core "
            "bounds the server's whatever the number of workers. Its batcher thread (which also sends each "
            "batch's outputs) is shown apart; the rest is the connections' readers.", "",
            "| source | questions / request | model process CPU ms / request | its requests/s per core "

@@ -4,7 +4,7 @@
         --out benchmarks/results/cpu/serve_overhead.json
         [--source before=/tmp/before/src --source after=src] [--repeats 3] [--runner instant launch-bound]
         [--requests 3000] [--concurrency 32] [--per-request 1 8] [--profile FILE]
-        [--workers N]
+        [--workers N] [--contexts in-order fresh]
 
 The server runs in a child process (``bertrt serve``'s uvicorn options, the embedded model's
 tokenizer and window geometry) over a stand-in runner that returns seeded random start/end logits
@@ -21,6 +21,11 @@ model process (``serve.model_process.ModelHost``, here the server child itself) 
 socket by N uvicorn worker processes; the model process's CPU and the workers' are then reported
 apart, per request and per window, since the model process's one interpreter is what every
 worker's windows pass through.
+
+``--contexts fresh`` gives every request a paragraph of its own (SQuAD's, marked with the
+request's number), so none comes from the server's cache of recent contexts and each is tokenised,
+as when clients ask about passages the server has not seen; ``in-order`` (the default) sends SQuAD's
+questions as they come, five or so to a paragraph.
 
 ``--source LABEL=SRC`` (repeatable) measures bertrt from each ``src`` folder in turn, for example
 the parent commit's (``git archive HEAD~1 src | tar -x -C /tmp/before``) against the work tree's.
@@ -226,9 +231,11 @@ async def _drive(url: str, bodies: list[bytes], count: int, concurrency: int) ->
 
 
 def measure(url: str, proc, questions: list[dict], *, per_request: int, requests: int, concurrency: int,
-            warm_requests: int) -> dict:
+            warm_requests: int, fresh_contexts: bool = False) -> dict:
     import psutil
 
+    if fresh_contexts:  # a mark of its own on every paragraph: the server's context cache never has it
+        questions = [{**q, "context": f"{q['context']} ({i})"} for i, q in enumerate(questions)]
     bodies = []
     for i in range(0, len(questions) - per_request + 1, per_request):
         group = questions[i:i + per_request]
@@ -248,7 +255,8 @@ def measure(url: str, proc, questions: list[dict], *, per_request: int, requests
     ok = run["statuses"].get(200, 0)
     if ok != requests:  # a figure over refused or failed requests would not be the server's cost
         raise RuntimeError(f"{requests - ok} of {requests} requests were not answered 200: {run['statuses']}")
-    row = {"questions_per_request": per_request, "requests": requests, "concurrency": concurrency,
+    row = {"questions_per_request": per_request, "contexts": "fresh" if fresh_contexts else "in-order",
+           "requests": requests, "concurrency": concurrency,
            "statuses": {str(k): v for k, v in sorted(run["statuses"].items())}, "wall_s": round(run["seconds"], 3)}
     if workers:
         # The server process is the model process (and uvicorn's idle supervisor); its threads are
@@ -372,8 +380,10 @@ def run_server(source: str | None, runner: str, args, questions: list[dict]) -> 
     try:
         _wait_ready(url, proc)
         for k in args.per_request:
-            rows.append(measure(url + "/v1/qa", proc, questions, per_request=k, requests=args.requests,
-                                concurrency=args.concurrency, warm_requests=args.warm_requests))
+            for contexts in args.contexts:
+                rows.append(measure(url + "/v1/qa", proc, questions, per_request=k, requests=args.requests,
+                                    concurrency=args.concurrency, warm_requests=args.warm_requests,
+                                    fresh_contexts=contexts == "fresh"))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -394,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm-requests", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     p.add_argument("--per-request", type=int, nargs="+", default=[1, 8], help="questions per request")
+    p.add_argument("--contexts", choices=("in-order", "fresh"), nargs="+", default=["in-order"],
+                   help="SQuAD's paragraphs as they come (consecutive questions share one, which the server "
+                        "keeps tokenised), or each made new, so every request's paragraph is tokenised")
     p.add_argument("--source", action="append", default=[], metavar="LABEL=SRC",
                    help="measure bertrt from this src folder under LABEL (repeatable: the sources take turns, "
                         "so a busy machine slows each alike); default: the bertrt that imports here")
@@ -417,15 +430,16 @@ def main(argv: list[str] | None = None) -> int:
 
     questions = load_questions(args.data, None)
     sources = [tuple(item.split("=", 1)) for item in args.source] or [("installed", None)]
-    measured: dict[tuple[str, str, int], list[dict]] = {}
+    measured: dict[tuple[str, str, int, str], list[dict]] = {}
     for repeat in range(args.repeats):
         for runner in args.runner:
             for label, source in sources:
                 for row in run_server(source, runner, args, questions):
-                    measured.setdefault((label, runner, row["questions_per_request"]), []).append(row)
+                    measured.setdefault((label, runner, row["questions_per_request"], row["contexts"]),
+                                        []).append(row)
                     print(json.dumps({"source": label, "runner": runner, "repeat": repeat, **row}), flush=True)
     rows = [{"source": label, "runner": runner, **_median_row(found)}
-            for (label, runner, _), found in measured.items()]
+            for (label, runner, _, _), found in measured.items()]
     import bertrt
 
     report = {"kind": "bertrt-serve-overhead",

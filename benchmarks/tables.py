@@ -106,6 +106,10 @@ FILES = {
     "serve_overhead_model_process.json": "`bertrt serve --workers`'s shared model process: its CPU per request "
                                          "apart from the workers', over a stand-in model, sources in turn "
                                          "(`serve_overhead.py --workers 1`)",
+    "serve_overhead_tokenizer_pool.json": "the HTTP workers' CPU per request before and after a server stopped "
+                                          "tokenising through the tokenizers library's thread pool, with SQuAD's "
+                                          "paragraphs in order and each made new (`serve_overhead.py --workers 1 "
+                                          "--contexts in-order fresh`)",
     "families.json": "every BERT family on the engine: numerics against HF fp32 and speed against the HF peers "
                      "(`device_families.py`)",
 }
@@ -404,18 +408,25 @@ def serve_overhead_section(report: dict) -> list[str]:
     return out + [""]
 
 
-def model_process_overhead_section(report: dict) -> list[str]:
+def model_process_overhead_section(report: dict, file: str) -> list[str]:
     server = report.get("conditions", {}).get("server", "")
-    out = ["## Shared model process CPU per request", "",
-           f"{server}; {_overhead_run(report, 'serve_overhead_model_process.json')}. Every worker's windows pass through the model process's one interpreter, so its requests/s per core "
+    contexts = any("contexts" in r for r in report.get("rows", []))
+    title = ("HTTP workers' CPU per request, paragraphs seen and new" if contexts
+             else "Shared model process CPU per request")
+    out = [f"## {title}", "",
+           f"{server}; {_overhead_run(report, file)}. "
+           + ("With fresh contexts every request's paragraph is new to the server, so each is tokenised. "
+              if contexts else "") + "Every worker's windows pass through the model process's one interpreter, so its requests/s per core "
            "bounds the server's whatever the number of workers. Its batcher thread (which also sends each "
            "batch's outputs) is shown apart; the rest is the connections' readers.", "",
-           "| source | questions / request | model process CPU ms / request | its requests/s per core "
-           "| batcher thread ms | workers' CPU ms / request |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "| source | questions / request |" + (" contexts |" if contexts else "")
+           + " model process CPU ms / request | its requests/s per core | batcher thread ms "
+           "| workers' CPU ms / request |",
+           "| --- | --- |" + (" --- |" if contexts else "") + " --- | --- | --- | --- |"]
     for r in report.get("rows", []):
         threads = r.get("model_process_threads_cpu_ms_per_request", {})
-        out.append(f"| {r['source']} | {r['questions_per_request']} | {r['model_process_cpu_ms_per_request']:.3f} "
+        out.append(f"| {r['source']} | {r['questions_per_request']} |" + (f" {r['contexts']} |" if contexts else "")
+                   + f" {r['model_process_cpu_ms_per_request']:.3f} "
                    f"| {r['model_process_requests_per_s_per_core']:,.0f} | {threads.get('serve-worker-0', 0):.3f} "
                    f"| {r['workers_cpu_ms_per_request']:.2f} |")
     return out + [""]
@@ -475,8 +486,9 @@ def readme(folder: Path) -> str:
     out += lowprec_sections(folder)
     if (folder / "serve_overhead.json").exists():
         out += serve_overhead_section(read(folder / "serve_overhead.json"))
-    if (folder / "serve_overhead_model_process.json").exists():
-        out += model_process_overhead_section(read(folder / "serve_overhead_model_process.json"))
+    for file in ("serve_overhead_model_process.json", "serve_overhead_tokenizer_pool.json"):
+        if (folder / file).exists():
+            out += model_process_overhead_section(read(folder / file), file)
     if (folder / "families.json").exists():
         out += families_section(read(folder / "families.json"))
     if (folder / "serve_load.json").exists():

@@ -35,10 +35,13 @@ def test_overhead_report_splits_the_model_process_from_its_workers(tmp_path, squ
     out = tmp_path / "overhead.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--data", str(squad_dev), "--requests", "300",
                            "--warm-requests", "50", "--concurrency", "8", "--per-request", "2", "--workers", "1",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--contexts", "in-order", "fresh", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
-    (row,) = report["rows"]
+    rows = {r["contexts"]: r for r in report["rows"]}
+    assert set(rows) == {"in-order", "fresh"}
+    row = rows["in-order"]
     assert row["statuses"] == {"200": 300} and row["workers"] == 1 and report["conditions"]["workers"] == 1
     assert row["model_process_cpu_ms_per_request"] > 0 and row["workers_cpu_ms_per_request"] > 0
     assert row["cpu_ms_per_request"] == pytest.approx(

@@ -5,6 +5,7 @@ which run past the CUDA graphs."""
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 
 import torch
@@ -126,3 +127,34 @@ def test_a_request_of_no_windows_is_answered_at_once(served):
         assert asyncio.run(run_windows(batcher, "qa", [], time.perf_counter() + 5)) == []
     finally:
         batcher.stop()
+
+
+THREADS_AFTER_TOKENISING = """
+import os, sys, psutil
+from bertrt.serve import ServedModel, create_app
+model = ServedModel.load(device="cpu")
+if sys.argv[1] == "server":
+    create_app(model)
+before = psutil.Process().num_threads()
+model.tokenizer.encode_batch(["What is TensorRT?", "TensorRT is an inference platform for GPUs."] * 4)
+print(psutil.Process().num_threads() - before, os.environ.get("TOKENIZERS_PARALLELISM"))
+"""
+
+
+def test_a_server_process_tokenises_without_the_library_s_thread_pool():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    env["RAYON_NUM_THREADS"] = "2"  # the pool's size where it is used, whatever the machine's cores
+
+    def new_threads(mode: str, **extra) -> tuple[int, str]:
+        done = subprocess.run([sys.executable, "-c", THREADS_AFTER_TOKENISING, mode], capture_output=True,
+                              text=True, timeout=300, env={**env, **extra})
+        assert done.returncode == 0, done.stderr[-2000:]
+        threads, setting = done.stdout.split()
+        return int(threads), setting
+
+    assert new_threads("library") == (2, "None")  # outside a server the batch goes to the pool
+    assert new_threads("server") == (0, "false")
+    assert new_threads("server", TOKENIZERS_PARALLELISM="true") == (2, "true")  # a setting given is kept

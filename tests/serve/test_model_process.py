@@ -89,6 +89,36 @@ def test_embeddings_through_the_model_process_are_the_model_s_own(served, tmp_pa
     np.testing.assert_allclose(got["embeddings"], expected["embeddings"], atol=1e-6)
 
 
+def test_concurrent_mixed_requests_of_two_workers_get_their_own_answers(served, tmp_path, serve):
+    """Many requests in flight at once, so that a worker's message carries several requests of
+    different kinds and sizes, and a batch holds windows of both workers: each gets its own result."""
+    contexts = [CONTEXT, "Paris is the capital of France. It lies on the Seine.",
+                " ".join(f"filler{i}" for i in range(150)) + " The key was under the red stone."]
+    questions = ["Where did the cat sit?", "What is the capital of France?", "Where was the key?"]
+    bodies = []
+    for i in range(24):
+        c, q = contexts[i % 3], questions[i % 3]
+        if i % 4 == 0:
+            bodies.append(("/v1/embed", {"inputs": [q, c[:200]]}))
+        elif i % 4 == 1:
+            bodies.append(("/v1/qa", {"inputs": [{"question": q, "context": c},
+                                                 {"question": questions[(i + 1) % 3], "context": contexts[(i + 1) % 3]}]}))
+        else:
+            bodies.append(("/v1/qa", {"question": q, "context": c}))
+    with serve() as own:
+        expected = [own.post(route, json=body).json() for route, body in bodies]
+    with hosted(served, tmp_path, max_delay_s=0.005) as (_, connect), \
+            concurrent.futures.ThreadPoolExecutor(16) as pool:
+        clients = [connect(), connect()]
+        got = list(pool.map(lambda i: clients[i % 2].post(bodies[i][0], json=bodies[i][1]), range(len(bodies))))
+    for (route, _), want, reply in zip(bodies, expected, got):
+        assert reply.status_code == 200, reply.text
+        if route == "/v1/embed":
+            np.testing.assert_allclose(reply.json()["embeddings"], want["embeddings"], atol=1e-6)
+        else:
+            assert reply.json() == want
+
+
 class _Front:
     def __init__(self, conn):
         self.conn, self.max_batch_tokens = conn, 4096

@@ -30,21 +30,22 @@ def _replica_names() -> set[str]:
 @pytest.fixture(scope="module")
 def cluster():
     from bertrt.serve import ServeSettings
-    from bertrt.serve.deployment import build
+    from bertrt.serve.deployment import build, http_options
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         # A port free when asked may be taken by one of Ray's own processes before its proxy binds it.
+        settings = ServeSettings(timeout_s=20)
         for attempt in range(3):
             port = free_port()
             try:
-                serve.start(http_options={"host": "127.0.0.1", "port": port})
+                serve.start(http_options=http_options("127.0.0.1", port, settings))
                 break
             except Exception:  # noqa: BLE001  (Ray wraps the bind failure in its own error types)
                 serve.shutdown()
                 if attempt == 2:
                     raise
-        app = build(device="cpu", settings=ServeSettings(timeout_s=20), replicas=2, num_cpus_per_replica=1)
+        app = build(device="cpu", settings=settings, replicas=2, num_cpus_per_replica=1)
         serve.run(app, name="bertrt", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -83,7 +84,8 @@ def test_a_replica_killed_under_load_fails_no_request_silently_and_comes_back(cl
     statuses = [s for s, _ in outcomes]
     assert in_flight > 0
     assert "hung" not in statuses
-    assert all(s == 200 or (isinstance(s, int) and s >= 500) or s == "transport" for s in statuses), statuses
+    # 408: the proxy's own timeout (deployment.http_options), for a request it could not finish.
+    assert all(s in (200, 408) or (isinstance(s, int) and s >= 500) or s == "transport" for s in statuses), statuses
     assert statuses.count(200) >= len(statuses) // 2  # the other replica kept answering
     assert {a for s, a in outcomes if s == 200} <= {outcomes[statuses.index(200)][1]}
     # Ray Serve replaces the dead replica.
@@ -103,3 +105,12 @@ def test_the_live_cluster_is_read_for_the_up_front_check(cluster):
     check_resources(nodes, replicas=2, num_gpus_per_replica=0, num_cpus_per_replica=1)
     with pytest.raises(UserError, match=r"needs 2 GPU\(s\) and 2 CPU\(s\); the Ray cluster has 0 GPU\(s\) and 4 CPU"):
         check_resources(nodes, replicas=2, num_gpus_per_replica=1, num_cpus_per_replica=1)
+
+
+def test_the_proxy_times_out_only_after_the_app_would():
+    from bertrt.serve import ServeSettings
+    from bertrt.serve.deployment import http_options
+
+    options = http_options("127.0.0.1", 8000, ServeSettings(timeout_s=7))
+    # The app's own 504 comes first; the proxy's 408 only for what the app never answers.
+    assert options["request_timeout_s"] > 7 and (options["host"], options["port"]) == ("127.0.0.1", 8000)

@@ -197,7 +197,7 @@ def _run_ray(args: argparse.Namespace, settings) -> int:
     import torch
     from ray import serve
 
-    from bertrt.serve.deployment import build, check_resources, cluster_nodes
+    from bertrt.serve.deployment import build, check_resources, cluster_nodes, http_options
 
     gpus = args.num_gpus_per_replica
     if gpus is None:
@@ -217,7 +217,7 @@ def _run_ray(args: argparse.Namespace, settings) -> int:
     except UserError:
         ray.shutdown()
         raise
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start(http_options=http_options(args.host, args.port, settings))
     serve.run(app, name="bertrt", route_prefix="/")
     print(f"bertrt serve: {args.replicas} replica(s) on http://{args.host}:{args.port}", flush=True)
     stop = threading.Event()

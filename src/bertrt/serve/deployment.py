@@ -35,6 +35,15 @@ from bertrt.serve.model import ServedModel
 # Requests a replica holds at once: enough to fill token-budget batches of short questions, few
 # enough that one dead replica strands little work.
 MAX_ONGOING_REQUESTS = 128
+# How much longer than the app's own --timeout-s (504) Ray's proxy waits before it answers 408.
+PROXY_GRACE_S = 5.0
+
+
+def http_options(host: str, port: int, settings: ServeSettings) -> dict:
+    """Ray Serve's proxy options for ``serve.start``. Its end-to-end timeout bounds what the app's
+    504 cannot: a request the proxy had handed to a replica that is then killed waited without
+    end now and then on the CPU (one in a few runs of the kill test) instead of getting an error."""
+    return {"host": host, "port": port, "request_timeout_s": settings.timeout_s + PROXY_GRACE_S}
 
 
 @serve.deployment(name="bertrt", max_ongoing_requests=MAX_ONGOING_REQUESTS, health_check_period_s=2.0,

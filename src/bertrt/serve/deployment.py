@@ -41,8 +41,8 @@ PROXY_GRACE_S = 5.0
 
 def http_options(host: str, port: int, settings: ServeSettings) -> dict:
     """Ray Serve's proxy options for ``serve.start``. Its end-to-end timeout bounds what the app's
-    504 cannot: a request the proxy had handed to a replica that is then killed waited without
-    end now and then on the CPU (one in a few runs of the kill test) instead of getting an error."""
+    504 cannot: a request the proxy had handed to a replica that was then killed went unanswered
+    past the client's 30 s in one of several CPU runs of the kill test, instead of getting an error."""
     return {"host": host, "port": port, "request_timeout_s": settings.timeout_s + PROXY_GRACE_S}
 
 

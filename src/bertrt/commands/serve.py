@@ -79,17 +79,15 @@ def _port(text: str) -> int:
 def check_listen(host: str, port: int) -> None:
     """Refuse, in one line, an address this machine cannot listen on (a port in use, a host that
     is not one of its addresses), before the model loads: on a GPU loading and warming up take
-    minutes, after which uvicorn would only log the error. Binds as uvicorn does (SO_REUSEADDR),
-    then lets go."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except socket.gaierror as exc:
-        raise UserError(f"--host {host}: {exc.strerror}") from None
-    with socket.socket(family, kind, proto) as probe:
+    minutes, after which uvicorn would only log the error. Binds as uvicorn binds (the address
+    family by the host's form, SO_REUSEADDR), then lets go."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(address)
+            probe.bind((host, port))
+        except socket.gaierror as exc:
+            raise UserError(f"--host {host}: {exc.strerror}") from None
         except OSError as exc:
             where = f"{host}:{port}"
             if exc.errno == errno.EADDRINUSE:

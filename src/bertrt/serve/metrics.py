@@ -46,6 +46,18 @@ class Metrics:
         self.queue_tokens = Gauge("bertrt_queue_tokens", "Tokens waiting in the batcher", registry=r)
         self.ready = Gauge("bertrt_ready", "1 once the model is loaded and warm, 0 while draining", registry=r)
 
+    def observe_queue(self, kind: str, seconds) -> None:
+        """Each window's wait in the batcher before its batch launched."""
+        histogram = self.queue_seconds.labels(kind)
+        for s in seconds:
+            histogram.observe(s)
+
+    def observe_batch(self, kind: str, inference_s: float, windows: int, tokens: int) -> None:
+        """One batch on the model: its seconds, windows and real tokens."""
+        self.inference_seconds.labels(kind).observe(inference_s)
+        self.batch_sequences.labels(kind).observe(windows)
+        self.batch_tokens.labels(kind).observe(tokens)
+
     def watch_queue(self, batcher) -> None:
         """Read the queue depth off ``batcher`` at every scrape."""
         self.queue_windows.set_function(lambda: batcher.pending_items)

@@ -408,8 +408,8 @@ class RemoteBatcher:
         if not live:
             return
         table = [(r, ws[0].kind, [len(w.input_ids) for w in ws]) for r, ws in live]
-        ids = np.concatenate([w.input_ids for _, ws in live for w in ws]).astype(np.int32, copy=False)
-        types = np.concatenate([w.token_type_ids for _, ws in live for w in ws]).astype(np.int32, copy=False)
+        ids = np.concatenate([w.input_ids for _, ws in live for w in ws])  # int32, as windows hold them
+        types = np.concatenate([w.token_type_ids for _, ws in live for w in ws])
         try:
             with self._send_lock:
                 self.conn.send(("put", table, ids.tobytes(), types.tobytes()))
@@ -482,13 +482,8 @@ class RemoteBatcher:
                     del self._requests[request], self._left[request]
             self._idle.notify_all()
         if stats is not None:
-            kind = stats["kind"]
-            queue_seconds = self.metrics.queue_seconds.labels(kind)
-            for seconds in stats["queue_s"]:
-                queue_seconds.observe(seconds)
-            self.metrics.inference_seconds.labels(kind).observe(stats["inference_s"])
-            self.metrics.batch_sequences.labels(kind).observe(stats["windows"])
-            self.metrics.batch_tokens.labels(kind).observe(stats["tokens"])
+            self.metrics.observe_queue(stats["kind"], stats["queue_s"])
+            self.metrics.observe_batch(stats["kind"], stats["inference_s"], stats["windows"], stats["tokens"])
         if windows:
             settle(windows, values)
         if failed:

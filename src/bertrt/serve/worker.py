@@ -146,9 +146,7 @@ class ModelBatcher(TokenBatcher):
         start = time.perf_counter()
         kind = batch[0].kind
         if self.metrics is not None:
-            queue_seconds = self.metrics.queue_seconds.labels(kind)
-            for w in batch:
-                queue_seconds.observe(start - w.arrived)
+            self.metrics.observe_queue(kind, [start - w.arrived for w in batch])
         try:
             pending = self.model.run(kind, [w.input_ids for w in batch], [w.token_type_ids for w in batch])
         except Exception as exc:  # noqa: BLE001 - answered to the batch's requests, the worker goes on
@@ -174,9 +172,7 @@ class ModelBatcher(TokenBatcher):
         self._observe(tokens, start)
         inference_s = time.perf_counter() - start
         if self.metrics is not None:
-            self.metrics.inference_seconds.labels(kind).observe(inference_s)
-            self.metrics.batch_sequences.labels(kind).observe(len(batch))
-            self.metrics.batch_tokens.labels(kind).observe(tokens)
+            self.metrics.observe_batch(kind, inference_s, len(batch), tokens)
         stats = {"kind": kind, "started": start, "inference_s": inference_s, "windows": len(batch), "tokens": tokens}
         settle(batch, np.split(out, np.cumsum(lengths)[:-1]) if kind == "qa" else list(out), stats=stats)
 
